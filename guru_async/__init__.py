@@ -1,0 +1,95 @@
+"""guru_async: the asyncio SDK for the Guru workout-video analysis API.
+
+Start with :class:`GuruSession`; everything else here is what its calls take and return.
+"""
+
+from ._auth import FileTokenStore, MemoryTokenStore, Token, TokenStore
+from ._batch import BatchProgress, BatchResult, VideoSpec
+from ._enums import Activity, AnalysisStatus, Domain, OverlayType, VideoStatus
+from ._errors import (
+    AnalysisTimeoutError,
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    GuruConnectionError,
+    GuruError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseDecodeError,
+    ServerError,
+    SessionClosedError,
+    UploadError,
+)
+from ._models import (
+    Analysis,
+    BoundingBox,
+    CreatedVideo,
+    DetectedObject,
+    FieldMarker,
+    FieldMarkers,
+    JointData,
+    JointFrame,
+    MarkerPosition,
+    Overlay,
+    Point,
+    Rep,
+    RepAnalysis,
+    RunnerProgress,
+    Video,
+)
+from ._polling import PollPolicy
+from ._retry import RetryPolicy
+from ._session import UNSET, GuruSession, __version__
+from ._transport import Timeouts
+from ._validation import Unvalidated
+
+__all__ = [
+    "UNSET",
+    "APIError",
+    "Activity",
+    "Analysis",
+    "AnalysisStatus",
+    "AnalysisTimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchProgress",
+    "BatchResult",
+    "BoundingBox",
+    "CreatedVideo",
+    "DetectedObject",
+    "Domain",
+    "FieldMarker",
+    "FieldMarkers",
+    "FileTokenStore",
+    "GuruConnectionError",
+    "GuruError",
+    "GuruSession",
+    "JointData",
+    "JointFrame",
+    "MarkerPosition",
+    "MemoryTokenStore",
+    "NotFoundError",
+    "Overlay",
+    "OverlayType",
+    "PermissionDeniedError",
+    "Point",
+    "PollPolicy",
+    "RateLimitError",
+    "Rep",
+    "RepAnalysis",
+    "ResponseDecodeError",
+    "RetryPolicy",
+    "RunnerProgress",
+    "ServerError",
+    "SessionClosedError",
+    "Timeouts",
+    "Token",
+    "TokenStore",
+    "Unvalidated",
+    "UploadError",
+    "Video",
+    "VideoSpec",
+    "VideoStatus",
+    "__version__",
+]

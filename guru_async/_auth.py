@@ -1,0 +1,231 @@
+"""OAuth client-credentials tokens: the token, where it is kept, and how it is refreshed.
+
+The API reference asks clients to store a token with its expiry and reuse it until it runs
+out, since fetching one per call gets an account rate limited. ``TokenProvider`` does that:
+one token per credentials, reused until shortly before it expires, refreshed by exactly one
+caller at a time however many are waiting, and kept in a ``TokenStore`` so other sessions (and,
+with ``FileTokenStore``, other processes and restarts) reuse it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from attrs import field, frozen
+
+# Refresh this long before expiry, so a token never expires between check and use; for short
+# lifetimes (tests, token churn) a fraction of the lifetime instead.
+_REFRESH_MARGIN = 60.0
+_REFRESH_FRACTION = 0.2
+
+
+@frozen
+class Token:
+    """An access token and when it expires.
+
+    Attributes:
+        access_token: The opaque token sent as ``Authorization`` (hidden from repr).
+        expires_at: Expiry as a Unix timestamp (seconds).
+        token_type: The token type the endpoint reported (``Bearer``); the Guru API takes the
+            raw token without it.
+        issued_at: When the token was obtained (Unix time), used to refresh short-lived tokens
+            in proportion to their lifetime; None when unknown.
+    """
+
+    access_token: str = field(repr=False)
+    expires_at: float
+    token_type: str = "Bearer"  # noqa: S105 - a token type, not a secret
+    issued_at: float | None = None
+
+    def is_fresh(self, now: float | None = None) -> bool:
+        """True while the token can still be used with a safety margin before expiry."""
+        now = time.time() if now is None else now
+        margin = _REFRESH_MARGIN
+        if self.issued_at is not None:
+            margin = min(margin, (self.expires_at - self.issued_at) * _REFRESH_FRACTION)
+        return now < self.expires_at - margin
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Where tokens are kept between calls, sessions and (for persistent stores) restarts.
+
+    ``key`` identifies the credentials (a hash: it never contains the secret). Implement this
+    to keep tokens in Redis, a database or a secrets manager shared by many workers.
+    """
+
+    async def load(self, key: str) -> Token | None:
+        """Return the stored token for ``key``, or None."""
+        ...
+
+    async def save(self, key: str, token: Token) -> None:
+        """Store ``token`` for ``key``, replacing any earlier one."""
+        ...
+
+
+class MemoryTokenStore:
+    """Tokens in this process's memory.
+
+    The default store is one shared instance, so every session of a process with the same
+    credentials reuses one token.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, Token] = {}
+
+    async def load(self, key: str) -> Token | None:
+        """Return the token saved for ``key``, or None."""
+        return self._tokens.get(key)
+
+    async def save(self, key: str, token: Token) -> None:
+        """Keep ``token`` for ``key``."""
+        self._tokens[key] = token
+
+    def __repr__(self) -> str:
+        return f"MemoryTokenStore(<{len(self._tokens)} tokens>)"
+
+
+DEFAULT_TOKEN_STORE = MemoryTokenStore()
+
+
+class FileTokenStore:
+    """Tokens in a JSON file that survives restarts and is shared by processes.
+
+    The file is created with mode 0600 inside a folder created with mode 0700, and replaced
+    atomically (write a temporary file, then rename), so a reader never sees half a file. A
+    corrupt or foreign file is ignored and replaced on the next save, never a crash.
+
+    Args:
+        path: The file to keep tokens in, e.g. ``~/.cache/guru-async/tokens.json``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+
+    async def load(self, key: str) -> Token | None:
+        """Return the token saved for ``key``, or None (also when the file is unreadable)."""
+        entry = (await asyncio.to_thread(self._read)).get(key)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            return Token(
+                access_token=str(entry["access_token"]),
+                expires_at=float(entry["expires_at"]),
+                token_type=str(entry.get("token_type", "Bearer")),
+                issued_at=None if entry.get("issued_at") is None else float(entry["issued_at"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    async def save(self, key: str, token: Token) -> None:
+        """Save ``token`` for ``key``, keeping other keys' tokens that are still valid."""
+        await asyncio.to_thread(self._write, key, token)
+
+    def _read(self) -> dict[str, object]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, key: str, token: Token) -> None:
+        now = time.time()
+        data = {
+            k: v
+            for k, v in self._read().items()
+            if isinstance(v, dict)
+            and isinstance(v.get("expires_at"), (int, float))
+            and v["expires_at"] > now
+        }
+        data[key] = {
+            "access_token": token.access_token,
+            "expires_at": token.expires_at,
+            "token_type": token.token_type,
+            "issued_at": token.issued_at,
+        }
+        folder = self.path.parent
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=folder)  # mkstemp creates it 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def __repr__(self) -> str:
+        return f"FileTokenStore({str(self.path)!r})"
+
+
+def credentials_key(token_url: str, client_id: str, client_secret: str, scope: str) -> str:
+    """A store key for one set of credentials; a hash, so the secret never appears in it."""
+    material = "\0".join((token_url, client_id, client_secret, scope)).encode()
+    return "guru:" + hashlib.sha256(material).hexdigest()
+
+
+FetchToken = Callable[[], Awaitable[Token]]
+
+
+class TokenProvider:
+    """Hands out a fresh token, refreshing it single-flight through ``fetch``."""
+
+    def __init__(self, *, key: str, store: TokenStore, fetch: FetchToken) -> None:
+        self._key = key
+        self._store = store
+        self._fetch = fetch
+        self._token: Token | None = None
+        self._rejected: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        """Return a usable access token, fetching one only when none is fresh."""
+        token = self._token
+        if token is not None and token.is_fresh():
+            return token.access_token
+        # One refresh at a time: everyone else waits here and then reuses its result.
+        async with self._lock:
+            token = self._token
+            if token is not None and token.is_fresh():
+                return token.access_token
+            stored = await self._store.load(self._key)
+            if stored is not None and stored.is_fresh() and stored.access_token != self._rejected:
+                self._token = stored
+                return stored.access_token
+            token = await self._fetch()
+            self._token = token
+            await self._store.save(self._key, token)
+            return token.access_token
+
+    def invalidate(self, access_token: str) -> None:
+        """Forget ``access_token`` after the API rejected it, so the next get() refreshes."""
+        self._rejected = access_token
+        if self._token is not None and self._token.access_token == access_token:
+            self._token = None
+
+
+class StaticTokenProvider:
+    """A ready token given by the caller: never refreshed, so a 401 is final."""
+
+    def __init__(self, access_token: str) -> None:
+        self._access_token = access_token
+
+    async def get(self) -> str:
+        """Return the caller's token."""
+        return self._access_token
+
+    def invalidate(self, access_token: str) -> None:
+        """Nothing to refresh: the caller owns this token."""

@@ -1,0 +1,424 @@
+"""Batch uploads: many videos through one session, every input item accounted for.
+
+Shape of a run: ``upload_concurrency`` worker tasks pull items from the (possibly lazy) input
+one at a time and create + upload each; uploaded videos go to one shared poll loop that checks
+every waiting video at a bounded request rate; results flow back through a bounded queue in
+completion order. So tasks and memory stay bounded whatever the input's length, a video is
+created only when a worker is about to upload it (its presign cannot expire in a queue), and
+each input item yields exactly one BatchResult, success or failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import os
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from attrs import define, field, frozen
+
+from ._converter import decode_json, structure, to_json
+from ._enums import AnalysisStatus, VideoStatus
+from ._errors import AnalysisTimeoutError, GuruError, UploadError
+from ._journal import Journal, item_key
+from ._models import Analysis
+from ._polling import TRANSIENT_POLL_ERRORS, PollPolicy
+from ._upload import UploadSource, check_file
+from ._validation import (
+    ActivityArg,
+    DomainArg,
+    check_optional_str,
+    check_rep_count,
+    resolve_domain_activity,
+)
+
+if TYPE_CHECKING:
+    from ._session import GuruSession
+
+
+@frozen
+class VideoSpec:
+    """One video of a batch with its own metadata (overrides the batch-wide fields).
+
+    Attributes:
+        path: The video file.
+        domain: Its domain; filled in from ``activity`` when omitted.
+        activity: Its activity, e.g. ``"sprint"``.
+        rep_count: How many reps it should show.
+        source: Your service's name.
+    """
+
+    path: str | os.PathLike[str]
+    domain: DomainArg = None
+    activity: ActivityArg = None
+    rep_count: int | None = None
+    source: str | None = None
+
+
+BatchItem = Union[str, "os.PathLike[str]", VideoSpec]
+
+
+@frozen
+class BatchResult:
+    """The outcome of one input item of a batch.
+
+    Attributes:
+        item: The input item, exactly as given.
+        video_id: The video's id once it was created (also on most failures, so the video can
+            be inspected or awaited later), else None.
+        analysis: The final analysis (Complete or Failed) when the batch waited for it.
+        error: Why this item did not finish (bad file, upload refused, analysis timeout, ...),
+            or None.
+    """
+
+    item: BatchItem
+    video_id: str | None = None
+    analysis: Analysis | None = None
+    error: BaseException | None = field(default=None, eq=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the item succeeded: uploaded, and analysed Complete if awaited."""
+        if self.error is not None:
+            return False
+        return self.analysis is None or self.analysis.status == AnalysisStatus.COMPLETE
+
+
+@define
+class BatchProgress:
+    """Counters of a running batch, passed to the ``progress`` callback after each change."""
+
+    started: int = 0
+    uploaded: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    waiting: int = 0
+    bytes_sent: int = 0
+    bytes_total: int = 0
+
+
+_END = object()
+DEFAULT_UPLOAD_CONCURRENCY = 4
+DEFAULT_POLL_RATE = 50.0
+POLL_CONCURRENCY = 8
+
+
+@define
+class _Waiting:
+    item: BatchItem
+    key: str | None
+    deadline: float
+    wait: float
+
+
+class BatchRun:
+    """One execution of GuruSession.batch_upload."""
+
+    def __init__(
+        self,
+        session: GuruSession,
+        items: Iterable[BatchItem] | AsyncIterable[BatchItem],
+        *,
+        upload_concurrency: int,
+        wait: bool,
+        journal: str | os.PathLike[str] | None,
+        progress: Callable[[BatchProgress], None] | None,
+        timeout: float,
+        poll_policy: PollPolicy,
+        poll_rate: float,
+        defaults: dict[str, Any],
+    ) -> None:
+        if isinstance(upload_concurrency, bool) or not isinstance(upload_concurrency, int):
+            raise TypeError("upload_concurrency must be an int")
+        if upload_concurrency < 1:
+            raise ValueError(f"upload_concurrency must be >= 1, got {upload_concurrency}")
+        if poll_rate <= 0:
+            raise ValueError(f"poll_rate must be > 0 requests per second, got {poll_rate}")
+        self._session = session
+        self._sync_items: Iterator[BatchItem] | None = None
+        self._async_items: AsyncIterator[BatchItem] | None = None
+        if isinstance(items, AsyncIterable):
+            self._async_items = aiter(items)
+        elif isinstance(items, (str, os.PathLike)):
+            raise TypeError("batch_upload takes an iterable of paths; wrap one path in a list")
+        else:
+            self._sync_items = iter(items)
+        self._concurrency = upload_concurrency
+        self._wait = wait
+        self._journal = Journal(journal) if journal is not None else None
+        self._on_progress = progress
+        self._timeout = timeout
+        self._policy = poll_policy
+        self._poll_interval = 1.0 / poll_rate
+        self._defaults = defaults
+        self.progress = BatchProgress()
+        self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * upload_concurrency + 16)
+        self._pull_lock = asyncio.Lock()
+        self._input_error: BaseException | None = None
+        self._waiting: dict[str, _Waiting] = {}
+        self._due: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._uploads_over = False
+
+    async def results(self) -> AsyncIterator[BatchResult]:
+        """Run the batch, yielding each item's result as it completes."""
+        if self._journal is not None:
+            await self._journal.open()
+        supervisor = asyncio.create_task(self._supervise())
+        try:
+            while True:
+                result = await self._results.get()
+                if result is _END:
+                    break
+                yield result
+            await supervisor
+            if self._input_error is not None:
+                raise self._input_error
+        finally:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+            if self._journal is not None:
+                await self._journal.close()
+
+    async def _supervise(self) -> None:
+        workers = [asyncio.create_task(self._upload_worker()) for _ in range(self._concurrency)]
+        poller = asyncio.create_task(self._poll_loop())
+        try:
+            await asyncio.gather(*workers)
+            self._uploads_over = True
+            self._wakeup.set()
+            await poller
+        finally:
+            for task in (*workers, poller):
+                task.cancel()
+            await asyncio.gather(*workers, poller, return_exceptions=True)
+        await self._results.put(_END)
+
+    # -- input and output --------------------------------------------------------------------
+
+    async def _next_item(self) -> Any:
+        async with self._pull_lock:
+            if self._input_error is not None:
+                return _END
+            try:
+                if self._async_items is not None:
+                    return await anext(self._async_items)
+                assert self._sync_items is not None
+                return next(self._sync_items)
+            except (StopIteration, StopAsyncIteration):
+                return _END
+            except Exception as exc:
+                # The caller's iterable failed: finish what is in flight, then raise it.
+                self._input_error = exc
+                return _END
+
+    async def _emit(self, result: BatchResult, *, final: bool = True) -> None:
+        if final:
+            if result.ok:
+                self.progress.succeeded += 1
+            else:
+                self.progress.failed += 1
+        self._report()
+        await self._results.put(result)
+
+    def _report(self) -> None:
+        self.progress.waiting = len(self._waiting)
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    async def _upload_worker(self) -> None:
+        while (item := await self._next_item()) is not _END:
+            self.progress.started += 1
+            video_id: str | None = None
+            key: str | None = None
+            try:
+                spec = item if isinstance(item, VideoSpec) else VideoSpec(item)
+                path = check_file(spec.path)
+                fields = self._fields(spec)
+                if self._journal is not None:
+                    key = item_key(path, fields)
+                    entry = await self._journal.get(key)
+                    if entry is not None and entry.state == "done":
+                        await self._emit(self._restore(item, entry))
+                        continue
+                    if (
+                        entry is not None
+                        and entry.video_id is not None
+                        and (entry.state == "uploaded" or await self._arrived(entry.video_id))
+                    ):
+                        await self._uploaded(item, key, entry.video_id, resumed=True)
+                        continue
+                video_id = await self._create_and_upload(path, fields, key)
+                await self._uploaded(item, key, video_id, resumed=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._journal is not None and key is not None:
+                    await self._journal.record(key, "error", error=exc)
+                await self._emit(BatchResult(item, video_id=video_id, error=exc))
+
+    def _fields(self, spec: VideoSpec) -> dict[str, Any]:
+        d = self._defaults
+        if spec.activity is not None:
+            # An item's own activity picks its domain, never the batch's default domain.
+            domain, activity = resolve_domain_activity(spec.domain, spec.activity)
+        else:
+            domain, activity = resolve_domain_activity(
+                spec.domain if spec.domain is not None else d.get("domain"), d.get("activity")
+            )
+        rep_count = spec.rep_count if spec.rep_count is not None else d.get("rep_count")
+        source = spec.source if spec.source is not None else d.get("source")
+        return {
+            "domain": domain,
+            "activity": activity,
+            "rep_count": check_rep_count(rep_count),
+            "source": check_optional_str("source", source),
+        }
+
+    async def _arrived(self, video_id: str) -> bool:
+        # A crash between upload and journal leaves "created": ask the API whether the content
+        # arrived, so it is never uploaded twice.
+        video = await self._session.get_video(video_id)
+        return video.status == VideoStatus.SUCCESS
+
+    async def _create_and_upload(self, path: Path, fields: dict[str, Any], key: str | None) -> str:
+        source = UploadSource(path)
+        self.progress.bytes_total += source.size
+        sent_before = self.progress.bytes_sent
+        last = 0
+
+        def on_bytes(sent: int, total: int) -> None:
+            nonlocal last
+            self.progress.bytes_sent += sent - last
+            last = sent
+            self._report()
+
+        for attempt in (1, 2):
+            created = await self._session.create_video(path.name, size=source.size, **fields)
+            if self._journal is not None and key is not None:
+                await self._journal.record(key, "created", video_id=created.id)
+            try:
+                await self._session._upload(created, source, on_bytes, None)
+            except UploadError as exc:
+                self.progress.bytes_sent = sent_before
+                last = 0
+                if attempt == 1 and exc.code in ("PolicyExpired",):
+                    continue
+                raise
+            return created.id
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _uploaded(
+        self, item: BatchItem, key: str | None, video_id: str, *, resumed: bool
+    ) -> None:
+        self.progress.uploaded += 1
+        if self._journal is not None and key is not None and not resumed:
+            await self._journal.record(key, "uploaded", video_id=video_id)
+        if not self._wait:
+            await self._emit(BatchResult(item, video_id=video_id))
+            return
+        self._waiting[video_id] = _Waiting(
+            item, key, time.monotonic() + self._timeout, self._policy.interval
+        )
+        heapq.heappush(self._due, (time.monotonic(), next(self._seq), video_id))
+        self._report()
+        self._wakeup.set()
+
+    def _restore(self, item: BatchItem, entry: Any) -> BatchResult:
+        analysis = None
+        if entry.analysis is not None:
+            analysis = structure(
+                decode_json(entry.analysis.encode(), what="journal"), Analysis, what="journal"
+            )
+        error = None
+        if entry.error is not None:
+            error = GuruError(f"{entry.error_type}: {entry.error}")
+        return BatchResult(item, video_id=entry.video_id, analysis=analysis, error=error)
+
+    # -- the shared poll loop ----------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        """Poll every waiting video from one loop: requests start at most ``poll_rate`` per
+        second with at most POLL_CONCURRENCY in flight, however many videos wait."""
+        slots = asyncio.Semaphore(POLL_CONCURRENCY)
+        inflight: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            inflight.discard(task)
+            slots.release()
+            self._wakeup.set()
+
+        try:
+            while True:
+                if not self._due:
+                    if self._uploads_over and not inflight:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                delay = self._due[0][0] - time.monotonic()
+                if delay > 0:
+                    self._wakeup.clear()
+                    # Sleep until the next video is due, or until something changes.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+                    continue
+                _, _, video_id = heapq.heappop(self._due)
+                await slots.acquire()
+                task = asyncio.create_task(self._poll_one(video_id))
+                inflight.add(task)
+                task.add_done_callback(finished)
+                await asyncio.sleep(self._poll_interval)
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _poll_one(self, video_id: str) -> None:
+        waiting = self._waiting[video_id]
+        hint = None
+        try:
+            analysis, hint = await self._session._get_analysis(video_id)
+        except TRANSIENT_POLL_ERRORS:
+            analysis = None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            del self._waiting[video_id]
+            await self._emit(BatchResult(waiting.item, video_id=video_id, error=exc))
+            return
+        if analysis is not None and analysis.is_done:
+            del self._waiting[video_id]
+            if self._journal is not None and waiting.key is not None:
+                await self._journal.record(
+                    waiting.key, "done", video_id=video_id, analysis=to_json(analysis).decode()
+                )
+            await self._emit(BatchResult(waiting.item, video_id=video_id, analysis=analysis))
+            return
+        now = time.monotonic()
+        if now >= waiting.deadline:
+            del self._waiting[video_id]
+            error = AnalysisTimeoutError(
+                f"analysis of video {video_id} not finished after {self._timeout:g} s; "
+                "the video is safe: await it again later, or rerun the batch with its journal",
+                video_id=video_id,
+                last=analysis,
+            )
+            await self._emit(BatchResult(waiting.item, video_id=video_id, error=error))
+            return
+        step = (
+            hint
+            if hint is not None
+            else waiting.wait * random.uniform(1 - self._policy.jitter, 1 + self._policy.jitter)
+        )
+        waiting.wait = min(self._policy.max_interval, waiting.wait * self._policy.multiplier)
+        heapq.heappush(self._due, (min(now + step, waiting.deadline), next(self._seq), video_id))

@@ -1,0 +1,237 @@
+"""One cattrs converter, configured once, that turns the API's JSON into the models.
+
+Wire rules it keeps:
+- attrs field ``snake_case`` reads wire key ``camelCase``, except where the API itself uses
+  snake_case (``frame_idx``); unknown keys are ignored.
+- An enumeration field takes its enum member, or keeps an unknown value as the plain string.
+- Primitives are strict: a string where a number belongs is a decode error, not a silent cast.
+- The doc's misspelled ``anaylsisScalar`` is read as ``analysis_scalar``.
+Anything that does not fit raises ``ResponseDecodeError``, never ``KeyError``/``TypeError``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+from cattrs import Converter
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ._enums import _WireEnum
+from ._errors import ResponseDecodeError
+from ._models import JointData, JointFrame, Point, RepAnalysis
+
+try:  # orjson is an optional extra ("guru-async[fast]"); it parses large bodies ~3x faster.
+    import orjson
+
+    _loads: Callable[[bytes], Any] = orjson.loads
+    _JSON_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, UnicodeDecodeError)
+except ImportError:  # pragma: no cover - exercised only where orjson is absent
+    _loads = json.loads
+    _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
+
+T = TypeVar("T")
+
+# The API itself uses snake_case for these keys (JointFrame and FieldMarker ``frame_idx``).
+_SNAKE_ON_THE_WIRE = frozenset({"frame_idx"})
+
+
+def _camel(name: str) -> str:
+    if name in _SNAKE_ON_THE_WIRE:
+        return name
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _bad(value: Any, expected: str) -> ValueError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:60] + "…"
+    return ValueError(f"expected {expected}, got {type(value).__name__} {shown}")
+
+
+def _structure_str(value: Any, _: Any) -> str:
+    if type(value) is not str:
+        raise _bad(value, "a string")
+    return value
+
+
+def _structure_int(value: Any, _: Any) -> int:
+    if type(value) is int:
+        return value
+    # JSON has one number type; a whole float such as 3.0 is still an integer on the wire.
+    if type(value) is float and value.is_integer():
+        return int(value)
+    raise _bad(value, "an integer")
+
+
+def _structure_float(value: Any, _: Any) -> float:
+    if type(value) is float or type(value) is int:
+        return value
+    raise _bad(value, "a number")
+
+
+def _structure_bool(value: Any, _: Any) -> bool:
+    if type(value) is not bool:
+        raise _bad(value, "true or false")
+    return value
+
+
+def _is_enum_or_str(tp: Any) -> bool:
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return False
+    args = set(typing.get_args(tp)) - {type(None)}
+    return str in args and any(isinstance(a, type) and issubclass(a, _WireEnum) for a in args)
+
+
+def _enum_or_str_hook(tp: Any) -> Callable[[Any, Any], Any]:
+    args = typing.get_args(tp)
+    enum_cls: type[enum.Enum] = next(
+        a for a in args if isinstance(a, type) and issubclass(a, _WireEnum)
+    )
+    members = {m.value: m for m in enum_cls}
+    optional = type(None) in args
+
+    def structure(value: Any, _: Any) -> Any:
+        if value is None and optional:
+            return None
+        if type(value) is not str:
+            raise _bad(value, f"a {enum_cls.__name__} string")
+        return members.get(value, value)
+
+    return structure
+
+
+def _structure_joint_frames(value: Any, _: Any) -> dict[str, list[JointFrame]]:
+    """The hot path of Get Joint Data: tens of thousands of frames, built without generic hooks."""
+    if type(value) is not dict:
+        raise _bad(value, "an object of joint name to frames")
+    out: dict[str, list[JointFrame]] = {}
+    num = (int, float)
+    for joint, frames in value.items():
+        if type(frames) is not list:
+            raise _bad(frames, f"a list of frames for {joint!r}")
+        built = []
+        for f in frames:
+            pos = f["position"]
+            idx, part, x, y, score, ts = (
+                f["frame_idx"],
+                f["part"],
+                pos["x"],
+                pos["y"],
+                f["score"],
+                f["timestamp"],
+            )
+            if (
+                type(idx) is not int
+                or type(part) is not str
+                or type(x) not in num
+                or type(y) not in num
+                or type(score) not in num
+                or type(ts) not in num
+            ):
+                raise _bad(f, "a joint frame {frame_idx, part, position {x, y}, score, timestamp}")
+            built.append(JointFrame(idx, part, Point(x, y), score, ts))
+        out[joint] = built
+    return out
+
+
+def _make_converter() -> Converter:
+    conv = Converter(detailed_validation=False, forbid_extra_keys=False)
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook(bool, _structure_bool)
+    conv.register_structure_hook_factory(_is_enum_or_str, _enum_or_str_hook)
+
+    def attrs_hook(cls: type) -> Callable[[Any, Any], Any]:
+        overrides = {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls)}
+        if cls is JointData:
+            overrides["joint_to_points"] = override(
+                rename="jointToPoints", struct_hook=_structure_joint_frames
+            )
+        fn: Callable[[Any, Any], Any] = make_dict_structure_fn(
+            cls,
+            conv,
+            **overrides,  # type: ignore[arg-type]
+        )
+        if cls is RepAnalysis:
+            return _reading_misspelled_scalar(fn)
+        return fn
+
+    conv.register_structure_hook_factory(attrs.has, attrs_hook)
+
+    def attrs_unstructure_hook(cls: type) -> Callable[[Any], Any]:
+        # The wire's camelCase going out too, so a stored model reads back through structure().
+        overrides = {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls)}
+        fn: Callable[[Any], Any] = make_dict_unstructure_fn(
+            cls,
+            conv,
+            _cattrs_omit_if_default=True,
+            **overrides,  # type: ignore[arg-type]
+        )
+        return fn
+
+    conv.register_unstructure_hook_factory(attrs.has, attrs_unstructure_hook)
+    return conv
+
+
+def _reading_misspelled_scalar(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    # The API reference spells sprint analyses' key "anaylsisScalar"; accept both spellings.
+    def structure(value: Any, cls: Any) -> Any:
+        if type(value) is dict and "analysisScalar" not in value and "anaylsisScalar" in value:
+            value = {**value, "analysisScalar": value["anaylsisScalar"]}
+        return fn(value, cls)
+
+    return structure
+
+
+converter = _make_converter()
+
+
+def structure(data: Any, cls: type[T], *, what: str, status: int | None = None) -> T:
+    """Structure decoded JSON into ``cls``, turning any mismatch into ResponseDecodeError."""
+    if type(data) is not dict:
+        raise ResponseDecodeError(
+            f"{what}: expected a JSON object, got {type(data).__name__}",
+            status=status,
+            body=_preview(data),
+        )
+    try:
+        return converter.structure(data, cls)
+    except Exception as exc:
+        # KeyError's message is just the key; say what was missing where.
+        reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ResponseDecodeError(
+            f"{what}: response does not match {cls.__name__}: {reason}",
+            status=status,
+            body=_preview(data),
+        ) from None
+
+
+def to_json(model: Any) -> bytes:
+    """A model as the wire's JSON (camelCase keys, defaults left out)."""
+    return json.dumps(converter.unstructure(model), separators=(",", ":")).encode()
+
+
+def decode_json(raw: bytes, *, what: str, status: int | None = None) -> Any:
+    """Parse a JSON body, raising ResponseDecodeError with a preview when it is not JSON."""
+    try:
+        return _loads(raw)
+    except _JSON_ERRORS:
+        text = raw[:200].decode("utf-8", "replace")
+        raise ResponseDecodeError(
+            f"{what}: response is not JSON (got {len(raw)} bytes starting {text[:80]!r})",
+            status=status,
+            body=text,
+        ) from None
+
+
+def _preview(data: Any) -> str:
+    text = repr(data)
+    return text if len(text) <= 200 else text[:200] + "…"

@@ -1,0 +1,187 @@
+"""Every error the SDK raises on purpose.
+
+The tree::
+
+    GuruError
+    ├── APIError                  the API answered with an error status (.status, .body)
+    │   ├── BadRequestError       400, 422: the request was malformed or invalid
+    │   ├── AuthenticationError   401, and credentials the token endpoint rejects
+    │   ├── PermissionDeniedError 403
+    │   ├── NotFoundError         404: no video with that id
+    │   ├── RateLimitError        429 (.retry_after)
+    │   └── ServerError           5xx
+    ├── UploadError               the storage host refused an upload (.status, .code)
+    ├── AnalysisTimeoutError      await_analysis gave up waiting (also a TimeoutError)
+    ├── ResponseDecodeError       a body that is not the JSON the API documents
+    ├── GuruConnectionError       the network failed, after retries
+    └── SessionClosedError        the session was used after it was closed
+
+Bad arguments raise the built-in ``ValueError``, ``TypeError``, ``FileNotFoundError`` or
+``IsADirectoryError`` before anything is sent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._models import Analysis
+
+# A server body goes into messages for context; a huge HTML page must not flood a log line.
+_BODY_PREVIEW = 300
+
+
+def _preview(body: Any) -> str:
+    text = body if isinstance(body, str) else repr(body)
+    return text if len(text) <= _BODY_PREVIEW else text[:_BODY_PREVIEW] + "…"
+
+
+class GuruError(Exception):
+    """Base class of every error raised by guru_async."""
+
+
+class APIError(GuruError):
+    """The Guru API answered with an error status.
+
+    Attributes:
+        status: The HTTP status code.
+        body: The decoded JSON body when it was JSON, else the text (possibly empty).
+        retry_after: Seconds the server asked to wait before retrying (``Retry-After``), or
+            None when it did not say.
+    """
+
+    def __init__(
+        self, message: str, *, status: int, body: Any = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only __init__ breaks the default pickling used by multiprocessing pools.
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+class BadRequestError(APIError):
+    """400 or 422: the API rejected the request's content."""
+
+
+class AuthenticationError(APIError):
+    """401, or the token endpoint rejected the client credentials."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the credentials are valid but not allowed to do this."""
+
+
+class NotFoundError(APIError):
+    """404: there is no such video (or it belongs to another account)."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests; ``retry_after`` says how long the server asked to wait."""
+
+
+class ServerError(APIError):
+    """5xx: the service failed; retried automatically before this is raised."""
+
+
+class UploadError(GuruError):
+    """The storage host refused an upload.
+
+    Attributes:
+        status: The HTTP status from storage, or None when the upload failed on this side
+            (for example a file that changed size while it was being sent).
+        code: The storage error code, such as ``AccessDenied``, ``EntityTooLarge`` or
+            ``PolicyExpired`` (the presigned policy ran out before the upload started).
+        retry_after: Seconds storage asked to wait (``SlowDown``), or None.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None, code: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+class AnalysisTimeoutError(GuruError, TimeoutError):
+    """``await_analysis`` stopped waiting before the analysis finished.
+
+    The video is not lost: await it again later with its id.
+
+    Attributes:
+        video_id: The video that was being awaited.
+        last: The last Analysis seen (status Pending), or None if no poll succeeded.
+    """
+
+    def __init__(self, message: str, *, video_id: str, last: Analysis | None) -> None:
+        super().__init__(message)
+        self.video_id = video_id
+        self.last = last
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+class ResponseDecodeError(GuruError):
+    """A response body was not the JSON the API documents.
+
+    Attributes:
+        status: The HTTP status of the response.
+        body: The start of the offending body, as text.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+class GuruConnectionError(GuruError):
+    """The network failed (refused, reset, timed out) and retries did not help."""
+
+
+class SessionClosedError(GuruError, RuntimeError):
+    """A call was made on a GuruSession that is closed (or was closed while it ran)."""
+
+
+def _rebuild(cls: type[GuruError], message: str, state: dict[str, Any]) -> GuruError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
+def error_for_status(
+    status: int, body: Any, *, context: str, retry_after: float | None
+) -> APIError:
+    """Map an HTTP error status to its APIError subclass, with a message that helps."""
+    detail = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(detail, str):
+        detail = _preview(body) if body not in (None, "") else "no details in the response"
+    message = f"{context} failed with HTTP {status}: {detail}"
+    cls: type[APIError]
+    if status == 429:
+        cls = RateLimitError
+    elif status in (400, 422):
+        cls = BadRequestError
+    elif status == 401:
+        cls = AuthenticationError
+    elif status == 403:
+        cls = PermissionDeniedError
+    elif status == 404:
+        cls = NotFoundError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = APIError
+    return cls(message, status=status, body=body, retry_after=retry_after)

@@ -1,0 +1,851 @@
+"""GuruSession: one async session for the whole Guru API."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import platform
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+from urllib.parse import urlencode
+
+import aiohttp
+from yarl import URL
+
+from ._auth import (
+    DEFAULT_TOKEN_STORE,
+    StaticTokenProvider,
+    Token,
+    TokenProvider,
+    TokenStore,
+    credentials_key,
+)
+from ._batch import (
+    DEFAULT_POLL_RATE,
+    DEFAULT_UPLOAD_CONCURRENCY,
+    BatchItem,
+    BatchProgress,
+    BatchResult,
+    BatchRun,
+)
+from ._converter import decode_json, structure
+from ._download import stream_to_file
+from ._enums import OverlayType
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    GuruError,
+    ResponseDecodeError,
+    SessionClosedError,
+    UploadError,
+    error_for_status,
+)
+from ._models import Analysis, CreatedVideo, JointData, Video
+from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
+from ._retry import DEFAULT_MAX_RETRIES, RetryBudget, RetryPolicy, parse_retry_after
+from ._transport import Request, Response, Timeouts, Transport, json_error_body
+from ._upload import (
+    FileSource,
+    MultipartUpload,
+    ProgressCallback,
+    UploadSource,
+    check_not_expired,
+    storage_error,
+)
+from ._validation import (
+    ActivityArg,
+    DomainArg,
+    check_include,
+    check_optional_str,
+    check_rep_count,
+    check_size,
+    check_video_id,
+    resolve_domain_activity,
+)
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL: Final = "https://api.getguru.fitness"
+# A URL, not a secret.
+DEFAULT_TOKEN_URL: Final = (
+    "https://customer-console-prod.auth.us-west-2.amazoncognito.com/oauth2/token"  # noqa: S105
+)
+DEFAULT_SCOPE: Final = "https://api.getguru.fitness/default"
+__version__: Final = "0.1.0"
+USER_AGENT: Final = (
+    f"guru-async/{__version__} python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
+)
+
+
+class _Unset:
+    """The type of UNSET: "not given", as distinct from None."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Final = _Unset()
+"""Marks an argument the caller did not give, for partial updates where None means something."""
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def checked_url(url: str, *, name: str, allow_insecure_http: bool) -> URL:
+    """Parse ``url``, refusing plain http to anything but this machine unless allowed."""
+    if not isinstance(url, str):
+        raise TypeError(f"{name} must be a str, got {type(url).__name__}")
+    parsed = URL(url)
+    if parsed.scheme not in ("https", "http") or not parsed.host:
+        raise ValueError(f"{name} must be an http(s) URL, got {url!r}")
+    if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.host):
+        raise ValueError(
+            f"{name} uses plain http to {parsed.host}, which would expose tokens; use https, "
+            "or pass allow_insecure_http=True for a trusted network"
+        )
+    return parsed
+
+
+class GuruSession:
+    """An async session for the Guru API: one connection pool, one token, every endpoint.
+
+    Use it as an async context manager, once per process (web apps) or per job (batches)::
+
+        async with GuruSession(client_id, client_secret) as guru:
+            analysis = await guru.analyze("squat.mp4", activity="squat")
+
+    Args:
+        client_id: OAuth client id; defaults to ``$GURU_CLIENT_ID``.
+        client_secret: OAuth client secret; defaults to ``$GURU_CLIENT_SECRET``.
+        access_token: A ready access token to use instead of credentials (never refreshed).
+        base_url: The API's root; defaults to ``$GURU_BASE_URL`` or the production API.
+        token_url: The OAuth token endpoint; defaults to ``$GURU_TOKEN_URL`` or Guru's Cognito.
+        scope: The OAuth scope requested.
+        token_store: Where tokens are kept; defaults to a process-wide MemoryTokenStore, so
+            sessions with the same credentials share one token. Use FileTokenStore to keep
+            tokens across restarts and processes.
+        http_session: A caller-owned aiohttp.ClientSession to send requests with; the
+            GuruSession then never closes it.
+        max_retries: Retries of a failed request (connection errors, 408, 429, 5xx); 0 disables.
+        timeouts: Connect, read and per-call total timeouts.
+        poll_policy: The default schedule of await_analysis.
+        allow_insecure_http: Allow plain http to hosts other than this machine.
+    """
+
+    def __init__(
+        self,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        *,
+        access_token: str | None = None,
+        base_url: str | None = None,
+        token_url: str | None = None,
+        scope: str = DEFAULT_SCOPE,
+        token_store: TokenStore | None = None,
+        http_session: aiohttp.ClientSession | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        timeouts: Timeouts | None = None,
+        poll_policy: PollPolicy | None = None,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        self._allow_insecure_http = allow_insecure_http
+        self.base_url = checked_url(
+            base_url or os.environ.get("GURU_BASE_URL") or DEFAULT_BASE_URL,
+            name="base_url",
+            allow_insecure_http=allow_insecure_http,
+        )
+        self.token_url = checked_url(
+            token_url or os.environ.get("GURU_TOKEN_URL") or DEFAULT_TOKEN_URL,
+            name="token_url",
+            allow_insecure_http=allow_insecure_http,
+        )
+        self.scope = scope
+        self.poll_policy = poll_policy or PollPolicy()
+        self._http_session = http_session
+        self._owns_http = http_session is None
+        self._closed = False
+        self.client_id: str | None
+        self._client_secret: str | None
+        token: TokenProvider | StaticTokenProvider
+        if access_token is not None:
+            if not isinstance(access_token, str) or not access_token:
+                raise ValueError("access_token must be a non-empty string")
+            self.client_id, self._client_secret = client_id, None
+            token = StaticTokenProvider(access_token)
+        else:
+            self.client_id = client_id or os.environ.get("GURU_CLIENT_ID")
+            self._client_secret = client_secret or os.environ.get("GURU_CLIENT_SECRET")
+            if not self.client_id or not self._client_secret:
+                raise ValueError(
+                    "no Guru credentials: pass client_id and client_secret, set GURU_CLIENT_ID "
+                    "and GURU_CLIENT_SECRET, or pass access_token="
+                )
+            token = TokenProvider(
+                key=credentials_key(
+                    str(self.token_url), self.client_id, self._client_secret, scope
+                ),
+                store=token_store if token_store is not None else DEFAULT_TOKEN_STORE,
+                fetch=self._fetch_token,
+            )
+        self._transport = Transport(
+            http=self._http,
+            token=token,
+            policy=RetryPolicy(max_retries=max_retries),
+            timeouts=timeouts or Timeouts(),
+            budget=RetryBudget(),
+            is_closed=lambda: self._closed,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<GuruSession {state} base_url={str(self.base_url)!r} client_id={self.client_id!r}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> GuruSession:
+        self._http()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed
+
+    async def close(self) -> None:
+        """Close the session and its connections (a caller's http_session is left open).
+
+        Calls still in flight end with SessionClosedError. Closing twice is harmless.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_http and self._http_session is not None:
+            await self._http_session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise SessionClosedError("this GuruSession is closed; open a new one")
+        if self._http_session is None:
+            self._http_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+                headers={"User-Agent": USER_AGENT},
+            )
+        elif self._http_session.closed:
+            raise SessionClosedError("the aiohttp.ClientSession given as http_session is closed")
+        return self._http_session
+
+    # -- the request path --------------------------------------------------------------------
+
+    async def _fetch_token(self) -> Token:
+        assert self.client_id is not None
+        assert self._client_secret is not None
+        form = urlencode(
+            {
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self._client_secret,
+                "scope": self.scope,
+            }
+        ).encode()
+        return await self._transport.send(
+            Request(
+                method="POST",
+                url=self.token_url,
+                what="Token request",
+                errors=_token_error,
+                decode=_decode_token,
+                body=lambda: form,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        )
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        decode: Callable[[Response], T],
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        max_retries: int | None = None,
+    ) -> T:
+        """Send one API request through the transport, with auth, retries and decoding."""
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+
+        def errors(status: int, headers: Any, raw: bytes) -> GuruError:
+            return error_for_status(
+                status,
+                json_error_body(raw),
+                context=what,
+                retry_after=parse_retry_after(headers.get("Retry-After")),
+            )
+
+        return await self._transport.send(
+            Request(
+                method=method,
+                url=URL(str(self.base_url).rstrip("/") + path),
+                what=what,
+                errors=errors,
+                decode=decode,
+                body=None if payload is None else (lambda: payload),
+                headers=None if payload is None else {"Content-Type": "application/json"},
+                params=params,
+                authorized=True,
+            ),
+            max_retries=max_retries,
+        )
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def create_video(
+        self,
+        filename: str | os.PathLike[str],
+        *,
+        size: int | None = None,
+        domain: DomainArg = None,
+        activity: ActivityArg = None,
+        rep_count: int | None = None,
+        source: str | None = None,
+        max_retries: int | None = None,
+    ) -> CreatedVideo:
+        """Create a video's record and get where to upload its content (Create Video).
+
+        Args:
+            filename: The video's file name, or a path to the file; with a path and no
+                ``size``, the size is read from the file. Only the base name is sent.
+            size: The content's size in bytes.
+            domain: The exercise category; filled in from ``activity`` when omitted.
+            activity: The movement, e.g. ``Activity.SQUAT`` or ``"squat"``.
+            rep_count: How many reps the video is expected to show.
+            source: Your service's name.
+            max_retries: Overrides the session's retry count for this call. A retry after a
+                lost response may leave an unused, never-uploaded video behind; the video you
+                get back is always usable.
+
+        Raises:
+            ValueError: An unknown domain or activity (the message lists the accepted values),
+                an activity outside the domain, a negative or huge rep count.
+            FileNotFoundError: No ``size`` and no file at ``filename``.
+        """
+        if not isinstance(filename, (str, os.PathLike)) or not str(filename):
+            raise TypeError("filename must be a non-empty str or path")
+        if size is None:
+            size = UploadSource(filename).size
+        body: dict[str, Any] = {"filename": os.path.basename(os.fspath(filename)) or "video"}
+        body["size"] = check_size(size)
+        wire_domain, wire_activity = resolve_domain_activity(domain, activity)
+        optional = {
+            "source": check_optional_str("source", source),
+            "domain": wire_domain,
+            "activity": wire_activity,
+            "repCount": check_rep_count(rep_count),
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        created = await self._call(
+            "POST",
+            "/videos",
+            what=f"Create video {body['filename']!r}",
+            decode=_model(CreatedVideo, "Create video"),
+            body=body,
+            max_retries=max_retries,
+        )
+        # The upload goes wherever the API says; it must not downgrade to plain http.
+        checked_url(created.url, name="upload url", allow_insecure_http=self._allow_insecure_http)
+        return created
+
+    async def upload(
+        self,
+        created: CreatedVideo,
+        file: FileSource,
+        *,
+        progress: ProgressCallback | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        """Upload a video's content to the presigned URL from create_video.
+
+        The file is streamed from disk in chunks (never read whole into memory) as
+        ``multipart/form-data`` with an exact Content-Length. No Authorization header goes to
+        the storage host. A failed attempt is re-streamed from the start of the file, while the
+        presigned policy is valid.
+
+        Args:
+            created: What create_video returned.
+            file: A path, or a binary file object (read from its current position).
+            progress: Called as ``progress(sent_bytes, total_bytes)`` as the file goes out.
+            max_retries: Overrides the session's retry count for this call.
+
+        Raises:
+            UploadError: Storage refused the upload (``.code`` says why, e.g. ``AccessDenied``,
+                ``EntityTooLarge``, ``PolicyExpired``) or the file changed while it was sent.
+        """
+        if not isinstance(created, CreatedVideo):
+            raise TypeError(
+                f"upload() takes the CreatedVideo from create_video, got {type(created).__name__}"
+            )
+        await self._upload(created, UploadSource(file), progress, max_retries)
+
+    async def _upload(
+        self,
+        created: CreatedVideo,
+        source: UploadSource,
+        progress: ProgressCallback | None,
+        max_retries: int | None,
+    ) -> None:
+        what = f"Upload of video {created.id}"
+        multipart = MultipartUpload(created.fields, source, progress=progress)
+
+        def body() -> Any:
+            check_not_expired(created.fields, video_id=created.id)
+            return multipart.body()
+
+        def errors(status: int, headers: Any, raw: bytes) -> GuruError:
+            return storage_error(status, headers, raw, what=what)
+
+        await self._transport.send(
+            Request(
+                method="POST",
+                url=URL(created.url),
+                what=what,
+                errors=errors,
+                decode=_ignore_body,
+                body=body,
+                headers=multipart.headers,
+                total=None,
+            ),
+            max_retries=max_retries,
+        )
+
+    async def upload_video(
+        self,
+        file: FileSource,
+        *,
+        domain: DomainArg = None,
+        activity: ActivityArg = None,
+        rep_count: int | None = None,
+        source: str | None = None,
+        progress: ProgressCallback | None = None,
+        max_retries: int | None = None,
+    ) -> str:
+        """Create a video and upload its content; return the video's id.
+
+        The size sent to Create Video is the file's real size. If the presigned upload
+        expires before it can start, a fresh video is created once and uploaded instead.
+        Arguments are as for create_video and upload.
+        """
+        src = UploadSource(file)
+        for attempt in (1, 2):
+            created = await self.create_video(
+                src.name,
+                size=src.size,
+                domain=domain,
+                activity=activity,
+                rep_count=rep_count,
+                source=source,
+                max_retries=max_retries,
+            )
+            try:
+                await self._upload(created, src, progress, max_retries)
+            except UploadError as exc:
+                if attempt == 1 and _presign_expired(exc):
+                    continue
+                raise
+            return created.id
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get_video(
+        self,
+        video_id: str,
+        *,
+        include: Iterable[str] | None = None,
+        max_retries: int | None = None,
+    ) -> Video:
+        """Fetch a video's status, download links and overlays (Get Video).
+
+        Args:
+            video_id: The id from create_video or upload_video.
+            include: Any of ``"j2p"``, ``"analysis"``, ``"objects"`` to embed them too.
+        """
+        check_video_id(video_id)
+        joined = check_include(include)
+        return await self._call(
+            "GET",
+            f"/videos/{video_id}",
+            what=f"Get video {video_id}",
+            decode=_model(Video, f"Get video {video_id}"),
+            params=None if joined is None else {"include": joined},
+            max_retries=max_retries,
+        )
+
+    async def update_video(
+        self,
+        video_id: str,
+        *,
+        rep_count: int | _Unset = UNSET,
+        domain: DomainArg | _Unset = UNSET,
+        activity: ActivityArg | _Unset = UNSET,
+        max_retries: int | None = None,
+    ) -> str:
+        """Change a video's rep count, domain or activity; only the fields given are sent.
+
+        Returns:
+            The video's id, as the API returns it.
+        """
+        check_video_id(video_id)
+        body: dict[str, Any] = {}
+        if not isinstance(rep_count, _Unset):
+            if rep_count is None:
+                raise ValueError("rep_count cannot be cleared; omit it to keep the current value")
+            body["repCount"] = check_rep_count(rep_count)
+        given_domain = None if isinstance(domain, _Unset) else domain
+        given_activity = None if isinstance(activity, _Unset) else activity
+        wire_domain, wire_activity = resolve_domain_activity(given_domain, given_activity)
+        if wire_domain is not None:
+            # Also when only the activity changed: its domain changes with it.
+            body["domain"] = wire_domain
+        if wire_activity is not None:
+            body["activity"] = wire_activity
+        return await self._call(
+            "PUT",
+            f"/videos/{video_id}",
+            what=f"Update video {video_id}",
+            decode=_video_id_from(video_id),
+            body=body,
+            max_retries=max_retries,
+        )
+
+    async def get_analysis(self, video_id: str, *, max_retries: int | None = None) -> Analysis:
+        """Fetch a video's analysis (Get Analysis), in whatever state it is.
+
+        ``status`` is Pending until analysis finishes; see await_analysis to wait for it.
+        """
+        analysis, _ = await self._get_analysis(check_video_id(video_id), max_retries)
+        return analysis
+
+    async def _get_analysis(
+        self, video_id: str, max_retries: int | None = None
+    ) -> tuple[Analysis, float | None]:
+        what = f"Get analysis of video {video_id}"
+        model = _model(Analysis, what)
+
+        def decode(resp: Response) -> tuple[Analysis, float | None]:
+            return model(resp), parse_retry_after(resp.headers.get("Retry-After"))
+
+        return await self._call(
+            "GET",
+            f"/videos/{video_id}/analysis",
+            what=what,
+            decode=decode,
+            max_retries=max_retries,
+        )
+
+    async def get_joint_data(self, video_id: str, *, max_retries: int | None = None) -> JointData:
+        """Fetch per-frame joint positions and the rep analysis (Get Joint Data)."""
+        check_video_id(video_id)
+        what = f"Get joint data of video {video_id}"
+        return await self._call(
+            "GET",
+            f"/videos/{video_id}/j2p",
+            what=what,
+            decode=_model(JointData, what),
+            max_retries=max_retries,
+        )
+
+    async def await_analysis(
+        self,
+        video_id: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        interval: float | None = None,
+        max_interval: float | None = None,
+    ) -> Analysis:
+        """Poll Get Analysis until it is Complete or Failed, and return it.
+
+        Polls at once, then with growing waits from ``interval`` up to ``max_interval``
+        (defaults 1 s and 5 s: a typical 30 s analysis costs 10 requests). A transient failure
+        of one poll does not end the wait. A Failed analysis is returned, not raised: check
+        ``analysis.status`` and ``analysis.reason``.
+
+        Raises:
+            AnalysisTimeoutError: ``timeout`` seconds passed first. The video is not lost:
+                ``exc.video_id`` can be awaited again, ``exc.last`` is the last status seen.
+        """
+        check_video_id(video_id)
+        policy = self.poll_policy
+        if interval is not None or max_interval is not None:
+            new_interval = policy.interval if interval is None else interval
+            policy = PollPolicy(
+                interval=new_interval,
+                max_interval=max(new_interval, policy.max_interval)
+                if max_interval is None
+                else max_interval,
+                multiplier=policy.multiplier,
+                jitter=policy.jitter,
+            )
+        return await poll_analysis(
+            lambda: self._get_analysis(video_id),
+            video_id=video_id,
+            timeout=timeout,
+            policy=policy,
+        )
+
+    async def analyze(
+        self,
+        file: FileSource,
+        *,
+        domain: DomainArg = None,
+        activity: ActivityArg = None,
+        rep_count: int | None = None,
+        source: str | None = None,
+        progress: ProgressCallback | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> Analysis:
+        """Upload a video and wait for its analysis: upload_video, then await_analysis."""
+        video_id = await self.upload_video(
+            file,
+            domain=domain,
+            activity=activity,
+            rep_count=rep_count,
+            source=source,
+            progress=progress,
+        )
+        return await self.await_analysis(video_id, timeout=timeout)
+
+    async def download(
+        self,
+        video_id: str,
+        dest: str | os.PathLike[str],
+        *,
+        overlay: OverlayType | str | None = None,
+        progress: ProgressCallback | None = None,
+        max_retries: int | None = None,
+    ) -> Path:
+        """Download a video's raw content, or one of its overlays, to ``dest``.
+
+        The file is streamed to a temporary file beside ``dest`` and renamed into place once
+        complete (and its size checked), so ``dest`` is never left half-written. No
+        Authorization header goes to the storage host.
+
+        Args:
+            video_id: The video.
+            dest: The file to write (replaced if it exists).
+            overlay: ``"skeleton"`` or ``"all"`` for an overlay video; None for the raw video.
+            progress: Called as ``progress(received_bytes, total_bytes)``.
+
+        Raises:
+            ValueError: An unknown overlay type, or the video/overlay is not ready to download.
+        """
+        check_video_id(video_id)
+        if overlay is not None:
+            try:
+                overlay = OverlayType(overlay)
+            except ValueError:
+                raise ValueError(
+                    f"unknown overlay {overlay!r}; accepted values: "
+                    f"{', '.join(o.value for o in OverlayType)} (or None for the raw video)"
+                ) from None
+        target = Path(dest)
+        if target.is_dir():
+            raise IsADirectoryError(f"dest must be a file path, but {str(target)!r} is a folder")
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"folder for dest does not exist: {str(target.parent)!r}")
+        video = await self.get_video(video_id, max_retries=max_retries)
+        if overlay is None:
+            uri, name = video.uri, "video"
+        else:
+            found = video.overlays.get(overlay.value)
+            uri, name = (found.uri if found else None), f"{overlay.value} overlay"
+        if not uri:
+            raise ValueError(
+                f"the {name} of video {video_id} is not available yet (video status "
+                f"{video.status}); wait for the analysis to complete"
+            )
+        what = f"Download of the {name} of video {video_id}"
+        checked_url(uri, name="download uri", allow_insecure_http=self._allow_insecure_http)
+        return await self._transport.send(
+            Request(
+                method="GET",
+                url=URL(uri, encoded=True),  # as given: re-encoding would break the signature
+                what=what,
+                errors=lambda status, headers, raw: storage_error(status, headers, raw, what=what),
+                stream=stream_to_file(target, progress=progress, what=what),
+                total=None,
+                allow_redirects=True,
+            ),
+            max_retries=max_retries,
+        )
+
+    def batch_upload(
+        self,
+        items: Iterable[BatchItem] | AsyncIterable[BatchItem],
+        *,
+        upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
+        wait: bool = True,
+        journal: str | os.PathLike[str] | None = None,
+        progress: Callable[[BatchProgress], None] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        poll_rate: float = DEFAULT_POLL_RATE,
+        domain: DomainArg = None,
+        activity: ActivityArg = None,
+        rep_count: int | None = None,
+        source: str | None = None,
+    ) -> AsyncIterator[BatchResult]:
+        """Upload many videos and collect their analyses, yielding one result per item.
+
+        ::
+
+            async for r in guru.batch_upload(paths, upload_concurrency=8, journal="batch.db"):
+                print(r.item, r.video_id, r.analysis, r.error)
+
+        Results come in completion order. Uploads run ``upload_concurrency`` at a time;
+        uploaded videos are polled by one shared loop at no more than ``poll_rate`` requests
+        per second, so memory, tasks and request rate stay bounded for any number of items
+        (``items`` may be a lazy iterable or an async iterable). A failing item (missing file,
+        upload refused, analysis Failed or timed out) is reported in its result; it never stops
+        the others.
+
+        Args:
+            items: Paths, or VideoSpec for per-video metadata.
+            upload_concurrency: How many uploads run at once.
+            wait: Await each analysis (True) or yield as soon as each upload is done.
+            journal: A SQLite file recording progress. Rerunning the same batch with it skips
+                finished items, resumes waiting for uploaded ones and uploads only the rest: a
+                video is never uploaded twice, even after a crash.
+            progress: Called with the BatchProgress counters whenever they change.
+            timeout: Seconds to wait for each video's analysis after its upload.
+            poll_rate: The most Get Analysis requests per second the batch makes.
+            domain, activity, rep_count, source: Defaults for items that do not set them.
+        """
+        run = BatchRun(
+            self,
+            items,
+            upload_concurrency=upload_concurrency,
+            wait=wait,
+            journal=journal,
+            progress=progress,
+            timeout=timeout,
+            poll_policy=self.poll_policy,
+            poll_rate=poll_rate,
+            defaults={
+                "domain": domain,
+                "activity": activity,
+                "rep_count": rep_count,
+                "source": source,
+            },
+        )
+        return run.results()
+
+
+def _model(cls: type[T], what: str) -> Callable[[Response], T]:
+    def decode(resp: Response) -> T:
+        return structure(
+            decode_json(resp.body, what=what, status=resp.status),
+            cls,
+            what=what,
+            status=resp.status,
+        )
+
+    return decode
+
+
+def _ignore_body(resp: Response) -> None:
+    return None
+
+
+def _video_id_from(video_id: str) -> Callable[[Response], str]:
+    # The API documents "the ID of the video" as the response; accept {"id": ...} or a string.
+    def decode(resp: Response) -> str:
+        if not resp.body.strip():
+            return video_id
+        data = decode_json(resp.body, what=f"Update video {video_id}", status=resp.status)
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            return str(data["id"])
+        if isinstance(data, str):
+            return data
+        raise ResponseDecodeError(
+            f"Update video {video_id}: expected the video's id, got {str(data)[:80]!r}",
+            status=resp.status,
+            body=str(data)[:200],
+        )
+
+    return decode
+
+
+def _decode_token(resp: Response) -> Token:
+    data = decode_json(resp.body, what="Token request", status=resp.status)
+    token = data.get("access_token") if isinstance(data, dict) else None
+    expires_in = data.get("expires_in") if isinstance(data, dict) else None
+    if (
+        not isinstance(token, str)
+        or not token
+        or isinstance(expires_in, bool)
+        or not isinstance(expires_in, (int, float))
+    ):
+        # Never echo this body: it may hold a token.
+        raise ResponseDecodeError(
+            "Token request: response lacks access_token or a numeric expires_in",
+            status=resp.status,
+        )
+    now = time.time()
+    token_type = data.get("token_type")
+    return Token(
+        access_token=token,
+        expires_at=now + float(expires_in),
+        token_type=token_type if isinstance(token_type, str) else "Bearer",
+        issued_at=now,
+    )
+
+
+def _token_error(status: int, headers: Any, raw: bytes) -> GuruError:
+    body = json_error_body(raw)
+    if status in (400, 401, 403):
+        code = body.get("error") if isinstance(body, dict) else None
+        return AuthenticationError(
+            f"the token endpoint rejected the client credentials (HTTP {status}"
+            f"{': ' + str(code) if code else ''}); check GURU_CLIENT_ID and GURU_CLIENT_SECRET",
+            status=status,
+            body=body,
+        )
+    error: APIError = error_for_status(
+        status,
+        body,
+        context="Token request",
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+    )
+    return error
+
+
+def _presign_expired(exc: UploadError) -> bool:
+    return exc.code == "PolicyExpired" or (
+        exc.code == "AccessDenied" and "expired" in str(exc).lower()
+    )

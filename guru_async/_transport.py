@@ -1,0 +1,262 @@
+"""The one HTTP path: every request the SDK makes goes through ``Transport.send``.
+
+It owns what no endpoint should re-implement: the Authorization header (API requests only,
+never storage), the single refresh-and-retry after a 401, retries with backoff under one policy
+and a shared budget, timeouts, mapping failures to typed errors, and a DEBUG log line per
+request that never carries a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
+
+import aiohttp
+import backoff
+from attrs import frozen
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from ._converter import decode_json
+from ._errors import (
+    AuthenticationError,
+    GuruConnectionError,
+    GuruError,
+    ResponseDecodeError,
+    SessionClosedError,
+)
+from ._retry import RetryBudget, RetryPolicy, is_retryable, wait_times
+
+log = logging.getLogger("guru_async")
+
+T = TypeVar("T")
+
+# URLs inside library messages can carry presigned signatures in their query: drop queries.
+_URL_QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """Remove query strings (presigned signatures) from any URL in ``text``."""
+    return _URL_QUERY.sub(r"\1?…", text)
+
+
+@frozen
+class Timeouts:
+    """How long requests may take, in seconds.
+
+    Attributes:
+        connect: To open a connection (including waiting for a free one in the pool).
+        read: The longest silence while reading a response, and while sending an upload.
+        total: The whole of one API call, retries and their waits included. Uploads and
+            downloads have no total (a large file must not hit it); ``read`` bounds them.
+    """
+
+    connect: float = 10.0
+    read: float = 60.0
+    total: float = 120.0
+
+
+class AccessToken(Protocol):
+    """What the transport needs from a token provider."""
+
+    async def get(self) -> str: ...
+
+    def invalidate(self, access_token: str) -> None: ...
+
+
+@frozen
+class Response:
+    """A successful response's parts, handed to a request's decoder."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+ErrorMapper = Callable[[int, "CIMultiDictProxy[str]", bytes], GuruError]
+
+
+@frozen
+class Request(Generic[T]):
+    """One logical call: what to send, and how to read the answer.
+
+    Attributes:
+        what: Names the call in errors and logs (e.g. ``"Get analysis of video 1234"``).
+        body: Builds a fresh body for each attempt (a streamed file payload is consumed).
+        decode: Turns a successful response into the result, inside the retried attempt, so
+            a body cut short is retried like a dropped connection.
+        stream: For large responses: receives the live response instead of its bytes.
+        errors: Maps an error status and body to the exception to raise.
+        authorized: Send the API token (never true for storage or the token endpoint).
+        total: Overrides ``Timeouts.total``; None means no total (uploads, downloads).
+    """
+
+    method: str
+    url: URL
+    what: str
+    errors: ErrorMapper
+    decode: Callable[[Response], T] | None = None
+    stream: Callable[[aiohttp.ClientResponse], Awaitable[T]] | None = None
+    body: Callable[[], Any] | None = None
+    headers: Mapping[str, str] | None = None
+    params: Mapping[str, str] | None = None
+    authorized: bool = False
+    total: float | None = -1.0  # -1: use the session's Timeouts.total
+    allow_redirects: bool = False
+
+
+class _AuthState:
+    __slots__ = ("refreshed", "token")
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self.refreshed = False
+
+
+class Transport:
+    """Sends Requests with auth, retries, timeouts, error mapping and logging."""
+
+    def __init__(
+        self,
+        *,
+        http: Callable[[], aiohttp.ClientSession],
+        token: AccessToken | None,
+        policy: RetryPolicy,
+        timeouts: Timeouts,
+        budget: RetryBudget | None = None,
+        is_closed: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._http = http
+        self.token = token
+        self.policy = policy
+        self.timeouts = timeouts
+        self.budget = budget if budget is not None else RetryBudget()
+        self._is_closed = is_closed
+
+    async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
+        """Send ``req`` until it succeeds, fails for good, or runs out of retries or time."""
+        retries = self.policy.max_retries if max_retries is None else max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        total = self.timeouts.total if req.total == -1.0 else req.total
+        deadline = None if total is None else time.monotonic() + total
+        auth = _AuthState()
+
+        def giveup(exc: Exception) -> bool:
+            if self._is_closed() or not is_retryable(exc):
+                return True
+            return not self.budget.spend(exc)
+
+        retried = backoff.on_exception(
+            wait_times,
+            GuruError,
+            max_tries=retries + 1,
+            giveup=giveup,
+            jitter=None,
+            on_backoff=functools.partial(_log_backoff, req.what),
+            policy=self.policy,
+            deadline=deadline,
+        )(self._attempt)
+        while True:
+            try:
+                result: T = await retried(req, auth, deadline)
+            except AuthenticationError as exc:
+                # An expired or revoked token: refresh once and try the call once more.
+                if not (req.authorized and exc.status == 401 and not auth.refreshed):
+                    raise
+                assert self.token is not None
+                assert auth.token is not None
+                self.token.invalidate(auth.token)
+                auth.refreshed = True
+                continue
+            self.budget.success()
+            return result
+
+    async def _attempt(self, req: Request[T], auth: _AuthState, deadline: float | None) -> T:
+        if self._is_closed():
+            raise SessionClosedError(f"{req.what}: the GuruSession is closed")
+        headers = dict(req.headers or {})
+        if req.authorized:
+            assert self.token is not None
+            auth.token = await self.token.get()
+            headers["Authorization"] = auth.token  # the raw token: the API takes no "Bearer"
+        remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+        timeout = aiohttp.ClientTimeout(
+            total=remaining, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read
+        )
+        started = time.monotonic()
+        status: int | str = "error"
+        try:
+            async with self._http().request(
+                req.method,
+                req.url,
+                data=req.body() if req.body is not None else None,
+                headers=headers,
+                params=req.params,
+                timeout=timeout,
+                allow_redirects=req.allow_redirects,
+            ) as resp:
+                status = resp.status
+                if resp.status >= 300:
+                    raw = await resp.read()
+                    raise req.errors(resp.status, resp.headers, raw)
+                if req.stream is not None:
+                    return await req.stream(resp)
+                raw = await resp.read()
+                assert req.decode is not None
+                return req.decode(Response(resp.status, resp.headers, raw))
+        except GuruError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if isinstance(exc.__cause__, GuruError):
+                # Raised by our own body (a file that changed size) and wrapped by aiohttp.
+                raise exc.__cause__ from None
+            if self._is_closed():
+                raise SessionClosedError(f"{req.what}: the GuruSession was closed") from None
+            # No chained cause: aiohttp's exceptions can carry the full (presigned) URL.
+            raise GuruConnectionError(f"{req.what}: {describe_network_error(exc)}") from None
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s %s%s -> %s in %.1f ms",
+                    req.method,
+                    req.url.host,
+                    req.url.path,
+                    status,
+                    (time.monotonic() - started) * 1000,
+                )
+
+
+def describe_network_error(exc: BaseException) -> str:
+    """A one-line, secret-free description of a network failure."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    detail = redact(str(exc))
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def _log_backoff(what: str, details: Any) -> None:
+    exc = details.get("exception")
+    log.info(
+        "%s: retrying in %.2f s after attempt %d failed: %s",
+        what,
+        details.get("wait", 0.0),
+        details.get("tries", 0),
+        redact(str(exc)) if exc is not None else "?",
+    )
+
+
+def json_error_body(raw: bytes) -> Any:
+    """An error body as JSON when it is JSON, else as (short) text."""
+    if not raw:
+        return ""
+    try:
+        return decode_json(raw, what="error body")
+    except ResponseDecodeError:
+        text = raw.decode("utf-8", "replace")
+        return text if len(text) <= 1000 else text[:1000] + "…"
