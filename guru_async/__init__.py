@@ -21,6 +21,7 @@ from ._errors import (
     SessionClosedError,
     UploadError,
 )
+from ._limiter import AdaptiveLimiter
 from ._models import (
     Analysis,
     BoundingBox,
@@ -48,6 +49,7 @@ __all__ = [
     "UNSET",
     "APIError",
     "Activity",
+    "AdaptiveLimiter",
     "Analysis",
     "AnalysisStatus",
     "AnalysisTimeoutError",

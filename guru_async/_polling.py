@@ -115,6 +115,7 @@ async def poll_analysis(
         predicate=lambda a: a is None or not a.is_done,
         max_tries=None,
         jitter=None,
+        logger=None,  # waiting is normal, not worth backoff's log line per poll
         deadline=deadline,
         state=state,
     )(poll)()

@@ -44,6 +44,7 @@ from ._errors import (
     UploadError,
     error_for_status,
 )
+from ._limiter import AdaptiveLimiter
 from ._models import Analysis, CreatedVideo, JointData, Video
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
 from ._retry import DEFAULT_MAX_RETRIES, RetryBudget, RetryPolicy, parse_retry_after
@@ -151,6 +152,8 @@ class GuruSession:
         max_retries: Retries of a failed request (connection errors, 408, 429, 5xx); 0 disables.
         timeouts: Connect, read and per-call total timeouts.
         poll_policy: The default schedule of await_analysis.
+        limiter: Client-side flow control that slows every call down together when the
+            service throttles (429); pass one AdaptiveLimiter to several sessions to share it.
         allow_insecure_http: Allow plain http to hosts other than this machine.
     """
 
@@ -168,6 +171,7 @@ class GuruSession:
         max_retries: int = DEFAULT_MAX_RETRIES,
         timeouts: Timeouts | None = None,
         poll_policy: PollPolicy | None = None,
+        limiter: AdaptiveLimiter | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
         self._allow_insecure_http = allow_insecure_http
@@ -215,6 +219,7 @@ class GuruSession:
             policy=RetryPolicy(max_retries=max_retries),
             timeouts=timeouts or Timeouts(),
             budget=RetryBudget(),
+            limiter=limiter,
             is_closed=lambda: self._closed,
         )
 

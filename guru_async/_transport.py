@@ -30,6 +30,7 @@ from ._errors import (
     ResponseDecodeError,
     SessionClosedError,
 )
+from ._limiter import AdaptiveLimiter
 from ._retry import RetryBudget, RetryPolicy, is_retryable, wait_times
 
 log = logging.getLogger("guru_async")
@@ -129,6 +130,7 @@ class Transport:
         policy: RetryPolicy,
         timeouts: Timeouts,
         budget: RetryBudget | None = None,
+        limiter: AdaptiveLimiter | None = None,
         is_closed: Callable[[], bool] = lambda: False,
     ) -> None:
         self._http = http
@@ -136,6 +138,7 @@ class Transport:
         self.policy = policy
         self.timeouts = timeouts
         self.budget = budget if budget is not None else RetryBudget()
+        self.limiter = limiter if limiter is not None else AdaptiveLimiter()
         self._is_closed = is_closed
 
     async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
@@ -158,6 +161,7 @@ class Transport:
             max_tries=retries + 1,
             giveup=giveup,
             jitter=None,
+            logger=None,  # _log_backoff logs retries, with secrets redacted
             on_backoff=functools.partial(_log_backoff, req.what),
             policy=self.policy,
             deadline=deadline,
@@ -189,6 +193,7 @@ class Transport:
         timeout = aiohttp.ClientTimeout(
             total=remaining, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read
         )
+        await self.limiter.acquire()
         started = time.monotonic()
         status: int | str = "error"
         try:
@@ -204,7 +209,10 @@ class Transport:
                 status = resp.status
                 if resp.status >= 300:
                     raw = await resp.read()
-                    raise req.errors(resp.status, resp.headers, raw)
+                    error = req.errors(resp.status, resp.headers, raw)
+                    self.limiter.record(throttled=_is_throttle(error))
+                    raise error
+                self.limiter.record(throttled=False)
                 if req.stream is not None:
                     return await req.stream(resp)
                 raw = await resp.read()
@@ -230,6 +238,10 @@ class Transport:
                     status,
                     (time.monotonic() - started) * 1000,
                 )
+
+
+def _is_throttle(error: GuruError) -> bool:
+    return getattr(error, "status", None) == 429 or getattr(error, "code", None) == "SlowDown"
 
 
 def describe_network_error(exc: BaseException) -> str:

@@ -1,0 +1,58 @@
+"""Shared fixtures: a real emulator on 127.0.0.1 and a session pointed at it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from guru_async import GuruSession, MemoryTokenStore, PollPolicy
+from guru_async.testing import GuruEmulator
+
+# Polls every 10-50 ms instead of 1-5 s, so tests wait on the emulator, not on the schedule.
+FAST_POLLS = PollPolicy(interval=0.01, max_interval=0.05)
+
+
+@pytest.fixture
+async def emulator(tmp_path: Path) -> AsyncIterator[GuruEmulator]:
+    """A running emulator whose analyses finish 0.1 s after upload."""
+    async with GuruEmulator(analysis_delay=0.1, storage_dir=tmp_path / "storage") as emu:
+        yield emu
+
+
+@pytest.fixture
+def make_session(emulator: GuruEmulator) -> Callable[..., GuruSession]:
+    """Build sessions against the emulator, each with its own token store unless given one."""
+
+    def make(**kwargs: object) -> GuruSession:
+        options: dict[str, object] = {
+            "base_url": emulator.base_url,
+            "token_url": emulator.token_url,
+            "token_store": MemoryTokenStore(),
+            "poll_policy": FAST_POLLS,
+        }
+        options.update(kwargs)
+        return GuruSession(emulator.client_id, emulator.client_secret, **options)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+async def guru(make_session: Callable[..., GuruSession]) -> AsyncIterator[GuruSession]:
+    """An open session against the emulator."""
+    async with make_session() as session:
+        yield session
+
+
+@pytest.fixture
+def video_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write a file of random bytes and return its path."""
+
+    def make(name: str = "clip.mp4", size: int = 64 * 1024, content: bytes | None = None) -> Path:
+        path = tmp_path / name
+        path.write_bytes(content if content is not None else os.urandom(size))
+        return path
+
+    return make
