@@ -32,7 +32,7 @@ from ._batch import (
     BatchResult,
     BatchRun,
 )
-from ._converter import decode_json, structure
+from ._converter import decode_json, gc_paused, structure
 from ._download import stream_to_file
 from ._enums import OverlayType
 from ._errors import (
@@ -773,12 +773,9 @@ class GuruSession:
 
 def _model(cls: type[T], what: str) -> Callable[[Response], T]:
     def decode(resp: Response) -> T:
-        return structure(
-            decode_json(resp.body, what=what, status=resp.status),
-            cls,
-            what=what,
-            status=resp.status,
-        )
+        with gc_paused():
+            data = decode_json(resp.body, what=what, status=resp.status)
+            return structure(data, cls, what=what, status=resp.status)
 
     return decode
 
