@@ -25,9 +25,9 @@ from attrs import define, field, frozen
 
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
-from ._errors import AnalysisTimeoutError, GuruError, UploadError
+from ._errors import AnalysisTimeoutError, GuruError
 from ._journal import Journal, item_key
-from ._models import Analysis
+from ._models import Analysis, CreatedVideo
 from ._polling import TRANSIENT_POLL_ERRORS, PollPolicy
 from ._upload import UploadSource, check_file
 from ._validation import (
@@ -240,6 +240,7 @@ class BatchRun:
             self.progress.started += 1
             video_id: str | None = None
             key: str | None = None
+            created: list[str] = []
             try:
                 spec = item if isinstance(item, VideoSpec) else VideoSpec(item)
                 path = check_file(spec.path)
@@ -257,11 +258,13 @@ class BatchRun:
                     ):
                         await self._uploaded(item, key, entry.video_id, resumed=True)
                         continue
-                video_id = await self._create_and_upload(path, fields, key)
+                video_id = await self._create_and_upload(path, fields, key, created)
                 await self._uploaded(item, key, video_id, resumed=False)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # A video created before the failure is named, so it can be inspected.
+                video_id = video_id or (created[-1] if created else None)
                 if self._journal is not None and key is not None:
                     await self._journal.record(key, "error", error=exc)
                 await self._emit(BatchResult(item, video_id=video_id, error=exc))
@@ -290,32 +293,29 @@ class BatchRun:
         video = await self._session.get_video(video_id)
         return video.status == VideoStatus.SUCCESS
 
-    async def _create_and_upload(self, path: Path, fields: dict[str, Any], key: str | None) -> str:
+    async def _create_and_upload(
+        self, path: Path, fields: dict[str, Any], key: str | None, created_ids: list[str]
+    ) -> str:
         source = UploadSource(path)
         self.progress.bytes_total += source.size
-        sent_before = self.progress.bytes_sent
-        last = 0
+        counted = 0
 
         def on_bytes(sent: int, total: int) -> None:
-            nonlocal last
-            self.progress.bytes_sent += sent - last
-            last = sent
-            self._report()
+            # A retried upload restarts from 0: count only bytes beyond what was counted.
+            nonlocal counted
+            if sent > counted:
+                self.progress.bytes_sent += sent - counted
+                counted = sent
+                self._report()
 
-        for attempt in (1, 2):
-            created = await self._session.create_video(path.name, size=source.size, **fields)
+        async def journal_created(created: CreatedVideo) -> None:
+            created_ids.append(created.id)
             if self._journal is not None and key is not None:
                 await self._journal.record(key, "created", video_id=created.id)
-            try:
-                await self._session._upload(created, source, on_bytes, None)
-            except UploadError as exc:
-                self.progress.bytes_sent = sent_before
-                last = 0
-                if attempt == 1 and exc.code in ("PolicyExpired",):
-                    continue
-                raise
-            return created.id
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        return await self._session._create_and_upload(
+            source, fields, progress=on_bytes, on_created=journal_created
+        )
 
     async def _uploaded(
         self, item: BatchItem, key: str | None, video_id: str, *, resumed: bool

@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -55,6 +55,7 @@ from ._upload import (
     ProgressCallback,
     UploadSource,
     check_not_expired,
+    presign_expired,
     storage_error,
 )
 from ._validation import (
@@ -468,21 +469,34 @@ class GuruSession:
         expires before it can start, a fresh video is created once and uploaded instead.
         Arguments are as for create_video and upload.
         """
-        src = UploadSource(file)
+        return await self._create_and_upload(
+            UploadSource(file),
+            {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
+            progress=progress,
+            max_retries=max_retries,
+        )
+
+    async def _create_and_upload(
+        self,
+        src: UploadSource,
+        fields: dict[str, Any],
+        *,
+        progress: ProgressCallback | None = None,
+        max_retries: int | None = None,
+        on_created: Callable[[CreatedVideo], Awaitable[None]] | None = None,
+    ) -> str:
+        # Shared by upload_video and batches: an expired presign is replaced by a fresh video
+        # once; on_created lets a batch journal the id before any byte is sent.
         for attempt in (1, 2):
             created = await self.create_video(
-                src.name,
-                size=src.size,
-                domain=domain,
-                activity=activity,
-                rep_count=rep_count,
-                source=source,
-                max_retries=max_retries,
+                src.name, size=src.size, max_retries=max_retries, **fields
             )
+            if on_created is not None:
+                await on_created(created)
             try:
                 await self._upload(created, src, progress, max_retries)
             except UploadError as exc:
-                if attempt == 1 and _presign_expired(exc):
+                if attempt == 1 and presign_expired(exc):
                     continue
                 raise
             return created.id
@@ -845,9 +859,3 @@ def _token_error(status: int, headers: Any, raw: bytes) -> GuruError:
         retry_after=parse_retry_after(headers.get("Retry-After")),
     )
     return error
-
-
-def _presign_expired(exc: UploadError) -> bool:
-    return exc.code == "PolicyExpired" or (
-        exc.code == "AccessDenied" and "expired" in str(exc).lower()
-    )

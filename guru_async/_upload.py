@@ -222,3 +222,10 @@ def storage_error(
         code=code,
         retry_after=parse_retry_after(headers.get("Retry-After")),
     )
+
+
+def presign_expired(exc: UploadError) -> bool:
+    """True when storage (or the pre-send check) refused an upload for an expired presign."""
+    return exc.code == "PolicyExpired" or (
+        exc.code == "AccessDenied" and "expired" in str(exc).lower()
+    )
