@@ -17,7 +17,14 @@ import itertools
 import os
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -106,6 +113,7 @@ class BatchProgress:
 _END = object()
 DEFAULT_UPLOAD_CONCURRENCY = 4
 DEFAULT_POLL_RATE = 50.0
+DEFAULT_MAX_IN_FLIGHT = 1000
 POLL_CONCURRENCY = 8
 
 
@@ -132,12 +140,20 @@ class BatchRun:
         timeout: float,
         poll_policy: PollPolicy,
         poll_rate: float,
+        max_in_flight: int,
         defaults: dict[str, Any],
     ) -> None:
         if isinstance(upload_concurrency, bool) or not isinstance(upload_concurrency, int):
             raise TypeError("upload_concurrency must be an int")
         if upload_concurrency < 1:
             raise ValueError(f"upload_concurrency must be >= 1, got {upload_concurrency}")
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
+            raise TypeError("max_in_flight must be an int")
+        if max_in_flight < upload_concurrency:
+            raise ValueError(
+                f"max_in_flight ({max_in_flight}) must be >= upload_concurrency "
+                f"({upload_concurrency})"
+            )
         if poll_rate <= 0:
             raise ValueError(f"poll_rate must be > 0 requests per second, got {poll_rate}")
         self._session = session
@@ -160,6 +176,9 @@ class BatchRun:
         self.progress = BatchProgress()
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * upload_concurrency + 16)
         self._pull_lock = asyncio.Lock()
+        # Items read from the input but not yet reported: each reported result frees one, so
+        # reading the input never runs ahead of analyses however fast uploads are.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self._input_error: BaseException | None = None
         self._waiting: dict[str, _Waiting] = {}
         self._due: list[tuple[float, int, str]] = []
@@ -167,7 +186,7 @@ class BatchRun:
         self._wakeup = asyncio.Event()
         self._uploads_over = False
 
-    async def results(self) -> AsyncIterator[BatchResult]:
+    async def results(self) -> AsyncGenerator[BatchResult, None]:
         """Run the batch, yielding each item's result as it completes."""
         if self._journal is not None:
             await self._journal.open()
@@ -219,14 +238,15 @@ class BatchRun:
                 self._input_error = exc
                 return _END
 
-    async def _emit(self, result: BatchResult, *, final: bool = True) -> None:
-        if final:
-            if result.ok:
-                self.progress.succeeded += 1
-            else:
-                self.progress.failed += 1
+    async def _emit(self, result: BatchResult) -> None:
+        # Called exactly once per item read from the input.
+        if result.ok:
+            self.progress.succeeded += 1
+        else:
+            self.progress.failed += 1
         self._report()
         await self._results.put(result)
+        self._in_flight.release()
 
     def _report(self) -> None:
         self.progress.waiting = len(self._waiting)
@@ -236,7 +256,12 @@ class BatchRun:
     # -- uploads -----------------------------------------------------------------------------
 
     async def _upload_worker(self) -> None:
-        while (item := await self._next_item()) is not _END:
+        while True:
+            await self._in_flight.acquire()
+            item = await self._next_item()
+            if item is _END:
+                self._in_flight.release()
+                return
             self.progress.started += 1
             video_id: str | None = None
             key: str | None = None

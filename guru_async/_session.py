@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -25,6 +25,7 @@ from ._auth import (
     credentials_key,
 )
 from ._batch import (
+    DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_POLL_RATE,
     DEFAULT_UPLOAD_CONCURRENCY,
     BatchItem,
@@ -734,11 +735,12 @@ class GuruSession:
         progress: Callable[[BatchProgress], None] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         poll_rate: float = DEFAULT_POLL_RATE,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         domain: DomainArg = None,
         activity: ActivityArg = None,
         rep_count: int | None = None,
         source: str | None = None,
-    ) -> AsyncIterator[BatchResult]:
+    ) -> AsyncGenerator[BatchResult, None]:
         """Upload many videos and collect their analyses, yielding one result per item.
 
         ::
@@ -763,6 +765,8 @@ class GuruSession:
             progress: Called with the BatchProgress counters whenever they change.
             timeout: Seconds to wait for each video's analysis after its upload.
             poll_rate: The most Get Analysis requests per second the batch makes.
+            max_in_flight: The most items between being read from ``items`` and being
+                reported (uploading or awaiting analysis); bounds memory for any input.
             domain, activity, rep_count, source: Defaults for items that do not set them.
         """
         run = BatchRun(
@@ -775,6 +779,7 @@ class GuruSession:
             timeout=timeout,
             poll_policy=self.poll_policy,
             poll_rate=poll_rate,
+            max_in_flight=max_in_flight,
             defaults={
                 "domain": domain,
                 "activity": activity,

@@ -10,7 +10,12 @@ import shlex
 import signal
 import sys
 
-from guru_async.testing._emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, GuruEmulator
+from guru_async.testing._emulator import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    STATS_PATH,
+    GuruEmulator,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage-port", type=int, default=0, help="storage port (default: any)")
     parser.add_argument("--analysis-delay", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--token-lifetime", type=float, default=3600.0, metavar="SECONDS")
+    parser.add_argument("--presign-lifetime", type=float, default=3600.0, metavar="SECONDS")
+    parser.add_argument(
+        "--storage-dir", default=None, help="keep uploads here (default: a temporary folder)"
+    )
     parser.add_argument("--video-seconds", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -59,6 +68,8 @@ async def _serve(args: argparse.Namespace) -> None:
         storage_port=args.storage_port,
         analysis_delay=args.analysis_delay,
         token_lifetime=args.token_lifetime,
+        presign_lifetime=args.presign_lifetime,
+        storage_dir=args.storage_dir,
         video_seconds=args.video_seconds,
         fps=args.fps,
         seed=args.seed,
@@ -75,6 +86,7 @@ async def _serve(args: argparse.Namespace) -> None:
             "storage_url": emulator.storage_url,
             "client_id": emulator.client_id,
             "client_secret": emulator.client_secret,
+            "stats_url": emulator.base_url + STATS_PATH,
         }
         if args.json:
             print(json.dumps(endpoints), flush=True)

@@ -92,6 +92,9 @@ def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
+STATS_PATH = "/_emulator/stats"
+
+
 class GuruEmulator:
     """A local emulator of the Guru API and its S3-style upload storage, over real sockets.
 
@@ -286,7 +289,22 @@ class GuruEmulator:
         self._name(add("PUT", "/videos/{id}", self._update), UPDATE_ROUTE)
         self._name(add("GET", "/videos/{id}/analysis", self._analysis), ANALYSIS_ROUTE)
         self._name(add("GET", "/videos/{id}/j2p", self._j2p), J2P_ROUTE)
+        add("GET", STATS_PATH, self._stats)
         return app
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        """The counters as JSON, for tests that drive a standalone emulator from outside."""
+        return _json_response(self.stats(), 200, None)
+
+    def stats(self) -> dict[str, Any]:
+        """The counters: token requests, requests per route, uploads per video id."""
+        return {
+            "token_requests": self.token_requests,
+            "requests": dict(self.requests),
+            "upload_attempts": dict(self.upload_attempts),
+            "uploads_completed": dict(self.uploads_completed),
+            "videos": len(self.videos),
+        }
 
     def _storage_app(self) -> web.Application:
         app = web.Application(middlewares=[self._storage_middleware])
@@ -321,6 +339,9 @@ class GuruEmulator:
 
     @web.middleware
     async def _api_middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path == STATS_PATH:
+            # Emulator-only introspection: neither counted, recorded, faulted nor authenticated.
+            return await handler(request)
         route = self._route_of(request)
         if route == TOKEN_ROUTE:
             self.token_requests += 1

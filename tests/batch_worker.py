@@ -1,0 +1,47 @@
+"""Run one journaled batch and print one JSON line per result, flushed at once.
+
+Usage: ``python tests/batch_worker.py JOURNAL CONCURRENCY FILE...``
+
+The endpoints and credentials come from GURU_BASE_URL, GURU_TOKEN_URL, GURU_CLIENT_ID and
+GURU_CLIENT_SECRET. tests/test_batch.py kills this process mid-batch and runs it again with the
+same journal to check that the batch resumes without uploading anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from guru_async import GuruSession, MemoryTokenStore, PollPolicy
+
+
+async def run(journal: str, concurrency: int, files: list[str]) -> None:
+    """Run the batch, printing each result as soon as it arrives."""
+    polls = PollPolicy(interval=0.02, max_interval=0.1)
+    async with GuruSession(token_store=MemoryTokenStore(), poll_policy=polls) as guru:
+        results = guru.batch_upload(
+            files, upload_concurrency=concurrency, journal=journal, poll_rate=500, activity="squat"
+        )
+        async for r in results:
+            line = {
+                "item": str(r.item),
+                "video_id": r.video_id,
+                "ok": r.ok,
+                "status": None if r.analysis is None else str(r.analysis.status),
+                "error": None if r.error is None else f"{type(r.error).__name__}: {r.error}",
+            }
+            print(json.dumps(line), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    """Parse ``JOURNAL CONCURRENCY FILE...`` and run the batch."""
+    if len(argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    asyncio.run(run(argv[0], int(argv[1]), argv[2:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
