@@ -112,11 +112,13 @@ class Request(Generic[T]):
 
 
 class _AuthState:
-    __slots__ = ("refreshed", "token")
+    __slots__ = ("refreshed", "token", "token_failed")
 
     def __init__(self) -> None:
         self.token: str | None = None
         self.refreshed = False
+        # Getting the token failed (its own request already retried): do not retry on top.
+        self.token_failed = False
 
 
 class Transport:
@@ -151,7 +153,7 @@ class Transport:
         auth = _AuthState()
 
         def giveup(exc: Exception) -> bool:
-            if self._is_closed() or not is_retryable(exc):
+            if self._is_closed() or auth.token_failed or not is_retryable(exc):
                 return True
             return not self.budget.spend(exc)
 
@@ -171,7 +173,13 @@ class Transport:
                 result: T = await retried(req, auth, deadline)
             except AuthenticationError as exc:
                 # An expired or revoked token: refresh once and try the call once more.
-                if not (req.authorized and exc.status == 401 and not auth.refreshed):
+                if not (
+                    req.authorized
+                    and exc.status == 401
+                    and not auth.refreshed
+                    and auth.token is not None
+                    and not auth.token_failed
+                ):
                     raise
                 assert self.token is not None
                 assert auth.token is not None
@@ -187,7 +195,12 @@ class Transport:
         headers = dict(req.headers or {})
         if req.authorized:
             assert self.token is not None
-            auth.token = await self.token.get()
+            auth.token = None
+            try:
+                auth.token = await self.token.get()
+            except GuruError:
+                auth.token_failed = True
+                raise
             headers["Authorization"] = auth.token  # the raw token: the API takes no "Bearer"
         remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
         timeout = aiohttp.ClientTimeout(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +58,40 @@ def video_file(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture
+async def start_emulator(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[GuruEmulator]]]:
+    """Start extra emulators with custom settings (e.g. analysis_delay=), stopped at teardown."""
+    async with contextlib.AsyncExitStack() as stack:
+        count = 0
+
+        async def start(**kwargs: Any) -> GuruEmulator:
+            nonlocal count
+            count += 1
+            kwargs.setdefault("storage_dir", tmp_path / f"storage-{count}")
+            return await stack.enter_async_context(GuruEmulator(**kwargs))
+
+        yield start
+
+
+@pytest.fixture
+async def session_for() -> AsyncIterator[Callable[..., GuruSession]]:
+    """Build a session against any emulator (own token store, fast polls), closed at teardown."""
+    sessions: list[GuruSession] = []
+
+    def make(emu: GuruEmulator, **kwargs: Any) -> GuruSession:
+        options: dict[str, Any] = {
+            "base_url": emu.base_url,
+            "token_url": emu.token_url,
+            "token_store": MemoryTokenStore(),
+            "poll_policy": FAST_POLLS,
+        }
+        options.update(kwargs)
+        session = GuruSession(emu.client_id, emu.client_secret, **options)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        await session.close()

@@ -778,6 +778,7 @@ async def test_standalone_cli_prints_json_and_serves() -> None:
             "base_url",
             "token_url",
             "storage_url",
+            "stats_url",
             "client_id",
             "client_secret",
         }

@@ -1,0 +1,282 @@
+"""Tokens: fetched once, reused, refreshed before expiry and after a 401, kept in token stores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from guru_async import (
+    AuthenticationError,
+    FileTokenStore,
+    GuruSession,
+    MemoryTokenStore,
+    Video,
+)
+from guru_async.testing import FaultRule, GuruEmulator
+from tests.conftest import FAST_POLLS
+from tests.helpers import headers_of, recorded_on
+
+GET_VIDEO = "GET /videos/{id}"
+ANALYSIS = "GET /videos/{id}/analysis"
+API_ROUTES = {"POST /videos", GET_VIDEO, "PUT /videos/{id}", ANALYSIS, "GET /videos/{id}/j2p"}
+
+MakeSession = Callable[..., GuruSession]
+
+
+async def _created_video_id(emulator: GuruEmulator) -> str:
+    """A video created through a throwaway session, with the counters then reset."""
+    async with GuruSession(
+        emulator.client_id,
+        emulator.client_secret,
+        base_url=emulator.base_url,
+        token_url=emulator.token_url,
+        token_store=MemoryTokenStore(),
+    ) as setup:
+        created = await setup.create_video("clip.mp4", size=10, activity="squat")
+    emulator.reset_counters()
+    emulator.recorded.clear()
+    return created.id
+
+
+def _api_authorizations(emulator: GuruEmulator) -> list[str]:
+    return [headers_of(r)["authorization"] for r in emulator.recorded if r.route in API_ROUTES]
+
+
+async def test_concurrent_first_calls_fetch_one_token(
+    emulator: GuruEmulator, make_session: MakeSession
+) -> None:
+    """50 concurrent calls on a fresh session share a single token request."""
+    video_id = await _created_video_id(emulator)
+    async with make_session() as guru:
+        calls: list[Awaitable[object]] = []
+        for i in range(50):
+            calls.append(guru.get_analysis(video_id) if i % 2 else guru.get_video(video_id))
+        results = await asyncio.gather(*calls)
+    assert emulator.token_requests == 1
+    assert emulator.requests[ANALYSIS] == 25
+    assert emulator.requests[GET_VIDEO] == 25
+    assert sum(isinstance(r, Video) for r in results) == 25
+    assert len(set(_api_authorizations(emulator))) == 1
+
+
+async def test_token_is_reused_across_calls(emulator: GuruEmulator, guru: GuruSession) -> None:
+    """Sequential calls all send the same token, fetched once."""
+    created = await guru.create_video("clip.mp4", size=10)
+    for _ in range(5):
+        await guru.get_video(created.id)
+        await guru.get_analysis(created.id)
+    assert emulator.token_requests == 1
+    tokens = _api_authorizations(emulator)
+    assert len(tokens) == 11
+    assert len(set(tokens)) == 1
+
+
+async def test_token_is_refreshed_before_it_expires(
+    start_emulator: Callable[..., Awaitable[GuruEmulator]],
+    session_for: Callable[..., GuruSession],
+) -> None:
+    """With 1 s tokens and calls over 1.3 s, tokens are renewed early: no call gets a 401."""
+    emu = await start_emulator(token_lifetime=1.0)
+    async with session_for(emu) as guru:
+        created = await guru.create_video("clip.mp4", size=10)
+        calls = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 1.3:
+            await guru.get_video(created.id)
+            calls += 1
+            await asyncio.sleep(0.04)  # spread the calls over more than one token lifetime
+    # A 401 would show as a second request for the same call.
+    assert emu.requests[GET_VIDEO] == calls
+    assert emu.requests["POST /videos"] == 1
+    assert 2 <= emu.token_requests <= 3
+    assert emu.token_requests * 5 < calls
+
+
+async def test_expired_token_is_refreshed_once_and_the_call_succeeds(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """After the API answers 401, the session fetches one new token and retries the call once."""
+    created = await guru.create_video("clip.mp4", size=10, activity="squat")
+    assert emulator.token_requests == 1
+    emulator.expire_tokens()
+    video = await guru.get_video(created.id)
+    assert video.status == "Pending"
+    assert emulator.token_requests == 2
+    assert emulator.requests[GET_VIDEO] == 2
+    old, rejected, fresh = _api_authorizations(emulator)
+    assert old == rejected
+    assert fresh != old
+    # The new token keeps being used: no further token requests.
+    await guru.get_analysis(created.id)
+    assert emulator.token_requests == 2
+
+
+async def test_wrong_client_secret_fails_at_once(emulator: GuruEmulator) -> None:
+    """Rejected credentials raise AuthenticationError after one token request, secret not shown."""
+    secret = "wrong-secret-d41d8cd98f00"
+    async with GuruSession(
+        emulator.client_id,
+        secret,
+        base_url=emulator.base_url,
+        token_url=emulator.token_url,
+        token_store=MemoryTokenStore(),
+    ) as guru:
+        with pytest.raises(AuthenticationError) as caught:
+            await guru.get_analysis("0b8e4c1e-0000-4000-8000-000000000000")
+    assert emulator.token_requests == 1
+    assert emulator.requests[ANALYSIS] == 0
+    assert secret not in str(caught.value)
+    assert secret not in repr(caught.value)
+    assert "invalid_client" in str(caught.value)
+
+
+async def test_token_endpoint_401_raises_authentication_error(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """A token endpoint that answers 401 raises AuthenticationError after one token request."""
+    emulator.faults.add(FaultRule(route="POST /oauth2/token", kind="status", status=401))
+    with pytest.raises(AuthenticationError) as caught:
+        await guru.get_analysis("0b8e4c1e-0000-4000-8000-000000000000")
+    assert caught.value.status == 401
+    assert emulator.token_requests == 1
+    assert emulator.requests[ANALYSIS] == 0
+
+
+async def test_file_token_store_survives_a_restart(
+    emulator: GuruEmulator, make_session: MakeSession, tmp_path: Path
+) -> None:
+    """A second session on the same token file reuses the saved token: no token request."""
+    path = tmp_path / "tokens.json"
+    async with make_session(token_store=FileTokenStore(path)) as first:
+        created = await first.create_video("clip.mp4", size=10)
+    assert emulator.token_requests == 1
+    async with make_session(token_store=FileTokenStore(path)) as second:
+        video = await second.get_video(created.id)
+    assert video.status == "Pending"
+    assert emulator.token_requests == 1
+    first_token, second_token = _api_authorizations(emulator)
+    assert first_token == second_token
+
+
+async def test_file_token_store_is_private(
+    emulator: GuruEmulator, make_session: MakeSession, tmp_path: Path
+) -> None:
+    """The token file is mode 0600 in a 0700 folder, and never holds the client secret."""
+    path = tmp_path / "cache" / "guru" / "tokens.json"
+    async with make_session(token_store=FileTokenStore(path)) as guru:
+        await guru.create_video("clip.mp4", size=10)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    text = path.read_text()
+    assert emulator.client_secret not in text
+    (entry,) = json.loads(text).values()
+    assert entry["access_token"] == _api_authorizations(emulator)[0]
+    assert entry["expires_at"] > time.time() + 3000
+
+
+async def test_corrupt_token_file_is_ignored_and_replaced(
+    emulator: GuruEmulator, make_session: MakeSession, tmp_path: Path
+) -> None:
+    """A token file that is not JSON is ignored, a token is fetched, and the file is rewritten."""
+    path = tmp_path / "tokens.json"
+    path.write_text("{not json at all")
+    async with make_session(token_store=FileTokenStore(path)) as guru:
+        await guru.create_video("clip.mp4", size=10)
+    assert emulator.token_requests == 1
+    saved = json.loads(path.read_text())
+    assert [entry["access_token"] for entry in saved.values()] == _api_authorizations(emulator)
+
+
+async def test_sessions_sharing_a_memory_store_share_a_token(
+    emulator: GuruEmulator, make_session: MakeSession
+) -> None:
+    """Two sessions on one MemoryTokenStore use the same token, fetched once."""
+    store = MemoryTokenStore()
+    async with make_session(token_store=store) as first, make_session(token_store=store) as second:
+        created = await first.create_video("clip.mp4", size=10)
+        await second.get_video(created.id)
+    assert emulator.token_requests == 1
+    first_token, second_token = _api_authorizations(emulator)
+    assert first_token == second_token
+
+
+async def test_static_access_token_is_used_as_given(emulator: GuruEmulator) -> None:
+    """access_token= makes calls with that token and never asks the token endpoint."""
+    token = emulator.issue_token()
+    async with GuruSession(
+        access_token=token, base_url=emulator.base_url, token_url=emulator.token_url
+    ) as guru:
+        created = await guru.create_video("clip.mp4", size=10)
+        await guru.get_analysis(created.id)
+    assert emulator.token_requests == 0
+    assert _api_authorizations(emulator) == [token, token]
+
+
+async def test_static_access_token_rejected_raises(emulator: GuruEmulator) -> None:
+    """A revoked static token raises AuthenticationError (401); nothing tries to refresh it."""
+    token = emulator.issue_token()
+    emulator.revoke_token(token)
+    async with GuruSession(
+        access_token=token, base_url=emulator.base_url, token_url=emulator.token_url
+    ) as guru:
+        with pytest.raises(AuthenticationError) as caught:
+            await guru.get_analysis("0b8e4c1e-0000-4000-8000-000000000000")
+    assert caught.value.status == 401
+    assert emulator.token_requests == 0
+    assert token not in str(caught.value)
+
+
+async def test_authorization_header_is_the_raw_token(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """API calls send "Authorization: <token>" with no Bearer prefix."""
+    created = await guru.create_video("clip.mp4", size=10)
+    await guru.get_video(created.id)
+    tokens = _api_authorizations(emulator)
+    assert len(tokens) == 2
+    for token in tokens:
+        assert not token.lower().startswith("bearer")
+        assert " " not in token
+        assert len(token) >= 32
+
+
+async def test_token_request_is_a_client_credentials_form(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """The token request is a form POST with no Authorization header of its own."""
+    await guru.create_video("clip.mp4", size=10)
+    (token_request,) = recorded_on(emulator, "POST /oauth2/token")
+    headers = headers_of(token_request)
+    assert headers["content-type"] == "application/x-www-form-urlencoded"
+    assert "authorization" not in headers
+
+
+async def test_credentials_and_urls_from_the_environment(
+    emulator: GuruEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GURU_CLIENT_ID/_SECRET and GURU_BASE_URL/GURU_TOKEN_URL variables fill in arguments."""
+    monkeypatch.setenv("GURU_CLIENT_ID", emulator.client_id)
+    monkeypatch.setenv("GURU_CLIENT_SECRET", emulator.client_secret)
+    monkeypatch.setenv("GURU_BASE_URL", emulator.base_url)
+    monkeypatch.setenv("GURU_TOKEN_URL", emulator.token_url)
+    async with GuruSession(token_store=MemoryTokenStore(), poll_policy=FAST_POLLS) as guru:
+        created = await guru.create_video("clip.mp4", size=10)
+    assert created.id in emulator.videos
+    assert emulator.token_requests == 1
+
+
+def test_missing_credentials_raise_value_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no credentials given or in the environment, the session refuses to start."""
+    monkeypatch.delenv("GURU_CLIENT_ID", raising=False)
+    monkeypatch.delenv("GURU_CLIENT_SECRET", raising=False)
+    with pytest.raises(ValueError, match="GURU_CLIENT_ID"):
+        GuruSession()
+    with pytest.raises(ValueError, match="client_secret"):
+        GuruSession("only-an-id")
