@@ -32,8 +32,8 @@ from attrs import define, field, frozen
 
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
-from ._errors import AnalysisTimeoutError, GuruError
-from ._journal import Journal, item_key
+from ._errors import AnalysisTimeoutError
+from ._journal import Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
 from ._polling import TRANSIENT_POLL_ERRORS, PollPolicy
 from ._upload import UploadSource, check_file
@@ -172,7 +172,12 @@ class BatchRun:
         self._timeout = timeout
         self._policy = poll_policy
         self._poll_interval = 1.0 / poll_rate
+        # Batch-wide metadata is checked now, so a typo fails the call, not every item.
+        resolve_domain_activity(defaults.get("domain"), defaults.get("activity"))
+        check_rep_count(defaults.get("rep_count"))
+        check_optional_str("source", defaults.get("source"))
         self._defaults = defaults
+        self._service = f"{session.base_url} {session.client_id or ''}"
         self.progress = BatchProgress()
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * upload_concurrency + 16)
         self._pull_lock = asyncio.Lock()
@@ -271,7 +276,7 @@ class BatchRun:
                 path = check_file(spec.path)
                 fields = self._fields(spec)
                 if self._journal is not None:
-                    key = item_key(path, fields)
+                    key = item_key(self._service, path, fields)
                     entry = await self._journal.get(key)
                     if entry is not None and entry.state == "done":
                         await self._emit(self._restore(item, entry))
@@ -358,16 +363,15 @@ class BatchRun:
         self._report()
         self._wakeup.set()
 
-    def _restore(self, item: BatchItem, entry: Any) -> BatchResult:
+    def _restore(self, item: BatchItem, entry: JournalEntry) -> BatchResult:
+        # Only finished items are restored ("done" always holds the final analysis); items
+        # that failed are tried again on a rerun.
         analysis = None
         if entry.analysis is not None:
             analysis = structure(
                 decode_json(entry.analysis.encode(), what="journal"), Analysis, what="journal"
             )
-        error = None
-        if entry.error is not None:
-            error = GuruError(f"{entry.error_type}: {entry.error}")
-        return BatchResult(item, video_id=entry.video_id, analysis=analysis, error=error)
+        return BatchResult(item, video_id=entry.video_id, analysis=analysis)
 
     # -- the shared poll loop ----------------------------------------------------------------
 

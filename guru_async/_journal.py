@@ -135,6 +135,8 @@ class Journal:
         return list(self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state"))
 
 
-def item_key(path: Path, fields: dict[str, Any]) -> str:
-    """The journal key of an item: its absolute path and the metadata it is sent with."""
-    return json.dumps([str(path.resolve()), fields], sort_keys=True, separators=(",", ":"))
+def item_key(service: str, path: Path, fields: dict[str, Any]) -> str:
+    """The journal key of an item: the service and account it goes to (a journal reused
+    against another backend must not restore that backend's ids), its absolute path, and the
+    metadata it is sent with."""
+    return json.dumps([service, str(path.resolve()), fields], sort_keys=True, separators=(",", ":"))
