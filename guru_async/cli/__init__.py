@@ -1,0 +1,261 @@
+"""The ``guru-async`` command line: upload and analyse videos, inspect results, run a demo.
+
+Credentials come only from the environment (``GURU_CLIENT_ID``, ``GURU_CLIENT_SECRET``, and
+optionally ``GURU_BASE_URL`` / ``GURU_TOKEN_URL``), so they never land in shell history or in
+``ps`` output. The access token is cached in ``$XDG_CACHE_HOME/guru-async/tokens.json`` (or
+``$GURU_ASYNC_CACHE_DIR/tokens.json``), so repeated invocations reuse one token.
+
+Exit status: 0 when everything succeeded, 1 when some video failed (analysis Failed, upload
+refused, timeout, an API error), 2 for usage errors and bad input (missing file, unknown
+activity, missing credentials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+
+from .._errors import AuthenticationError, GuruError
+from .._polling import DEFAULT_TIMEOUT
+from .._session import __version__
+from ..plot import JOINT_ANGLES
+from ._commands import (
+    _parse_include,
+    cmd_analysis,
+    cmd_batch,
+    cmd_download,
+    cmd_j2p,
+    cmd_plot,
+    cmd_update,
+    cmd_upload,
+    cmd_video,
+)
+from ._config import UsageError
+from ._constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, log
+from ._demo import cmd_demo
+from ._output import Output
+
+# -- the parser and main ---------------------------------------------------------------------
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+    return number
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # Added to the main parser and to every subcommand, so they work before or after it; the
+    # subcommands' copies default to SUPPRESS so they never undo a value given before.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="machine output: one JSON document (JSON lines for batch)",
+    )
+    parser.add_argument(
+        "--emulator",
+        action="store_true",
+        default=default(False),
+        help="run against an in-process Guru emulator started for this command",
+    )
+    parser.add_argument(
+        "--base-url",
+        default=default(None),
+        metavar="URL",
+        help="the API's root (default: $GURU_BASE_URL or the production API)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="log guru_async's requests (DEBUG) to stderr",
+    )
+
+
+def _video_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--activity", metavar="A", help="e.g. squat, push_up, sprint")
+    parser.add_argument("--domain", metavar="D", help="filled in from --activity when omitted")
+    parser.add_argument("--rep-count", type=int, metavar="N", help="reps the video shows")
+    parser.add_argument("--source", metavar="S", help="your service's name")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``guru-async`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Upload workout videos to the Guru API and read their analyses. Credentials come "
+            "from GURU_CLIENT_ID and GURU_CLIENT_SECRET (GURU_BASE_URL, GURU_TOKEN_URL "
+            f"optional). Try '{PROG} demo' to see it work offline."
+        ),
+        epilog="exit status: 0 all good, 1 some video failed, 2 usage error or bad input",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    p = command("upload", "upload video files (and wait for their analyses with --wait)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--wait", action="store_true", help="wait for each analysis")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for each analysis ({DEFAULT_TIMEOUT:g})",
+    )
+    _video_options(p)
+    p.set_defaults(handler=cmd_upload)
+
+    p = command("batch", "upload many videos concurrently and collect their analyses")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="video files, or folders of them")
+    p.add_argument(
+        "--upload-concurrency", type=int, default=4, metavar="N", help="uploads at once (4)"
+    )
+    p.add_argument("--journal", metavar="F", help="SQLite journal: rerun to resume, never redo")
+    p.add_argument("--out", metavar="F", help="write one JSON line per video to F")
+    p.add_argument("--no-wait", action="store_true", help="do not wait for analyses")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for each analysis ({DEFAULT_TIMEOUT:g})",
+    )
+    _video_options(p)
+    p.set_defaults(handler=cmd_batch)
+
+    p = command("video", "show a video's status, download links and overlays")
+    p.add_argument("id", metavar="ID")
+    p.add_argument(
+        "--include", type=_parse_include, metavar="LIST", help="any of j2p,analysis,objects"
+    )
+    p.set_defaults(handler=cmd_video)
+
+    p = command("analysis", "show a video's analysis")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--wait", action="store_true", help="wait until it is Complete or Failed")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait with --wait ({DEFAULT_TIMEOUT:g})",
+    )
+    p.set_defaults(handler=cmd_analysis)
+
+    p = command("j2p", "export per-frame joint positions")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("--out", metavar="F", help="write to F instead of stdout")
+    p.set_defaults(handler=cmd_j2p)
+
+    p = command("update", "change a video's rep count, activity or domain")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--rep-count", type=int, metavar="N")
+    p.add_argument("--activity", metavar="A")
+    p.add_argument("--domain", metavar="D")
+    p.set_defaults(handler=cmd_update)
+
+    p = command("download", "download a video, or an overlay of it")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--overlay", choices=("skeleton", "all"))
+    p.add_argument("--out", metavar="F", help="default: ID.mp4 (ID-OVERLAY.mp4)")
+    p.set_defaults(handler=cmd_download)
+
+    p = command("plot", "plot a joint angle over time with the reps marked")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--out", required=True, metavar="F", help="image file, e.g. rep.png")
+    p.add_argument(
+        "--joint-angle",
+        choices=tuple(JOINT_ANGLES),
+        default="hip-knee",
+        help="the angle at the second joint (default: hip-knee, the knee angle)",
+    )
+    p.add_argument("--side", choices=("left", "right"), default="left")
+    p.set_defaults(handler=cmd_plot)
+
+    p = command("demo", "run a batch against a local emulator: table, journal, plot")
+    p.add_argument("--out", default="guru-demo", metavar="DIR", help="default: ./guru-demo")
+    p.set_defaults(handler=cmd_demo)
+
+    # add_help=False: --help and every option belong to the emulator's own parser.
+    p = sub.add_parser(
+        "emulator", help="serve a local Guru emulator (see 'emulator --help')", add_help=False
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``guru-async`` command line.
+
+    Args:
+        argv: The arguments, without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 all good, 1 some video failed, 2 usage error or bad input.
+    """
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if args.command == "emulator":
+            from ..testing import main as emulator_main
+
+            return emulator_main((["--json"] if args.json else []) + extra)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.emulator and args.base_url:
+            parser.error("--emulator and --base-url cannot be combined")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.verbose:
+        logging.getLogger("guru_async").setLevel(logging.DEBUG)
+    out = Output(args.json)
+    try:
+        status: int = asyncio.run(args.handler(args, out))
+        return status
+    except KeyboardInterrupt:
+        journal = getattr(args, "journal", None)
+        hint = f"; rerun with --journal {journal} to resume" if journal else ""
+        print(f"\n{PROG}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``guru-async ... | head``): not an error worth a message.
+        # Point stdout at devnull so the interpreter's final flush does not fail again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except AuthenticationError as exc:
+        return _fail(exc, EXIT_USAGE)
+    except GuruError as exc:
+        return _fail(exc, EXIT_FAILED)
+    except (UsageError, ValueError, ImportError, OSError) as exc:
+        # Bad input the SDK or the CLI caught before (or instead of) a request: its message
+        # names the accepted values, a traceback would only bury it.
+        return _fail(exc, EXIT_USAGE)
+
+
+def _fail(exc: BaseException, status: int) -> int:
+    log.debug("%s failed", PROG, exc_info=exc)
+    print(f"{PROG}: error: {exc}", file=sys.stderr)
+    return status

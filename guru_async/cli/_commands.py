@@ -1,0 +1,448 @@
+"""The subcommands that talk to the API: upload, batch, video, analysis, j2p, update,
+download and plot."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Final, TextIO
+
+from .._batch import BatchProgress, BatchResult
+from .._converter import converter
+from .._enums import AnalysisStatus
+from .._errors import AuthenticationError, GuruError
+from .._models import Analysis, JointData, Rep, Video
+from .._session import UNSET
+from .._upload import check_file
+from ._config import UsageError, _video_fields, open_session
+from ._constants import EXIT_FAILED, EXIT_OK, PROG, VIDEO_SUFFIXES
+from ._output import (
+    RESULT_HEADER,
+    Output,
+    ProgressLine,
+    _bar,
+    _dumps,
+    _mb,
+    _summary,
+    format_table,
+    render_batch,
+    result_json,
+    result_row,
+    result_status,
+)
+
+# -- commands --------------------------------------------------------------------------------
+
+
+async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
+    """``upload FILE...``: upload each file (and wait for its analysis with ``--wait``)."""
+    paths = [check_file(p) for p in args.files]
+    fields = _video_fields(args)
+    started = time.monotonic()
+    progress = BatchProgress(bytes_total=sum(p.stat().st_size for p in paths))
+    slots = asyncio.Semaphore(4)
+
+    async def one(given: str, path: Path) -> BatchResult:
+        last = 0
+
+        def on_bytes(sent: int, total: int) -> None:
+            nonlocal last
+            progress.bytes_sent += sent - last
+            last = sent
+
+        video_id: str | None = None
+        result: BatchResult
+        try:
+            async with slots:
+                progress.started += 1
+                video_id = await guru.upload_video(path, progress=on_bytes, **fields)
+            progress.uploaded += 1
+            analysis: Analysis | None = None
+            if args.wait:
+                progress.waiting += 1
+                try:
+                    analysis = await guru.await_analysis(video_id, timeout=args.timeout)
+                finally:
+                    progress.waiting -= 1
+            result = BatchResult(given, video_id=video_id, analysis=analysis)
+        except AuthenticationError:
+            raise  # the same for every file: one message and exit 2, not a row per file
+        except (GuruError, OSError) as exc:
+            result = BatchResult(given, video_id=video_id, error=exc)
+        if result.ok:
+            progress.succeeded += 1
+        else:
+            progress.failed += 1
+        return result
+
+    def render(elapsed: float, tty: bool) -> str:
+        return render_batch(progress, len(paths), elapsed, tty, bytes_bar=True)
+
+    async with open_session(args) as guru, ProgressLine(render):
+        results = await asyncio.gather(*(one(g, p) for g, p in zip(args.files, paths, strict=True)))
+    if out.json:
+        out.result(_dumps([result_json(r) for r in results]))
+    else:
+        rows = [result_row(r, default_activity=fields["activity"], short_id=False) for r in results]
+        out.result(format_table(RESULT_HEADER, rows, right=4))
+        out.note(_summary([result_status(r) for r in results], time.monotonic() - started))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def video_files(folder: Path) -> Iterator[str]:
+    """The video files directly inside ``folder``, read lazily (hidden files skipped)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if (
+                not name.startswith(".")
+                and os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES
+                and entry.is_file()
+            ):
+                yield entry.path
+
+
+def _batch_items(paths: Sequence[str], found: list[int]) -> Iterator[str]:
+    for given in paths:
+        if Path(given).is_dir():
+            for file in video_files(Path(given)):
+                found[0] += 1
+                yield file
+        else:
+            found[0] += 1
+            yield given
+
+
+async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
+    """``batch PATH...``: upload files and folders' videos concurrently, optionally journaled."""
+    for given in args.paths:
+        if not Path(given).exists():
+            raise FileNotFoundError(f"no such file or folder: {given!r}")
+        # Reads only up to the first video, so a huge folder costs nothing here.
+        if Path(given).is_dir() and next(video_files(Path(given)), None) is None:
+            suffixes = ", ".join(sorted(VIDEO_SUFFIXES))
+            raise UsageError(f"no video files ({suffixes}) in folder {given!r}")
+    fields = _video_fields(args)
+    total = None if any(Path(p).is_dir() for p in args.paths) else len(args.paths)
+    found = [0]
+    statuses: list[tuple[str, bool]] = []
+    rows: list[list[str]] = []
+    progress = BatchProgress()
+    started = time.monotonic()
+
+    def on_progress(live: BatchProgress) -> None:
+        nonlocal progress
+        progress = live
+
+    def render(elapsed: float, tty: bool) -> str:
+        return render_batch(progress, total, elapsed, tty, bytes_bar=False)
+
+    with contextlib.ExitStack() as files:
+        results_file: TextIO | None = None
+        if args.out is not None:
+            # Opened once; each line written is a few hundred bytes, no reason for a thread.
+            results_file = files.enter_context(open(args.out, "w", encoding="utf-8"))  # noqa: ASYNC230
+        async with open_session(args) as guru:
+            batch = guru.batch_upload(
+                _batch_items(args.paths, found),
+                upload_concurrency=args.upload_concurrency,
+                wait=not args.no_wait,
+                journal=args.journal,
+                progress=on_progress,
+                timeout=args.timeout,
+                **fields,
+            )
+            async with ProgressLine(render):
+                async for result in batch:
+                    # Written as each result arrives, so an interrupted batch keeps its output.
+                    line = _dumps(result_json(result))
+                    if results_file is not None:
+                        results_file.write(line + "\n")
+                        results_file.flush()
+                    if out.json:
+                        out.result(line)
+                    else:
+                        rows.append(result_row(result, default_activity=fields["activity"]))
+                    # Statuses only: a batch of 100,000 videos must not keep every analysis.
+                    statuses.append((result_status(result), result.ok))
+    if found[0] == 0:
+        raise UsageError(f"no video files found in {', '.join(args.paths)}")
+    if not out.json:
+        rows.sort(key=lambda row: row[0])
+        out.result(format_table(RESULT_HEADER, rows, right=4))
+        out.note(_summary([s for s, _ in statuses], time.monotonic() - started))
+        if args.out is not None:
+            out.note(f"results written to {args.out}")
+    return EXIT_OK if all(ok for _, ok in statuses) else EXIT_FAILED
+
+
+def _kv(pairs: Iterable[tuple[str, object]]) -> str:
+    items = [(k, "" if v is None else str(v)) for k, v in pairs]
+    width = max(len(k) for k, _ in items)
+    return "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in items)
+
+
+def _joint_summary(j2p: JointData) -> str:
+    frames = max((len(f) for f in j2p.joint_to_points.values()), default=0)
+    size = ""
+    if j2p.resolution_width and j2p.resolution_height:
+        size = f", {j2p.resolution_width}x{j2p.resolution_height}"
+    return f"{j2p.status}, {len(j2p.joint_to_points)} joints x {frames} frames{size}"
+
+
+def _analysis_summary(analysis: Analysis) -> str:
+    parts = [str(analysis.status)]
+    if analysis.activity:
+        parts.append(str(analysis.activity))
+    if analysis.status == AnalysisStatus.COMPLETE:
+        parts.append(f"{len(analysis.reps)} reps")
+    if analysis.reason:
+        parts.append(analysis.reason)
+    return ", ".join(parts)
+
+
+def _parse_include(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+async def cmd_video(args: argparse.Namespace, out: Output) -> int:
+    """``video ID``: a video's status, links and overlays (and embedded data with --include)."""
+    async with open_session(args) as guru:
+        video = await guru.get_video(args.id, include=args.include)
+    if out.json:
+        out.result(_dumps(converter.unstructure(video)))
+        return EXIT_OK
+    out.result(_kv(_video_lines(args.id, video)))
+    return EXIT_OK
+
+
+def _video_lines(video_id: str, video: Video) -> Iterator[tuple[str, object]]:
+    yield "video", video_id
+    yield "status", video.status
+    if video.reason:
+        yield "reason", video.reason
+    if video.fps is not None:
+        yield "fps", f"{video.fps:g}"
+    yield "uri", video.uri or "(not uploaded yet)"
+    for name, overlay in sorted(video.overlays.items()):
+        yield f"overlay {name}", overlay.status
+    if video.analysis is not None:
+        yield "analysis", _analysis_summary(video.analysis)
+    if video.j2p is not None:
+        yield "j2p", _joint_summary(video.j2p)
+    if video.objects is not None:
+        kinds = ", ".join(
+            f"{o.object_type or '?'} ({len(o.bounding_boxes)} boxes)" for o in video.objects
+        )
+        yield "objects", kinds or "none"
+
+
+def _seconds(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.2f}s"
+
+
+def _analysis_value(rep: Rep, kind: str) -> str:
+    found = next((a for a in rep.analyses if a.analysis_type == kind), None)
+    if found is None:
+        return ""
+    value = "-" if found.analysis_scalar is None else f"{found.analysis_scalar:g}"
+    return f"{value} {found.analysis_opinion}" if found.analysis_opinion else value
+
+
+def analysis_text(video_id: str, analysis: Analysis) -> str:
+    """An analysis for humans: status and metadata, then one line per rep."""
+    lines: list[tuple[str, object]] = [("video", video_id), ("status", analysis.status)]
+    if analysis.reason:
+        lines.append(("reason", analysis.reason))
+    lines += [
+        (k, v) for k, v in (("domain", analysis.domain), ("activity", analysis.activity)) if v
+    ]
+    if analysis.status == AnalysisStatus.COMPLETE:
+        lines.append(("reps", len(analysis.reps)))
+    if analysis.runner_progress:
+        first, last = analysis.runner_progress[0], analysis.runner_progress[-1]
+        lines.append(
+            (
+                "runner",
+                f"{first.distance_from_start or 0:.2f} m to {last.distance_from_start or 0:.2f} m"
+                f" in {(last.timestamp or 0) / 1000:.2f} s",
+            )
+        )
+    markers = analysis.field_markers
+    if markers is not None:
+        found = [markers.start_line, markers.middle_line, markers.finish_line]
+        lines.append(
+            (
+                "markers",
+                f"{sum(m is not None for m in found)} yard lines, {len(markers.cones or [])} cones",
+            )
+        )
+    text = _kv(lines)
+    if analysis.reps:
+        # One column per analysis type, in the order the API lists them.
+        kinds = list(dict.fromkeys(a.analysis_type for r in analysis.reps for a in r.analyses))
+        rows = [
+            [
+                str(i),
+                _seconds(r.start_timestamp_ms),
+                _seconds(r.mid_timestamp_ms),
+                _seconds(r.end_timestamp_ms),
+                *(_analysis_value(r, kind) for kind in kinds),
+            ]
+            for i, r in enumerate(analysis.reps, 1)
+        ]
+        header = ["#", "START", "MID", "END", *kinds]
+        text += "\n\n" + format_table(header, rows, right=0)
+    return text
+
+
+async def cmd_analysis(args: argparse.Namespace, out: Output) -> int:
+    """``analysis ID``: a video's analysis, now or (``--wait``) once it is done."""
+    async with open_session(args) as guru:
+        if args.wait:
+
+            def render(elapsed: float, tty: bool) -> str:
+                return f"waiting for the analysis of {args.id}: {elapsed:.1f}s"
+
+            async with ProgressLine(render):
+                analysis = await guru.await_analysis(args.id, timeout=args.timeout)
+        else:
+            analysis = await guru.get_analysis(args.id)
+    if out.json:
+        out.result(_dumps(converter.unstructure(analysis)))
+    else:
+        out.result(analysis_text(args.id, analysis))
+    return EXIT_FAILED if analysis.status == AnalysisStatus.FAILED else EXIT_OK
+
+
+J2P_CSV_HEADER: Final = ("frame_idx", "part", "x", "y", "score", "timestamp")
+
+
+def write_j2p_csv(joint_data: JointData, stream: IO[str]) -> int:
+    """Write joint data as CSV (frame_idx,part,x,y,score,timestamp), frame by frame; returns
+    the number of rows. x and y are normalised to 0..1 as the API sends them."""
+    order = {joint: i for i, joint in enumerate(joint_data.joint_to_points)}
+    frames = sorted(
+        (f for joint_frames in joint_data.joint_to_points.values() for f in joint_frames),
+        key=lambda f: (f.frame_idx, order.get(f.part, len(order))),
+    )
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(J2P_CSV_HEADER)
+    writer.writerows(
+        (f.frame_idx, f.part, f.position.x, f.position.y, f.score, f.timestamp) for f in frames
+    )
+    return len(frames)
+
+
+async def cmd_j2p(args: argparse.Namespace, out: Output) -> int:
+    """``j2p ID``: per-frame joint positions as JSON or CSV, to stdout or ``--out``."""
+    async with open_session(args) as guru:
+        joint_data = await guru.get_joint_data(args.id)
+    if joint_data.status != AnalysisStatus.COMPLETE:
+        reason = f" ({joint_data.reason})" if joint_data.reason else ""
+        hint = f"; wait for it with '{PROG} analysis {args.id} --wait'"
+        print(
+            f"{PROG}: joint data of video {args.id} is {joint_data.status}{reason}"
+            f"{hint if joint_data.status == AnalysisStatus.PENDING else ''}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    buffer = io.StringIO()
+    if args.format == "csv":
+        rows = write_j2p_csv(joint_data, buffer)
+        what = f"{rows} rows"
+    else:
+        buffer.write(_dumps(converter.unstructure(joint_data)) + "\n")
+        what = _joint_summary(joint_data)
+    if args.out is None:
+        sys.stdout.write(buffer.getvalue())
+        sys.stdout.flush()
+    else:
+        Path(args.out).write_text(buffer.getvalue(), encoding="utf-8")
+        print(f"wrote {args.out} ({what})", file=sys.stderr)
+    return EXIT_OK
+
+
+async def cmd_update(args: argparse.Namespace, out: Output) -> int:
+    """``update ID``: change a video's rep count, activity or domain."""
+    changes = {
+        "rep_count": UNSET if args.rep_count is None else args.rep_count,
+        "activity": UNSET if args.activity is None else args.activity,
+        "domain": UNSET if args.domain is None else args.domain,
+    }
+    given = {k: v for k, v in changes.items() if v is not UNSET}
+    if not given:
+        raise UsageError("update: give at least one of --rep-count, --activity, --domain")
+    async with open_session(args) as guru:
+        video_id = await guru.update_video(args.id, **changes)  # type: ignore[arg-type]
+    if out.json:
+        out.result(_dumps({"id": video_id}))
+    else:
+        out.result(f"updated {video_id}: " + ", ".join(f"{k}={v}" for k, v in given.items()))
+    return EXIT_OK
+
+
+async def cmd_download(args: argparse.Namespace, out: Output) -> int:
+    """``download ID``: the raw video, or an overlay, to a file."""
+    suffix = f"-{args.overlay}" if args.overlay else ""
+    dest = Path(args.out if args.out is not None else f"{args.id}{suffix}.mp4")
+    received = [0, 0]
+
+    def on_bytes(done: int, total: int) -> None:
+        received[:] = [done, total]
+
+    def render(elapsed: float, tty: bool) -> str:
+        done, total = received
+        bar = _bar(done / total) + " " if tty and total else ""
+        return f"download {bar}{_mb(done)}{'/' + _mb(total) if total else ''}  {elapsed:.1f}s"
+
+    async with open_session(args) as guru, ProgressLine(render):
+        path = await guru.download(args.id, dest, overlay=args.overlay, progress=on_bytes)
+    size = path.stat().st_size
+    if out.json:
+        out.result(
+            _dumps({"id": args.id, "overlay": args.overlay, "path": str(path), "bytes": size})
+        )
+    else:
+        out.result(f"downloaded {path} ({_mb(size)})")
+    return EXIT_OK
+
+
+async def cmd_plot(args: argparse.Namespace, out: Output) -> int:
+    """``plot ID --out F``: a joint angle over time with the reps marked, as an image."""
+    from ..plot import joints_for, plot_joint_angle
+
+    joints = joints_for(args.joint_angle, args.side)
+    # Fail on a missing matplotlib before spending requests on data that cannot be drawn.
+    _require_matplotlib()
+    async with open_session(args) as guru:
+        joint_data, analysis = await asyncio.gather(
+            guru.get_joint_data(args.id), guru.get_analysis(args.id)
+        )
+    if joint_data.status != AnalysisStatus.COMPLETE:
+        print(
+            f"{PROG}: cannot plot video {args.id}: its joint data is {joint_data.status}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    path = await asyncio.to_thread(plot_joint_angle, joint_data, analysis, args.out, joints=joints)
+    if out.json:
+        out.result(_dumps({"id": args.id, "path": str(path), "joints": list(joints)}))
+    else:
+        out.result(f"wrote {path} ({'-'.join(joints)} angle, {len(analysis.reps)} reps marked)")
+    return EXIT_OK
+
+
+def _require_matplotlib() -> None:
+    from ..plot import matplotlib_available
+
+    if not matplotlib_available():
+        raise ImportError('plotting needs matplotlib: pip install "guru-async[plot]"')
