@@ -187,6 +187,7 @@ class GuruSession:
             name="token_url",
             allow_insecure_http=allow_insecure_http,
         )
+        self._api_root = str(self.base_url).rstrip("/")
         self.scope = scope
         self.poll_policy = poll_policy or PollPolicy()
         self._http_session = http_session
@@ -321,7 +322,8 @@ class GuruSession:
         return await self._transport.send(
             Request(
                 method=method,
-                url=URL(str(self.base_url).rstrip("/") + path),
+                # The path holds only validated ids: nothing to quote, so skip yarl's quoting.
+                url=URL(self._api_root + path, encoded=True),
                 what=what,
                 errors=errors,
                 decode=decode,

@@ -9,7 +9,7 @@ request that never carries a secret.
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextvars
 import logging
 import re
 import time
@@ -121,6 +121,23 @@ class _AuthState:
         self.token_failed = False
 
 
+class _Call(Generic[T]):
+    """One send(): the request and what its attempts share."""
+
+    __slots__ = ("auth", "deadline", "max_tries", "req")
+
+    def __init__(
+        self, req: Request[T], auth: _AuthState, deadline: float | None, max_tries: int
+    ) -> None:
+        self.req = req
+        self.auth = auth
+        self.deadline = deadline
+        self.max_tries = max_tries
+
+
+_CALL: contextvars.ContextVar[_Call[Any]] = contextvars.ContextVar("guru_async_call")
+
+
 class Transport:
     """Sends Requests with auth, retries, timeouts, error mapping and logging."""
 
@@ -142,6 +159,20 @@ class Transport:
         self.budget = budget if budget is not None else RetryBudget()
         self.limiter = limiter if limiter is not None else AdaptiveLimiter()
         self._is_closed = is_closed
+        # Built once: wrapping per call costs more than the rest of a loopback request. What
+        # differs per call (tries, deadline, auth state) is read from the _CALL context variable,
+        # which backoff evaluates at the start of each call.
+        self._retried: Callable[[_Call[Any]], Awaitable[Any]] = backoff.on_exception(
+            wait_times,
+            GuruError,
+            max_tries=lambda: _CALL.get().max_tries,
+            giveup=self._giveup,
+            jitter=None,
+            logger=None,  # _log_backoff logs retries, with secrets redacted
+            on_backoff=_log_backoff,
+            policy=lambda: self.policy,
+            deadline=lambda: _CALL.get().deadline,
+        )(self._attempt)
 
     async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
         """Send ``req`` until it succeeds, fails for good, or runs out of retries or time."""
@@ -150,27 +181,12 @@ class Transport:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         total = self.timeouts.total if req.total == -1.0 else req.total
         deadline = None if total is None else time.monotonic() + total
-        auth = _AuthState()
-
-        def giveup(exc: Exception) -> bool:
-            if self._is_closed() or auth.token_failed or not is_retryable(exc):
-                return True
-            return not self.budget.spend(exc)
-
-        retried = backoff.on_exception(
-            wait_times,
-            GuruError,
-            max_tries=retries + 1,
-            giveup=giveup,
-            jitter=None,
-            logger=None,  # _log_backoff logs retries, with secrets redacted
-            on_backoff=functools.partial(_log_backoff, req.what),
-            policy=self.policy,
-            deadline=deadline,
-        )(self._attempt)
+        call = _Call(req, _AuthState(), deadline, retries + 1)
+        auth = call.auth
         while True:
+            entered = _CALL.set(call)
             try:
-                result: T = await retried(req, auth, deadline)
+                result: T = await self._retried(call)
             except AuthenticationError as exc:
                 # An expired or revoked token: refresh once and try the call once more.
                 if not (
@@ -182,14 +198,21 @@ class Transport:
                 ):
                     raise
                 assert self.token is not None
-                assert auth.token is not None
                 self.token.invalidate(auth.token)
                 auth.refreshed = True
                 continue
+            finally:
+                _CALL.reset(entered)
             self.budget.success()
             return result
 
-    async def _attempt(self, req: Request[T], auth: _AuthState, deadline: float | None) -> T:
+    def _giveup(self, exc: Exception) -> bool:
+        if self._is_closed() or _CALL.get().auth.token_failed or not is_retryable(exc):
+            return True
+        return not self.budget.spend(exc)
+
+    async def _attempt(self, call: _Call[T]) -> T:
+        req, auth, deadline = call.req, call.auth, call.deadline
         if self._is_closed():
             raise SessionClosedError(f"{req.what}: the GuruSession is closed")
         headers = dict(req.headers or {})
@@ -265,11 +288,12 @@ def describe_network_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
-def _log_backoff(what: str, details: Any) -> None:
+def _log_backoff(details: Any) -> None:
     exc = details.get("exception")
+    call = details["args"][0]
     log.info(
         "%s: retrying in %.2f s after attempt %d failed: %s",
-        what,
+        call.req.what,
         details.get("wait", 0.0),
         details.get("tries", 0),
         redact(str(exc)) if exc is not None else "?",
