@@ -34,7 +34,7 @@ ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 FileSource = Union[str, "os.PathLike[str]", IO[bytes]]
 """A path to a video file, or a binary file object opened for reading."""
 
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 256 * 1024
 # A presign that runs out within this margin is replaced rather than tried: an upload that
 # starts seconds before expiry would be refused by storage after the bytes went out.
 EXPIRY_MARGIN = 5.0

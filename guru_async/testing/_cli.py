@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-lifetime", type=float, default=3600.0, metavar="SECONDS")
     parser.add_argument("--presign-lifetime", type=float, default=3600.0, metavar="SECONDS")
     parser.add_argument(
+        "--storage-bandwidth",
+        type=float,
+        default=None,
+        metavar="BYTES_PER_S",
+        help="cap each upload's speed, like one stream over a real network",
+    )
+    parser.add_argument(
         "--storage-dir", default=None, help="keep uploads here (default: a temporary folder)"
     )
     parser.add_argument("--video-seconds", type=float, default=10.0, metavar="SECONDS")
@@ -70,6 +77,7 @@ async def _serve(args: argparse.Namespace) -> None:
         token_lifetime=args.token_lifetime,
         presign_lifetime=args.presign_lifetime,
         storage_dir=args.storage_dir,
+        storage_bandwidth=args.storage_bandwidth,
         video_seconds=args.video_seconds,
         fps=args.fps,
         seed=args.seed,

@@ -132,6 +132,7 @@ class GuruEmulator:
         fps: float = 30.0,
         storage_dir: str | os.PathLike[str] | None = None,
         seed: int = 0,
+        storage_bandwidth: float | None = None,
     ) -> None:
         """Configure the emulator; nothing listens until :meth:`start`.
 
@@ -150,6 +151,8 @@ class GuruEmulator:
             storage_dir: Where uploads are stored; by default a temporary directory removed
                 on close.
             seed: Seeds fault injection and synthetic results, for reproducible runs.
+            storage_bandwidth: Bytes per second one upload may go at (like one TCP stream to a
+                distant S3 endpoint), or None for as fast as loopback allows.
         """
         self.client_id = client_id
         self.client_secret = client_secret
@@ -164,6 +167,7 @@ class GuruEmulator:
         self._fps = fps
         self._seed = seed
         self._storage_dir_arg = storage_dir
+        self._storage_bandwidth = storage_bandwidth
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self._storage_dir: Path | None = None
         self._runners: list[web.AppRunner] = []
@@ -635,6 +639,7 @@ class GuruEmulator:
                 on_part=record.part_names.append,
                 on_key=on_key,
                 head_size=len(UNANALYZABLE_MARKER),
+                bandwidth=self._storage_bandwidth,
             )
         except ValueError as exc:
             raise _storage.StorageError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -9,6 +10,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -165,6 +167,7 @@ async def receive_upload(
     on_part: Callable[[str], None],
     on_key: Callable[[str], None],
     head_size: int,
+    bandwidth: float | None = None,
 ) -> ReceivedUpload:
     """Read a presigned-POST multipart body in order and stream its file part to disk.
 
@@ -176,6 +179,7 @@ async def receive_upload(
         on_part: Called with each part's name, in order.
         on_key: Called with the video id as soon as the ``key`` field names one.
         head_size: How many leading content bytes to return in :attr:`ReceivedUpload.head`.
+        bandwidth: Bytes per second one upload may go at, or None for as fast as it comes.
 
     Returns:
         The validated upload; the caller must move or delete ``temp_path``.
@@ -205,7 +209,7 @@ async def receive_upload(
                 continue
             video, size = _authorize(signer, form, lookup)
             temp_path = storage_dir / f"{video.id}.{uuid.uuid4().hex}.part"
-            received = await _store(part, video, temp_path, size, head_size)
+            received = await _store(part, video, temp_path, size, head_size, bandwidth)
         if received is None:
             raise StorageError(
                 400, "InvalidArgument", "POST requires exactly one file upload per request."
@@ -269,15 +273,27 @@ def parse_key(key: str) -> tuple[str, str] | None:
 
 
 async def _store(
-    part: BodyPartReader, video: EmulatedVideo, path: Path, size: int, head_size: int
+    part: BodyPartReader,
+    video: EmulatedVideo,
+    path: Path,
+    size: int,
+    head_size: int,
+    bandwidth: float | None,
 ) -> ReceivedUpload:
     digest = hashlib.sha256()
     head = b""
     total = 0
+    started = time.monotonic()
     sink = _open_for_write(path)
     try:
         while chunk := await part.read_chunk(_CHUNK):
             total += len(chunk)
+            if bandwidth is not None:
+                # Read no faster than one stream of a real network link carries: TCP's
+                # backpressure then slows the sender, as a distant S3 endpoint would.
+                ahead = total / bandwidth - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             if total > size:
                 raise StorageError(
                     400,

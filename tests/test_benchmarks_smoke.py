@@ -1,0 +1,106 @@
+"""Smoke tests of ``python -m benchmarks``: every figure at its smallest, for correctness only.
+
+No timing is asserted: these prove each benchmark runs end to end and measures what it says.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from benchmarks import _baselines, decode, memory, overhead, polling, scale, tokens, upload
+from benchmarks._harness import MIB, Figure, render, run_child
+
+
+def _by_number(figures: list[Figure]) -> dict[str, Figure]:
+    return {f.number: f for f in figures}
+
+
+def _measured(figure: Figure) -> None:
+    assert figure.met is not None, figure
+    assert figure.ratio is not None, figure
+    assert figure.ratio > 0, figure
+
+
+async def test_upload_measures_every_method(tmp_path: Path) -> None:
+    """Figure 1 uploads with guru_async and every available baseline and reports a ratio."""
+    size = upload.Size(files=2, file_bytes=64 * 1024, concurrency=2, rounds=1)
+    figures = _by_number(await upload.run(size, tmp_path))
+    _measured(figures["1a"])
+    text = " ".join(figures["1a"].details)
+    assert "guru_async" in text
+    assert "raw aiohttp" in text
+    if shutil.which("curl"):
+        assert "curl -F" in text
+    if _baselines.requests is not None:
+        _measured(figures["1b"])
+
+
+async def test_memory_measures_peak_rss_in_children(tmp_path: Path) -> None:
+    """Figure 2 runs each upload in a child process and reports its peak above baseline."""
+    size = memory.Size(big_bytes=2 * MIB, many=2, many_bytes=512 * 1024)
+    figures = _by_number(await memory.run(size, tmp_path))
+    for number in ("2a", "2b"):
+        assert figures[number].value.endswith("MiB")
+        assert figures[number].met is not None
+    if _baselines.requests is not None:
+        _measured(figures["2a"])
+
+
+async def test_child_reports_peak_at_least_what_the_workload_held(tmp_path: Path) -> None:
+    """A child measurement sees memory the workload allocated, above the baseline."""
+    run = await run_child("benchmarks._harness:calibrate", size=32 * MIB)
+    assert run.result == 32 * MIB
+    assert run.above_baseline >= 30 * MIB
+
+
+async def test_tokens_counts_token_requests(tmp_path: Path) -> None:
+    """Figure 3 sees one token request from guru_async and one per call from the naive cache."""
+    figures = _by_number(await tokens.run(tokens.Size(calls=20, cli_runs=2), tmp_path))
+    assert figures["3a"].value == "1"
+    assert figures["3a"].baselines.endswith(": 20")
+    if tokens.cli_available():
+        assert figures["3b"].value == "1", figures["3b"].details
+
+
+async def test_polling_sees_every_analysis_after_it_is_ready(tmp_path: Path) -> None:
+    """Figure 4 waits out every analysis with both clients and never detects one early."""
+    size = polling.Size(videos=12, speedup=60.0)
+    figures = _by_number(await polling.run(size, tmp_path))
+    for number in ("4a", "4b"):
+        _measured(figures[number])
+    assert float(figures["4a"].value) >= 1
+    assert not figures["4b"].value.startswith("-")
+
+
+async def test_overhead_times_both_clients(tmp_path: Path) -> None:
+    """Figure 5 times get_analysis against raw aiohttp on completed analyses."""
+    size = overhead.Size(calls=40, concurrency=4, videos=4, rounds=1)
+    _measured(_by_number(await overhead.run(size, tmp_path))["5"])
+
+
+async def test_decode_structures_the_emulators_joint_data(tmp_path: Path) -> None:
+    """Figure 6 decodes a real emulator j2p body into JointData and times json.loads too."""
+    figure = _by_number(await decode.run(decode.Size(seconds=2.0, repeats=1), tmp_path))["6"]
+    _measured(figure)
+    assert "17 joints" in figure.details[0]
+
+
+async def test_scale_runs_both_batches(tmp_path: Path) -> None:
+    """Figure 7 completes a small and a large batch in child processes."""
+    size = scale.Size(small=8, large=16, upload_concurrency=4)
+    figures = _by_number(await scale.run(size, tmp_path))
+    for number in ("7a", "7b"):
+        _measured(figures[number])
+
+
+def test_render_writes_one_row_per_figure() -> None:
+    """RESULTS.md has the table header, one row per figure and the machine line."""
+    figures = [
+        Figure("1", "one", "1 MB/s", "base 2 MB/s", 0.5, "base", ">= 1", False, ["note"]),
+        Figure("2", "two", "skipped", "-", None, "", "x", None),
+    ]
+    text = render(figures, mode="", seconds=1.0, date="today", load=(0.1, 0.2), methods="m")
+    assert "| 1 | one | 1 MB/s | base 2 MB/s | 0.50x vs base | >= 1 | **no** |" in text
+    assert "| 2 | two | skipped | - | - | x | n/a |" in text
+    assert "Machine:" in text
