@@ -40,7 +40,7 @@ from ._models import (
     Video,
 )
 from ._polling import PollPolicy
-from ._retry import RetryPolicy
+from ._retry import RetryBudget, RetryPolicy
 from ._session import UNSET, GuruSession, __version__
 from ._transport import Timeouts
 from ._validation import Unvalidated
@@ -81,6 +81,7 @@ __all__ = [
     "Rep",
     "RepAnalysis",
     "ResponseDecodeError",
+    "RetryBudget",
     "RetryPolicy",
     "RunnerProgress",
     "ServerError",

@@ -2,7 +2,8 @@
 
 Until the service first answers 429 (or storage ``SlowDown``) requests go out unthrottled.
 From then on they pass through a token bucket whose rate is cut to 70% of the rate measured
-when the throttle came, then grows back along a cubic curve (fast at first, gently near the
+when the throttle came (at most once a second, however many calls hear the same 429s), then
+grows back along a cubic curve (fast at first, gently near the
 old rate, then probing above it) as requests succeed. Shared by every call of a session (pass
 one limiter to several sessions to share it wider), so thousands of concurrent calls slow down
 together instead of each retrying into a 429 storm.
@@ -18,6 +19,9 @@ _SCALE = 0.4  # cubic growth constant (botocore's)
 _MIN_RATE = 0.5  # requests per second: never stall completely
 _SMOOTH = 0.8  # weight of history in the measured send rate
 _BUCKET = 1.0  # measurement window, seconds
+# Throttles within this long of a cut belong to the same overload episode (many calls in
+# flight all hear the same 429s): one cut per episode, as TCP CUBIC cuts once per loss event.
+_COOLDOWN = 1.0
 
 
 class AdaptiveLimiter:
@@ -56,6 +60,8 @@ class AdaptiveLimiter:
     def record(self, *, throttled: bool) -> None:
         """Feed back a response: throttled (429/SlowDown) or not."""
         now = time.monotonic()
+        if throttled and self.enabled and now - self._throttled_at < _COOLDOWN:
+            return
         if throttled:
             base = self._measured if not self.enabled else min(self._measured, self.rate)
             self._max_rate_at_throttle = max(base, _MIN_RATE)

@@ -52,9 +52,11 @@ class RetryPolicy:
 class RetryBudget:
     """A token bucket shared by a session's requests, so a dead service is not hammered.
 
-    Each retry spends ``retry_cost`` (``timeout_cost`` after a timeout or dropped connection)
-    and each success refunds ``refund``; with the bucket empty, failures are not retried.
-    These are botocore's standard-mode numbers.
+    botocore's standard mode: each retry takes ``retry_cost`` (``timeout_cost`` after a
+    timeout or dropped connection); a request that succeeds gives back what its last retry
+    took, or ``refund`` if it needed none. Transient faults that retries overcome cost nothing
+    in the long run; a service that keeps failing drains the bucket, and then failures are
+    raised at once instead of retried.
     """
 
     capacity: int = 500
@@ -63,17 +65,24 @@ class RetryBudget:
     refund: int = 1
     available: int = 500
 
-    def spend(self, exc: BaseException) -> bool:
-        """Take the cost of retrying after ``exc``; False when the budget cannot pay it."""
-        cost = self.timeout_cost if isinstance(exc, GuruConnectionError) else self.retry_cost
-        if cost > self.available:
+    def cost(self, exc: BaseException) -> int:
+        """What retrying after ``exc`` takes from the bucket."""
+        return self.timeout_cost if isinstance(exc, GuruConnectionError) else self.retry_cost
+
+    def take(self, amount: int) -> bool:
+        """Take ``amount`` if the bucket holds it; False (taking nothing) otherwise."""
+        if amount > self.available:
             return False
-        self.available -= cost
+        self.available -= amount
         return True
 
-    def success(self) -> None:
-        """Refund a little after a successful request."""
-        self.available = min(self.capacity, self.available + self.refund)
+    def spend(self, exc: BaseException) -> bool:
+        """Take the cost of retrying after ``exc``; False when the budget cannot pay it."""
+        return self.take(self.cost(exc))
+
+    def success(self, last_retry_cost: int = 0) -> None:
+        """A request succeeded: give back its last retry's cost, or ``refund`` if none."""
+        self.available = min(self.capacity, self.available + (last_retry_cost or self.refund))
 
 
 def is_retryable(exc: BaseException) -> bool:

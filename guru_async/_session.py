@@ -14,6 +14,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
+import attrs
 from yarl import URL
 
 from ._auth import (
@@ -48,7 +49,7 @@ from ._errors import (
 from ._limiter import AdaptiveLimiter
 from ._models import Analysis, CreatedVideo, JointData, Video
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
-from ._retry import DEFAULT_MAX_RETRIES, RetryBudget, RetryPolicy, parse_retry_after
+from ._retry import RetryBudget, RetryPolicy, parse_retry_after
 from ._transport import Request, Response, Timeouts, Transport, json_error_body
 from ._upload import (
     FileSource,
@@ -152,6 +153,11 @@ class GuruSession:
         http_session: A caller-owned aiohttp.ClientSession to send requests with; the
             GuruSession then never closes it.
         max_retries: Retries of a failed request (connection errors, 408, 429, 5xx); 0 disables.
+            Default 4 (or the retry_policy's).
+        retry_policy: The whole retry policy (retries, backoff base and cap, the longest
+            Retry-After honoured); max_retries, when given, overrides its retry count.
+        retry_budget: The retry token bucket; by default each session has its own. Pass one
+            RetryBudget to several sessions to share it.
         timeouts: Connect, read and per-call total timeouts.
         poll_policy: The default schedule of await_analysis.
         limiter: Client-side flow control that slows every call down together when the
@@ -170,7 +176,9 @@ class GuruSession:
         scope: str = DEFAULT_SCOPE,
         token_store: TokenStore | None = None,
         http_session: aiohttp.ClientSession | None = None,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retries: int | None = None,
+        retry_policy: RetryPolicy | None = None,
+        retry_budget: RetryBudget | None = None,
         timeouts: Timeouts | None = None,
         poll_policy: PollPolicy | None = None,
         limiter: AdaptiveLimiter | None = None,
@@ -219,9 +227,9 @@ class GuruSession:
         self._transport = Transport(
             http=self._http,
             token=token,
-            policy=RetryPolicy(max_retries=max_retries),
+            policy=_retry_policy(retry_policy, max_retries),
             timeouts=timeouts or Timeouts(),
-            budget=RetryBudget(),
+            budget=retry_budget if retry_budget is not None else RetryBudget(),
             limiter=limiter,
             is_closed=lambda: self._closed,
         )
@@ -790,6 +798,13 @@ class GuruSession:
             },
         )
         return run.results()
+
+
+def _retry_policy(policy: RetryPolicy | None, max_retries: int | None) -> RetryPolicy:
+    policy = policy if policy is not None else RetryPolicy()
+    if max_retries is None:
+        return policy
+    return attrs.evolve(policy, max_retries=max_retries)
 
 
 def _model(cls: type[T], what: str) -> Callable[[Response], T]:

@@ -124,7 +124,7 @@ class _AuthState:
 class _Call(Generic[T]):
     """One send(): the request and what its attempts share."""
 
-    __slots__ = ("auth", "deadline", "max_tries", "req")
+    __slots__ = ("auth", "deadline", "max_tries", "req", "retry_cost")
 
     def __init__(
         self, req: Request[T], auth: _AuthState, deadline: float | None, max_tries: int
@@ -133,6 +133,7 @@ class _Call(Generic[T]):
         self.auth = auth
         self.deadline = deadline
         self.max_tries = max_tries
+        self.retry_cost = 0  # taken from the budget by the latest retry
 
 
 _CALL: contextvars.ContextVar[_Call[Any]] = contextvars.ContextVar("guru_async_call")
@@ -203,13 +204,18 @@ class Transport:
                 continue
             finally:
                 _CALL.reset(entered)
-            self.budget.success()
+            self.budget.success(call.retry_cost)
             return result
 
     def _giveup(self, exc: Exception) -> bool:
-        if self._is_closed() or _CALL.get().auth.token_failed or not is_retryable(exc):
+        call = _CALL.get()
+        if self._is_closed() or call.auth.token_failed or not is_retryable(exc):
             return True
-        return not self.budget.spend(exc)
+        cost = self.budget.cost(exc)
+        if not self.budget.take(cost):
+            return True
+        call.retry_cost = cost
+        return False
 
     async def _attempt(self, call: _Call[T]) -> T:
         req, auth, deadline = call.req, call.auth, call.deadline

@@ -8,7 +8,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from benchmarks import _baselines, decode, memory, overhead, polling, scale, tokens, upload
+from benchmarks import (
+    _baselines,
+    decode,
+    memory,
+    overhead,
+    polling,
+    scale,
+    soak,
+    tokens,
+    upload,
+)
 from benchmarks._harness import MIB, Figure, render, run_child
 
 
@@ -24,7 +34,15 @@ def _measured(figure: Figure) -> None:
 
 async def test_upload_measures_every_method(tmp_path: Path) -> None:
     """Figure 1 uploads with guru_async and every available baseline and reports a ratio."""
-    size = upload.Size(files=2, file_bytes=64 * 1024, concurrency=2, rounds=1)
+    size = upload.Size(
+        files=2,
+        file_bytes=64 * 1024,
+        concurrency=2,
+        rounds=1,
+        link_files=2,
+        link_file_bytes=64 * 1024,
+        link_bytes_per_s=4e6,
+    )
     figures = _by_number(await upload.run(size, tmp_path))
     _measured(figures["1a"])
     text = " ".join(figures["1a"].details)
@@ -92,6 +110,15 @@ async def test_scale_runs_both_batches(tmp_path: Path) -> None:
     figures = _by_number(await scale.run(size, tmp_path))
     for number in ("7a", "7b"):
         _measured(figures[number])
+
+
+async def test_soak_batch_survives_faults(tmp_path: Path) -> None:
+    """The soak figure completes a small batch under 30% faults with nothing lost."""
+    figures = _by_number(await soak.run(soak.Size(videos=20, upload_concurrency=4), tmp_path))
+    figure = figures["4s"]
+    _measured(figure)
+    assert figure.met is True, figure
+    assert figure.value.startswith("20/20 ok"), figure
 
 
 def test_render_writes_one_row_per_figure() -> None:
