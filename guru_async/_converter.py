@@ -283,7 +283,11 @@ converter = _make_converter()
 
 
 def structure(data: Any, cls: type[T], *, what: str, status: int | None = None) -> T:
-    """Structure decoded JSON into ``cls``, turning any mismatch into ResponseDecodeError."""
+    """Structure decoded JSON into ``cls``, turning any mismatch into ResponseDecodeError.
+
+    ``data`` is consumed: joint frames adopt its dicts as their own (the fast path of Get
+    Joint Data), so parse a body afresh for each call.
+    """
     if type(data) is not dict:
         raise ResponseDecodeError(
             f"{what}: expected a JSON object, got {type(data).__name__}",
