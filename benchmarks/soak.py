@@ -57,10 +57,11 @@ def _faults(rate: float) -> list[FaultRule]:
 
 async def _batch(paths: list[Path], size: Size, workdir: Path, rate: float) -> dict[str, float]:
     storage = workdir / f"storage-{rate}"
+    # Counted around the emulator too: its sockets for the client's connections close with it.
+    before = _open_fds()
     async with GuruEmulator(analysis_delay=0.05, storage_dir=storage, seed=4) as emu:
         for rule in _faults(rate) if rate else []:
             emu.faults.add(rule)
-        before = _open_fds()
         started = time.perf_counter()
         ids: dict[Path, str] = {}
         failed = 0
@@ -88,7 +89,7 @@ async def _batch(paths: list[Path], size: Size, workdir: Path, rate: float) -> d
             emu.stored_path(video_id).read_bytes() == path.read_bytes()
             for path, video_id in ids.items()
         )
-        return {
+        outcome = {
             "seconds": seconds,
             "ok": len(ids),
             "failed": failed,
@@ -96,8 +97,9 @@ async def _batch(paths: list[Path], size: Size, workdir: Path, rate: float) -> d
             "uploaded_twice": sum(n > 1 for n in emu.uploads_completed.values()),
             "faults": sum(emu.faults.fired.values()),
             "requests": sum(emu.requests.values()),
-            "fd_leak": _open_fds() - before,
         }
+    outcome["fd_leak"] = _open_fds() - before
+    return outcome
 
 
 async def run(size: Size, workdir: Path) -> list[Figure]:
