@@ -153,8 +153,11 @@ class FileTokenStore:
             "issued_at": token.issued_at,
         }
         folder = self.path.parent
-        if not folder.exists():
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Every folder this creates is private (mkdir(parents=True) would give the parents
+        # the default mode).
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        for path in reversed(missing):
+            path.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=folder)  # mkstemp creates it 0600
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -182,6 +185,8 @@ FetchToken = Callable[[], Awaitable[Token]]
 
 class TokenProvider:
     """Hands out a fresh token, refreshing it single-flight through ``fetch``."""
+
+    refreshable = True
 
     def __init__(self, *, key: str, store: TokenStore, fetch: FetchToken) -> None:
         self._key = key
@@ -219,6 +224,8 @@ class TokenProvider:
 
 class StaticTokenProvider:
     """A ready token given by the caller: never refreshed, so a 401 is final."""
+
+    refreshable = False
 
     def __init__(self, access_token: str) -> None:
         self._access_token = access_token

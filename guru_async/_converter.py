@@ -109,6 +109,7 @@ def _enum_or_str_hook(tp: Any) -> Callable[[Any, Any], Any]:
     return structure
 
 
+_NUMBERS = frozenset({int, float})  # bool is a subclass of int, but not a number here
 _new = object.__new__
 _set = object.__setattr__
 
@@ -155,9 +156,8 @@ def _frames(joint: str, frames: Any) -> list[JointFrame]:
                 and type(pos) is dict
                 and type(f["part"]) is str
                 and type(f["frame_idx"]) is int
-                # One sum checks four numbers at once: anything but int/float (None, str,
-                # list, dict) raises TypeError or does not end up a float.
-                and type(f["score"] + f["timestamp"] + pos["x"] + pos["y"] + 0.0) is float
+                and {type(f["score"]), type(f["timestamp"]), type(pos["x"]), type(pos["y"])}
+                <= _NUMBERS
             )
         except (KeyError, TypeError):
             fast = False
@@ -299,11 +299,12 @@ def structure(data: Any, cls: type[T], *, what: str, status: int | None = None) 
     except Exception as exc:
         # KeyError's message is just the key; say what was missing where.
         reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ResponseDecodeError(
-            f"{what}: response does not match {cls.__name__}: {reason}",
-            status=status,
-            body=_preview(data),
-        ) from None
+    # Raised outside the handler: no __context__ dragging the whole body along.
+    raise ResponseDecodeError(
+        f"{what}: response does not match {cls.__name__}: {reason}",
+        status=status,
+        body=_preview(data),
+    )
 
 
 def to_json(model: Any) -> bytes:
@@ -311,17 +312,22 @@ def to_json(model: Any) -> bytes:
     return json.dumps(converter.unstructure(model), separators=(",", ":")).encode()
 
 
-def decode_json(raw: bytes, *, what: str, status: int | None = None) -> Any:
-    """Parse a JSON body, raising ResponseDecodeError with a preview when it is not JSON."""
+def decode_json(raw: bytes, *, what: str, status: int | None = None, echo: bool = True) -> Any:
+    """Parse a JSON body, raising ResponseDecodeError when it is not JSON.
+
+    The error shows the start of the body, unless ``echo`` is False (a token response: even a
+    broken one may hold a secret).
+    """
     try:
         return _loads(raw)
     except _JSON_ERRORS:
-        text = raw[:200].decode("utf-8", "replace")
-        raise ResponseDecodeError(
-            f"{what}: response is not JSON (got {len(raw)} bytes starting {text[:80]!r})",
-            status=status,
-            body=text,
-        ) from None
+        pass
+    # Raised outside the handler: a JSONDecodeError's context holds the whole document.
+    text = raw[:200].decode("utf-8", "replace") if echo else ""
+    shown = f" starting {text[:80]!r}" if echo else ""
+    raise ResponseDecodeError(
+        f"{what}: response is not JSON (got {len(raw)} bytes{shown})", status=status, body=text
+    )
 
 
 def _preview(data: Any) -> str:

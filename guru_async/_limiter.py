@@ -17,8 +17,9 @@ import time
 _BETA = 0.7  # multiplicative decrease on throttle
 _SCALE = 0.4  # cubic growth constant (botocore's)
 _MIN_RATE = 0.5  # requests per second: never stall completely
-_SMOOTH = 0.8  # weight of history in the measured send rate
+_SMOOTH = 0.8  # weight of the newest window in the measured send rate (botocore's)
 _BUCKET = 1.0  # measurement window, seconds
+_MIN_WINDOW = 0.05
 # Throttles within this long of a cut belong to the same overload episode (many calls in
 # flight all hear the same 429s): one cut per episode, as TCP CUBIC cuts once per loss event.
 _COOLDOWN = 1.0
@@ -63,7 +64,13 @@ class AdaptiveLimiter:
         if throttled and self.enabled and now - self._throttled_at < _COOLDOWN:
             return
         if throttled:
-            base = self._measured if not self.enabled else min(self._measured, self.rate)
+            measured = self._measured
+            if measured == 0.0:
+                # Throttled within the first window: estimate from it as it stands. Err high
+                # (a short floor on its length): later windows correct an overestimate within
+                # a second or two, while an underestimate would pace a burst to a crawl.
+                measured = self._window_count / max(now - self._window_start, _MIN_WINDOW)
+            base = measured if not self.enabled else min(measured, self.rate)
             self._max_rate_at_throttle = max(base, _MIN_RATE)
             self._throttled_at = now
             self.rate = max(_MIN_RATE, self._max_rate_at_throttle * _BETA)
@@ -89,15 +96,18 @@ class AdaptiveLimiter:
 
     def _count_send(self) -> None:
         now = time.monotonic()
+        if self._window_count == 0 and self._measured == 0.0:
+            self._window_start = now  # the first window starts at the first send, not at init
         self._window_count += 1
         elapsed = now - self._window_start
         if elapsed >= _BUCKET:
             current = self._window_count / elapsed
-            self._measured = current * (1 - _SMOOTH) + self._measured * _SMOOTH
+            if self._measured == 0.0:
+                self._measured = current
+            else:
+                self._measured = current * _SMOOTH + self._measured * (1 - _SMOOTH)
             self._window_start = now
             self._window_count = 0
-        elif self._measured == 0.0:
-            self._measured = self._window_count / max(elapsed, 1e-3)
 
     def __repr__(self) -> str:
         state = f"rate={self.rate:.1f}/s" if self.enabled else "not throttled"

@@ -50,13 +50,14 @@ from ._limiter import AdaptiveLimiter
 from ._models import Analysis, CreatedVideo, JointData, Video
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
 from ._retry import RetryBudget, RetryPolicy, parse_retry_after
-from ._transport import Request, Response, Timeouts, Transport, json_error_body
+from ._transport import Request, Response, Timeouts, Transport, json_error_body, redact
 from ._upload import (
     FileSource,
     MultipartUpload,
     ProgressCallback,
     UploadSource,
     check_not_expired,
+    download_error,
     presign_expired,
     storage_error,
 )
@@ -123,7 +124,7 @@ def checked_url(url: str, *, name: str, allow_insecure_http: bool) -> URL:
         raise TypeError(f"{name} must be a str, got {type(url).__name__}")
     parsed = URL(url)
     if parsed.scheme not in ("https", "http") or not parsed.host:
-        raise ValueError(f"{name} must be an http(s) URL, got {url!r}")
+        raise ValueError(f"{name} must be an http(s) URL, got {redact(url)[:120]!r}")
     if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.host):
         raise ValueError(
             f"{name} uses plain http to {parsed.host}, which would expose tokens; use https, "
@@ -398,8 +399,15 @@ class GuruSession:
             max_retries=max_retries,
         )
         # The upload goes wherever the API says; it must not downgrade to plain http.
-        checked_url(created.url, name="upload url", allow_insecure_http=self._allow_insecure_http)
-        return created
+        try:
+            checked_url(
+                created.url, name="upload url", allow_insecure_http=self._allow_insecure_http
+            )
+        except (TypeError, ValueError) as exc:
+            reason = str(exc)
+        else:
+            return created
+        raise ResponseDecodeError(f"Create video: the API's upload url is unusable: {reason}")
 
     async def upload(
         self,
@@ -459,6 +467,7 @@ class GuruSession:
                 body=body,
                 headers=multipart.headers,
                 total=None,
+                cleanup=multipart.close_files,
             ),
             max_retries=max_retries,
         )
@@ -721,13 +730,20 @@ class GuruSession:
                 f"{video.status}); wait for the analysis to complete"
             )
         what = f"Download of the {name} of video {video_id}"
-        checked_url(uri, name="download uri", allow_insecure_http=self._allow_insecure_http)
+        try:
+            checked_url(uri, name="download uri", allow_insecure_http=self._allow_insecure_http)
+        except (TypeError, ValueError) as exc:
+            reason = str(exc)
+        else:
+            reason = ""
+        if reason:
+            raise ResponseDecodeError(f"{what}: the API's download uri is unusable: {reason}")
         return await self._transport.send(
             Request(
                 method="GET",
                 url=URL(uri, encoded=True),  # as given: re-encoding would break the signature
                 what=what,
-                errors=lambda status, headers, raw: storage_error(status, headers, raw, what=what),
+                errors=lambda status, headers, raw: download_error(status, headers, raw, what=what),
                 stream=stream_to_file(target, progress=progress, what=what),
                 total=None,
                 allow_redirects=True,
@@ -840,7 +856,7 @@ def _video_id_from(video_id: str) -> Callable[[Response], str]:
 
 
 def _decode_token(resp: Response) -> Token:
-    data = decode_json(resp.body, what="Token request", status=resp.status)
+    data = decode_json(resp.body, what="Token request", status=resp.status, echo=False)
     token = data.get("access_token") if isinstance(data, dict) else None
     expires_in = data.get("expires_in") if isinstance(data, dict) else None
     if (
@@ -866,6 +882,9 @@ def _decode_token(resp: Response) -> Token:
 
 def _token_error(status: int, headers: Any, raw: bytes) -> GuruError:
     body = json_error_body(raw)
+    if isinstance(body, dict):
+        # Keep only OAuth's error fields: never echo anything else a token endpoint sent.
+        body = {k: v for k, v in body.items() if k in ("error", "error_description", "message")}
     if status in (400, 401, 403):
         code = body.get("error") if isinstance(body, dict) else None
         return AuthenticationError(

@@ -65,6 +65,8 @@ class Timeouts:
 class AccessToken(Protocol):
     """What the transport needs from a token provider."""
 
+    refreshable: bool
+
     async def get(self) -> str: ...
 
     def invalidate(self, access_token: str) -> None: ...
@@ -95,6 +97,8 @@ class Request(Generic[T]):
         errors: Maps an error status and body to the exception to raise.
         authorized: Send the API token (never true for storage or the token endpoint).
         total: Overrides ``Timeouts.total``; None means no total (uploads, downloads).
+        cleanup: Called after every attempt, however it ended (closes an upload's file even
+            when aiohttp abandons the body half-read).
     """
 
     method: str
@@ -109,6 +113,7 @@ class Request(Generic[T]):
     authorized: bool = False
     total: float | None = -1.0  # -1: use the session's Timeouts.total
     allow_redirects: bool = False
+    cleanup: Callable[[], None] | None = None
 
 
 class _AuthState:
@@ -124,7 +129,7 @@ class _AuthState:
 class _Call(Generic[T]):
     """One send(): the request and what its attempts share."""
 
-    __slots__ = ("auth", "deadline", "max_tries", "req", "retry_cost")
+    __slots__ = ("attempts", "auth", "deadline", "max_tries", "req", "retry_cost")
 
     def __init__(
         self, req: Request[T], auth: _AuthState, deadline: float | None, max_tries: int
@@ -134,6 +139,7 @@ class _Call(Generic[T]):
         self.deadline = deadline
         self.max_tries = max_tries
         self.retry_cost = 0  # taken from the budget by the latest retry
+        self.attempts = 0
 
 
 _CALL: contextvars.ContextVar[_Call[Any]] = contextvars.ContextVar("guru_async_call")
@@ -192,6 +198,8 @@ class Transport:
                 # An expired or revoked token: refresh once and try the call once more.
                 if not (
                     req.authorized
+                    and self.token is not None
+                    and self.token.refreshable
                     and exc.status == 401
                     and not auth.refreshed
                     and auth.token is not None
@@ -211,6 +219,8 @@ class Transport:
         call = _CALL.get()
         if self._is_closed() or call.auth.token_failed or not is_retryable(exc):
             return True
+        if call.attempts >= call.max_tries:
+            return True  # backoff stops anyway; a retry that will not happen costs nothing
         cost = self.budget.cost(exc)
         if not self.budget.take(cost):
             return True
@@ -219,6 +229,7 @@ class Transport:
 
     async def _attempt(self, call: _Call[T]) -> T:
         req, auth, deadline = call.req, call.auth, call.deadline
+        call.attempts += 1
         if self._is_closed():
             raise SessionClosedError(f"{req.what}: the GuruSession is closed")
         headers = dict(req.headers or {})
@@ -238,6 +249,7 @@ class Transport:
         await self.limiter.acquire()
         started = time.monotonic()
         status: int | str = "error"
+        failure: GuruError | None = None
         try:
             async with self._http().request(
                 req.method,
@@ -265,12 +277,14 @@ class Transport:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             if isinstance(exc.__cause__, GuruError):
                 # Raised by our own body (a file that changed size) and wrapped by aiohttp.
-                raise exc.__cause__ from None
-            if self._is_closed():
-                raise SessionClosedError(f"{req.what}: the GuruSession was closed") from None
-            # No chained cause: aiohttp's exceptions can carry the full (presigned) URL.
-            raise GuruConnectionError(f"{req.what}: {describe_network_error(exc)}") from None
+                failure = exc.__cause__
+            elif self._is_closed():
+                failure = SessionClosedError(f"{req.what}: the GuruSession was closed")
+            else:
+                failure = GuruConnectionError(f"{req.what}: {describe_network_error(exc)}")
         finally:
+            if req.cleanup is not None:
+                req.cleanup()
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s %s%s -> %s in %.1f ms",
@@ -280,6 +294,10 @@ class Transport:
                     status,
                     (time.monotonic() - started) * 1000,
                 )
+        # Raised here, outside the handler, so it carries no __context__: aiohttp's exceptions
+        # can hold the full (presigned) URL.
+        assert failure is not None
+        raise failure
 
 
 def _is_throttle(error: GuruError) -> bool:

@@ -25,7 +25,7 @@ from typing import IO, Union
 
 from multidict import CIMultiDictProxy
 
-from ._errors import UploadError
+from ._errors import APIError, UploadError, error_for_status
 from ._retry import parse_retry_after
 
 ProgressCallback = Callable[[int, int], Awaitable[None] | None]
@@ -124,6 +124,7 @@ class MultipartUpload:
             f'--{self.boundary}\r\nContent-Disposition: form-data; name="file"; '
             f'filename="{_quote(source.name)}"\r\nContent-Type: {content_type}\r\n\r\n'
         )
+        self._open: set[IO[bytes]] = set()
         self.head = "".join(parts).encode("utf-8")
         self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
         self.content_length = len(self.head) + source.size + len(self.tail)
@@ -141,6 +142,7 @@ class MultipartUpload:
         total = self.source.size
         loop = asyncio.get_running_loop()
         handle = await loop.run_in_executor(None, self.source.open)
+        self._open.add(handle)
         try:
             yield self.head
             sent = 0
@@ -158,7 +160,15 @@ class MultipartUpload:
                 raise _file_changed(self.source, None)
             yield self.tail
         finally:
+            self._open.discard(handle)
             self.source.close(handle)
+
+    def close_files(self) -> None:
+        """Close what an attempt left open: aiohttp may drop a body half-read (a connection
+        reset mid-upload) and leave its generator suspended, holding the file."""
+        for handle in list(self._open):
+            self.source.close(handle)
+        self._open.clear()
 
     async def _report(self, sent: int, total: int) -> None:
         if self._progress is not None:
@@ -205,14 +215,32 @@ def check_not_expired(fields: dict[str, str], *, video_id: str) -> None:
 _XML_TAG = {name: re.compile(rf"<{name}>([^<]*)</{name}>".encode()) for name in ("Code", "Message")}
 
 
-def storage_error(
-    status: int, headers: CIMultiDictProxy[str], raw: bytes, *, what: str
-) -> UploadError:
-    """Map a storage error response (an S3-style XML body) to UploadError."""
+def _storage_code(status: int, raw: bytes) -> tuple[str, str]:
     code_match = _XML_TAG["Code"].search(raw)
     message_match = _XML_TAG["Message"].search(raw)
     code = code_match.group(1).decode("utf-8", "replace") if code_match else f"HTTP{status}"
     detail = message_match.group(1).decode("utf-8", "replace")[:300] if message_match else ""
+    return code, detail
+
+
+def download_error(
+    status: int, headers: CIMultiDictProxy[str], raw: bytes, *, what: str
+) -> APIError:
+    """Map a storage error on a download (S3-style XML) to the APIError of its status."""
+    code, detail = _storage_code(status, raw)
+    return error_for_status(
+        status,
+        {"message": f"{code}: {detail}" if detail else code, "code": code},
+        context=what,
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+    )
+
+
+def storage_error(
+    status: int, headers: CIMultiDictProxy[str], raw: bytes, *, what: str
+) -> UploadError:
+    """Map a storage error response to an upload (an S3-style XML body) to UploadError."""
+    code, detail = _storage_code(status, raw)
     message = f"{what}: storage refused the upload with HTTP {status} {code}"
     if detail:
         message += f": {detail}"

@@ -544,7 +544,7 @@ SERVER_CASES = [
          id="created-field-value-int"),
     case(create, _created(id=5), ResponseDecodeError, "expected a string, got int",
          id="created-id-int"),
-    case(create, _created(url="file:///etc/passwd"), ValueError,
+    case(create, _created(url="file:///etc/passwd"), ResponseDecodeError,
          "upload url must be an http(s) URL", id="created-file-url"),
     case(update, {"id": 5}, ResponseDecodeError, "expected the video's id", id="update-id-int"),
     case(analysis, {"message": "database on fire"}, ServerError,

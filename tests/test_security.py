@@ -274,7 +274,7 @@ ERROR_FLOWS = [
     pytest.param(_storage_refusal, UploadError, id="storage-refusal"),
     pytest.param(_storage_unreachable, GuruConnectionError, id="storage-unreachable"),
     pytest.param(_download_dropped, GuruConnectionError, id="download-dropped"),
-    pytest.param(_download_refused, UploadError, id="download-refused"),
+    pytest.param(_download_refused, APIError, id="download-refused"),
     pytest.param(_decode_error, ResponseDecodeError, id="decode-error"),
     pytest.param(_revoked_static_token, AuthenticationError, id="revoked-token"),
     pytest.param(_wrong_secret, AuthenticationError, id="wrong-secret"),
@@ -454,7 +454,8 @@ async def test_plain_http_storage_from_the_server_is_refused(
     field_name: str,
     reply: dict[str, Any],
 ) -> None:
-    """A server cannot downgrade uploads or downloads to plain http on a remote host."""
+    """A server cannot downgrade uploads or downloads to plain http on a remote host: its
+    answer is treated as a bad response."""
     api, _ = servers
     api.handle(lambda request: _json(reply))
     async with GuruSession(access_token="t", base_url=api.url, max_retries=0) as guru:
@@ -463,7 +464,7 @@ async def test_plain_http_storage_from_the_server_is_refused(
             if field_name == "upload url"
             else guru.download("vid-1", tmp_path / "out.mp4")
         )
-        with pytest.raises(ValueError, match=f"{field_name} uses plain http"):
+        with pytest.raises(ResponseDecodeError, match=f"{field_name} uses plain http"):
             await call
     assert not (tmp_path / "out.mp4").exists()
 
