@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._harness import Figure, log
-from guru_async import GuruSession, PollPolicy, RetryPolicy
+from guru_async import PollPolicy, RetryPolicy
 from guru_async.testing import FaultRule, GuruEmulator
 
 NAME = "soak"
@@ -65,13 +65,8 @@ async def _batch(paths: list[Path], size: Size, workdir: Path, rate: float) -> d
         started = time.perf_counter()
         ids: dict[Path, str] = {}
         failed = 0
-        async with GuruSession(
-            emu.client_id,
-            emu.client_secret,
-            base_url=emu.base_url,
-            token_url=emu.token_url,
-            retry_policy=RETRIES,
-            poll_policy=PollPolicy(interval=0.02, max_interval=0.1),
+        async with emu.session(
+            retry_policy=RETRIES, poll_policy=PollPolicy(interval=0.02, max_interval=0.1)
         ) as guru:
             async for r in guru.batch_upload(
                 paths,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from guru_async import GuruSession, MemoryTokenStore, PollPolicy
+from guru_async import GuruSession, PollPolicy
 from guru_async.testing import GuruEmulator
 
 # Polls every 10-50 ms instead of 1-5 s, so tests wait on the emulator, not on the schedule.
@@ -29,14 +29,7 @@ def make_session(emulator: GuruEmulator) -> Callable[..., GuruSession]:
     """Build sessions against the emulator, each with its own token store unless given one."""
 
     def make(**kwargs: object) -> GuruSession:
-        options: dict[str, object] = {
-            "base_url": emulator.base_url,
-            "token_url": emulator.token_url,
-            "token_store": MemoryTokenStore(),
-            "poll_policy": FAST_POLLS,
-        }
-        options.update(kwargs)
-        return GuruSession(emulator.client_id, emulator.client_secret, **options)  # type: ignore[arg-type]
+        return emulator.session(**{"poll_policy": FAST_POLLS, **kwargs})
 
     return make
 
@@ -81,14 +74,7 @@ async def session_for() -> AsyncIterator[Callable[..., GuruSession]]:
     sessions: list[GuruSession] = []
 
     def make(emu: GuruEmulator, **kwargs: Any) -> GuruSession:
-        options: dict[str, Any] = {
-            "base_url": emu.base_url,
-            "token_url": emu.token_url,
-            "token_store": MemoryTokenStore(),
-            "poll_policy": FAST_POLLS,
-        }
-        options.update(kwargs)
-        session = GuruSession(emu.client_id, emu.client_secret, **options)
+        session = emu.session(**{"poll_policy": FAST_POLLS, **kwargs})
         sessions.append(session)
         return session
 

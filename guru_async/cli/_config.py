@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from .._auth import FileTokenStore, MemoryTokenStore
+from .._auth import FileTokenStore
 from .._session import GuruSession
 from .._validation import check_rep_count, resolve_domain_activity
 from ._constants import EMULATOR_POLLS, PROG, log
@@ -62,14 +62,7 @@ async def open_session(args: argparse.Namespace) -> AsyncIterator[GuruSession]:
 
         async with (
             GuruEmulator(analysis_delay=1.0) as emu,
-            GuruSession(
-                emu.client_id,
-                emu.client_secret,
-                base_url=emu.base_url,
-                token_url=emu.token_url,
-                token_store=MemoryTokenStore(),
-                poll_policy=EMULATOR_POLLS,
-            ) as guru,
+            emu.session(poll_policy=EMULATOR_POLLS) as guru,
         ):
             log.debug("embedded emulator at %s", emu.base_url)
             yield guru

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Final
 
-from .._auth import MemoryTokenStore
 from .._batch import BatchProgress, BatchResult, VideoSpec
 from .._enums import AnalysisStatus
 from .._session import GuruSession
@@ -85,14 +84,7 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
 
     async with (
         GuruEmulator(analysis_delay=lambda _: delays.uniform(1.0, 2.0), video_seconds=8.0) as emu,
-        GuruSession(
-            emu.client_id,
-            emu.client_secret,
-            base_url=emu.base_url,
-            token_url=emu.token_url,
-            token_store=MemoryTokenStore(),
-            poll_policy=EMULATOR_POLLS,
-        ) as guru,
+        emu.session(poll_policy=EMULATOR_POLLS) as guru,
     ):
         out.note(f"{PROG} demo: {len(specs)} sample clips, one journaled batch, a local emulator")
         out.note(

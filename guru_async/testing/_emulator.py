@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from guru_async._auth import MemoryTokenStore
 from guru_async._enums import (
     ACTIVITY_DOMAINS,
     Activity,
@@ -27,6 +28,7 @@ from guru_async._enums import (
     Domain,
     OverlayType,
 )
+from guru_async._session import GuruSession
 from guru_async.testing import _storage, _synthetic
 from guru_async.testing._models import (
     EmulatedVideo,
@@ -254,6 +256,20 @@ class GuruEmulator:
             return self._urls[which]
         except KeyError:
             raise RuntimeError("the emulator is not running; use 'async with'") from None
+
+    def session(self, **options: Any) -> GuruSession:
+        """A GuruSession pointed at this emulator, with its own in-memory token store.
+
+        Args:
+            **options: Any other GuruSession option, e.g. ``poll_policy`` or ``max_retries``.
+        """
+        settings: dict[str, Any] = {
+            "base_url": self.base_url,
+            "token_url": self.token_url,
+            "token_store": MemoryTokenStore(),
+        }
+        settings.update(options)
+        return GuruSession(self.client_id, self.client_secret, **settings)
 
     def issue_token(self) -> str:
         """Return a new valid access token without going through the token endpoint."""
