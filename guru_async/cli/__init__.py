@@ -85,6 +85,16 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+def _timeout_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"{help_text} ({DEFAULT_TIMEOUT:g})",
+    )
+
+
 def _video_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activity", metavar="A", help="e.g. squat, push_up, sprint")
     parser.add_argument("--domain", metavar="D", help="filled in from --activity when omitted")
@@ -115,13 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("upload", "upload video files (and wait for their analyses with --wait)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--wait", action="store_true", help="wait for each analysis")
-    p.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"seconds to wait for each analysis ({DEFAULT_TIMEOUT:g})",
-    )
+    _timeout_option(p, "seconds to wait for each analysis")
     _video_options(p)
     p.set_defaults(handler=cmd_upload)
 
@@ -133,13 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--journal", metavar="F", help="SQLite journal: rerun to resume, never redo")
     p.add_argument("--out", metavar="F", help="write one JSON line per video to F")
     p.add_argument("--no-wait", action="store_true", help="do not wait for analyses")
-    p.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"seconds to wait for each analysis ({DEFAULT_TIMEOUT:g})",
-    )
+    _timeout_option(p, "seconds to wait for each analysis")
     _video_options(p)
     p.set_defaults(handler=cmd_batch)
 
@@ -153,13 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("analysis", "show a video's analysis")
     p.add_argument("id", metavar="ID")
     p.add_argument("--wait", action="store_true", help="wait until it is Complete or Failed")
-    p.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"seconds to wait with --wait ({DEFAULT_TIMEOUT:g})",
-    )
+    _timeout_option(p, "seconds to wait with --wait")
     p.set_defaults(handler=cmd_analysis)
 
     p = command("j2p", "export per-frame joint positions")
