@@ -2,16 +2,17 @@
 
 Until the service first answers 429 (or storage ``SlowDown``) requests go out unthrottled.
 From then on they pass through a token bucket whose rate is cut to 70% of the rate measured
-when the throttle came (at most once a second, however many calls hear the same 429s), then
-grows back along a cubic curve (fast at first, gently near the
-old rate, then probing above it) as requests succeed. Shared by every call of a session (pass
-one limiter to several sessions to share it wider), so thousands of concurrent calls slow down
-together instead of each retrying into a 429 storm.
+when the throttle came (at most once a second, however many calls hear the same 429s, and only
+while throttles are a tenth or more of recent responses), then grows back along a cubic curve
+(fast at first, gently near the old rate, then probing above it) as requests succeed. Shared
+by every call of a session (pass one limiter to several sessions to share it wider), so
+thousands of concurrent calls slow down together instead of each retrying into a 429 storm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 _BETA = 0.7  # multiplicative decrease on throttle
@@ -23,6 +24,11 @@ _MIN_WINDOW = 0.05
 # Throttles within this long of a cut belong to the same overload episode (many calls in
 # flight all hear the same 429s): one cut per episode, as TCP CUBIC cuts once per loss event.
 _COOLDOWN = 1.0
+# A throttle cuts the rate only while throttles are at least this share of recent responses
+# (counted with a decay of about a second): an overloaded service throttles much of what it
+# gets, while a stray 429 now and then is no reason to crawl.
+_SIGNIFICANT = 0.1
+_DECAY = 1.0
 
 
 class AdaptiveLimiter:
@@ -43,6 +49,9 @@ class AdaptiveLimiter:
         self._measured = 0.0
         self._window_start = time.monotonic()
         self._window_count = 0
+        self._responses = 0.0
+        self._throttles = 0.0
+        self._last_response = time.monotonic()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
@@ -61,7 +70,14 @@ class AdaptiveLimiter:
     def record(self, *, throttled: bool) -> None:
         """Feed back a response: throttled (429/SlowDown) or not."""
         now = time.monotonic()
-        if throttled and self.enabled and now - self._throttled_at < _COOLDOWN:
+        keep = math.exp(-(now - self._last_response) / _DECAY)
+        self._last_response = now
+        self._responses = self._responses * keep + 1.0
+        self._throttles = self._throttles * keep + (1.0 if throttled else 0.0)
+        if throttled and (
+            (self.enabled and now - self._throttled_at < _COOLDOWN)
+            or self._throttles < _SIGNIFICANT * self._responses
+        ):
             return
         if throttled:
             measured = self._measured

@@ -446,14 +446,24 @@ async def _send_steadily(
 
 
 async def test_limiter_throttle_cuts_below_the_measured_rate(clock: FakeClock) -> None:
-    """After 5 s of 10 requests/s, a 429 engages the limiter at a rate below 10 requests/s."""
+    """After 5 s of 10 requests/s, a burst of 429s engages the limiter at a rate below 10
+    requests/s."""
     limiter = AdaptiveLimiter()
     assert limiter.enabled is False
     await _send_steadily(limiter, clock, rate=10.0, secs=5.0)
     limiter.record(throttled=True)
+    limiter.record(throttled=True)
     assert limiter.enabled is True
     assert limiter.rate < limiter._measured
     assert limiter.rate < 10.0
+
+
+async def test_limiter_ignores_a_stray_429(clock: FakeClock) -> None:
+    """One 429 among many successes is no sign of overload: the limiter stays off."""
+    limiter = AdaptiveLimiter()
+    await _send_steadily(limiter, clock, rate=50.0, secs=3.0)
+    limiter.record(throttled=True)
+    assert limiter.enabled is False
 
 
 async def test_limiter_recovers_as_requests_succeed(clock: FakeClock) -> None:
@@ -461,6 +471,8 @@ async def test_limiter_recovers_as_requests_succeed(clock: FakeClock) -> None:
     limiter = AdaptiveLimiter()
     await _send_steadily(limiter, clock, rate=10.0, secs=2.0)
     limiter.record(throttled=True)
+    limiter.record(throttled=True)
+    assert limiter.enabled is True
     cut = limiter.rate
     before_throttle = cut / 0.7
     rates = []
