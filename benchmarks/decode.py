@@ -3,7 +3,7 @@
 The body is the exact bytes an in-process ``GuruEmulator(video_seconds=60, fps=30)`` serves at
 ``GET /videos/{id}/j2p``: 17 joints x 1,800 frames, about 30,000 ``JointFrame`` objects.
 
-- guru_async: ``structure(decode_json(raw), JointData)``, what ``get_joint_data`` does with a
+- guru_async: ``decode_model(raw, JointData)``, exactly what ``get_joint_data`` does with a
   body (parse with orjson when installed, else json; then build the frozen attrs models).
 - baseline: ``json.loads(raw)``, plain dicts and lists.
 - context: ``orjson.loads(raw)`` alone, and ``structure`` alone on an already-parsed body.
@@ -27,7 +27,7 @@ import aiohttp
 
 from benchmarks._harness import Figure, log, write_file
 from guru_async import AnalysisStatus, GuruSession, JointData
-from guru_async._converter import decode_json, structure
+from guru_async._converter import decode_json, decode_model, structure
 from guru_async.testing import GuruEmulator
 
 # orjson is optional ("guru-async[fast]"); without it there is no orjson context number.
@@ -75,7 +75,7 @@ async def joint_data_body(size: Size, workdir: Path) -> bytes:
 
 def typed(raw: bytes) -> JointData:
     """What get_joint_data does with a body."""
-    return structure(decode_json(raw, what="j2p"), JointData, what="j2p")
+    return decode_model(raw, JointData, what="j2p")
 
 
 def best_of(

@@ -84,6 +84,32 @@ def _structure_bool(value: Any, _: Any) -> bool:
     return value
 
 
+_PRIMITIVE_HOOKS: dict[Any, Callable[[Any, Any], Any]] = {
+    str: _structure_str,
+    int: _structure_int,
+    float: _structure_float,
+    bool: _structure_bool,
+}
+
+
+def _is_optional_primitive(tp: Any) -> bool:
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return False
+    args = typing.get_args(tp)
+    return len(args) == 2 and type(None) in args and any(a in _PRIMITIVE_HOOKS for a in args)
+
+
+def _optional_primitive_hook(tp: Any) -> Callable[[Any, Any], Any]:
+    # Most fields are "number or null": one direct call instead of cattrs' generic dispatch.
+    (inner,) = (a for a in typing.get_args(tp) if a is not type(None))
+    hook = _PRIMITIVE_HOOKS[inner]
+
+    def structure(value: Any, _: Any) -> Any:
+        return None if value is None else hook(value, inner)
+
+    return structure
+
+
 def _is_enum_or_str(tp: Any) -> bool:
     if typing.get_origin(tp) not in (typing.Union, types.UnionType):
         return False
@@ -109,7 +135,6 @@ def _enum_or_str_hook(tp: Any) -> Callable[[Any, Any], Any]:
     return structure
 
 
-_NUMBERS = frozenset({int, float})  # bool is a subclass of int, but not a number here
 _new = object.__new__
 _set = object.__setattr__
 
@@ -156,8 +181,11 @@ def _frames(joint: str, frames: Any) -> list[JointFrame]:
                 and type(pos) is dict
                 and type(f["part"]) is str
                 and type(f["frame_idx"]) is int
-                and {type(f["score"]), type(f["timestamp"]), type(pos["x"]), type(pos["y"])}
-                <= _NUMBERS
+                # float first: it is what the wire almost always has (bool is not a number).
+                and (type(f["score"]) is float or type(f["score"]) is int)
+                and (type(f["timestamp"]) is float or type(f["timestamp"]) is int)
+                and (type(pos["x"]) is float or type(pos["x"]) is int)
+                and (type(pos["y"]) is float or type(pos["y"]) is int)
             )
         except (KeyError, TypeError):
             fast = False
@@ -196,6 +224,7 @@ def _make_converter() -> Converter:
     conv.register_structure_hook(float, _structure_float)
     conv.register_structure_hook(bool, _structure_bool)
     conv.register_structure_hook_factory(_is_enum_or_str, _enum_or_str_hook)
+    conv.register_structure_hook_factory(_is_optional_primitive, _optional_primitive_hook)
 
     def attrs_hook(cls: type) -> Callable[[Any, Any], Any]:
         overrides = {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls)}
@@ -305,6 +334,15 @@ def structure(data: Any, cls: type[T], *, what: str, status: int | None = None) 
         status=status,
         body=_preview(data),
     )
+
+
+def decode_model(raw: bytes, cls: type[T], *, what: str, status: int | None = None) -> T:
+    """Parse a response body and structure it into ``cls``: what every API call does.
+
+    The GC is paused for both steps: parsing and structuring create many acyclic objects.
+    """
+    with gc_paused():
+        return structure(decode_json(raw, what=what, status=status), cls, what=what, status=status)
 
 
 def to_json(model: Any) -> bytes:

@@ -34,7 +34,7 @@ from ._batch import (
     BatchResult,
     BatchRun,
 )
-from ._converter import decode_json, gc_paused, structure
+from ._converter import decode_json, decode_model
 from ._download import stream_to_file
 from ._enums import OverlayType
 from ._errors import (
@@ -825,9 +825,7 @@ def _retry_policy(policy: RetryPolicy | None, max_retries: int | None) -> RetryP
 
 def _model(cls: type[T], what: str) -> Callable[[Response], T]:
     def decode(resp: Response) -> T:
-        with gc_paused():
-            data = decode_json(resp.body, what=what, status=resp.status)
-            return structure(data, cls, what=what, status=resp.status)
+        return decode_model(resp.body, cls, what=what, status=resp.status)
 
     return decode
 
