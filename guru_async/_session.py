@@ -468,6 +468,7 @@ class GuruSession:
                 headers=multipart.headers,
                 total=None,
                 cleanup=multipart.close_files,
+                idle_since=multipart.idle_since,
             ),
             max_retries=max_retries,
         )

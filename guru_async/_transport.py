@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
@@ -99,6 +100,8 @@ class Request(Generic[T]):
         total: Overrides ``Timeouts.total``; None means no total (uploads, downloads).
         cleanup: Called after every attempt, however it ended (closes an upload's file even
             when aiohttp abandons the body half-read).
+        idle_since: For uploads: when the body last made progress (+inf once sent); an
+            attempt idle for ``Timeouts.read`` fails as a stalled connection.
     """
 
     method: str
@@ -114,6 +117,7 @@ class Request(Generic[T]):
     total: float | None = -1.0  # -1: use the session's Timeouts.total
     allow_redirects: bool = False
     cleanup: Callable[[], None] | None = None
+    idle_since: Callable[[], float] | None = None
 
 
 class _AuthState:
@@ -129,7 +133,7 @@ class _AuthState:
 class _Call(Generic[T]):
     """One send(): the request and what its attempts share."""
 
-    __slots__ = ("attempts", "auth", "deadline", "max_tries", "req", "retry_cost")
+    __slots__ = ("attempts", "auth", "deadline", "max_tries", "req", "retry_cost", "status")
 
     def __init__(
         self, req: Request[T], auth: _AuthState, deadline: float | None, max_tries: int
@@ -140,6 +144,7 @@ class _Call(Generic[T]):
         self.max_tries = max_tries
         self.retry_cost = 0  # taken from the budget by the latest retry
         self.attempts = 0
+        self.status: int | str = "error"  # of the latest attempt, for the log line
 
 
 _CALL: contextvars.ContextVar[_Call[Any]] = contextvars.ContextVar("guru_async_call")
@@ -248,30 +253,15 @@ class Transport:
         )
         await self.limiter.acquire()
         started = time.monotonic()
-        status: int | str = "error"
+        call.status = "error"
         failure: GuruError | None = None
         try:
-            async with self._http().request(
-                req.method,
-                req.url,
-                data=req.body() if req.body is not None else None,
-                headers=headers,
-                params=req.params,
-                timeout=timeout,
-                allow_redirects=req.allow_redirects,
-            ) as resp:
-                status = resp.status
-                if resp.status >= 300:
-                    raw = await resp.read()
-                    error = req.errors(resp.status, resp.headers, raw)
-                    self.limiter.record(throttled=_is_throttle(error))
-                    raise error
-                self.limiter.record(throttled=False)
-                if req.stream is not None:
-                    return await req.stream(resp)
-                raw = await resp.read()
-                assert req.decode is not None
-                return req.decode(Response(resp.status, resp.headers, raw))
+            # The body is built before the watch starts: building it restarts its idle clock.
+            body = req.body() if req.body is not None else None
+            exchange = self._exchange(req, call, body, headers, timeout)
+            if req.idle_since is None:
+                return await exchange
+            return await _watched(exchange, req.idle_since, self.timeouts.read, req.what)
         except GuruError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -291,13 +281,65 @@ class Transport:
                     req.method,
                     req.url.host,
                     req.url.path,
-                    status,
+                    call.status,
                     (time.monotonic() - started) * 1000,
                 )
         # Raised here, outside the handler, so it carries no __context__: aiohttp's exceptions
         # can hold the full (presigned) URL.
         assert failure is not None
         raise failure
+
+    async def _exchange(
+        self, req: Request[T], call: _Call[T], body: Any, headers: dict[str, str], timeout: Any
+    ) -> T:
+        async with self._http().request(
+            req.method,
+            req.url,
+            data=body,
+            headers=headers,
+            params=req.params,
+            timeout=timeout,
+            allow_redirects=req.allow_redirects,
+        ) as resp:
+            call.status = resp.status
+            if resp.status >= 300:
+                raw = await resp.read()
+                error = req.errors(resp.status, resp.headers, raw)
+                self.limiter.record(throttled=_is_throttle(error))
+                raise error
+            self.limiter.record(throttled=False)
+            if req.stream is not None:
+                return await req.stream(resp)
+            raw = await resp.read()
+            assert req.decode is not None
+            return req.decode(Response(resp.status, resp.headers, raw))
+
+
+async def _watched(
+    work: Coroutine[Any, Any, T], idle_since: Callable[[], float], limit: float, what: str
+) -> T:
+    """Run ``work``, ending it when ``idle_since()`` (the last time the body made progress)
+    is ``limit`` seconds old: aiohttp has no timeout for a peer that stops reading an upload,
+    and a large file must not be bounded by a total."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            idle = time.monotonic() - idle_since()
+            if idle >= limit:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise GuruConnectionError(
+                    f"{what}: stalled: the storage host accepted no bytes for {limit:g} s"
+                )
+            # idle_since() is +inf once the body is sent: the response has sock_read's timeout.
+            wait = None if idle == -math.inf else limit - idle
+            done, _ = await asyncio.wait({task}, timeout=wait)
+            if done:
+                return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def _is_throttle(error: GuruError) -> bool:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import inspect
 import json
+import math
 import mimetypes
 import os
 import re
@@ -125,6 +126,7 @@ class MultipartUpload:
             f'filename="{_quote(source.name)}"\r\nContent-Type: {content_type}\r\n\r\n'
         )
         self._open: set[IO[bytes]] = set()
+        self.last_activity = time.monotonic()
         self.head = "".join(parts).encode("utf-8")
         self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
         self.content_length = len(self.head) + source.size + len(self.tail)
@@ -137,14 +139,23 @@ class MultipartUpload:
             "Content-Length": str(self.content_length),
         }
 
-    async def body(self) -> AsyncIterator[bytes]:
-        """Yield the body; each call re-reads the file from its start."""
+    def body(self) -> AsyncIterator[bytes]:
+        """The body for one attempt: it re-reads the file from its start."""
+        self.last_activity = time.monotonic()
+        return self._chunks()
+
+    def idle_since(self) -> float:
+        """When the body last made progress; +inf once it is all sent."""
+        return self.last_activity
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
         total = self.source.size
         loop = asyncio.get_running_loop()
         handle = await loop.run_in_executor(None, self.source.open)
         self._open.add(handle)
         try:
             yield self.head
+            self.last_activity = time.monotonic()
             sent = 0
             await self._report(0, total)
             while sent < total:
@@ -155,10 +166,13 @@ class MultipartUpload:
                     raise _file_changed(self.source, sent)
                 sent += len(chunk)
                 yield chunk
+                # Resumed: aiohttp has written the chunk, so the peer is taking bytes.
+                self.last_activity = time.monotonic()
                 await self._report(sent, total)
             if await loop.run_in_executor(None, handle.read, 1):
                 raise _file_changed(self.source, None)
             yield self.tail
+            self.last_activity = math.inf
         finally:
             self._open.discard(handle)
             self.source.close(handle)

@@ -400,6 +400,22 @@ async def test_upload_dropped_mid_body_closes_the_file(
 # -- timeouts ---------------------------------------------------------------------------------
 
 
+async def test_stalled_upload_fails_by_inactivity_then_is_retried(
+    emulator: GuruEmulator, make_session: MakeSession, video_file: VideoFile
+) -> None:
+    """An upload whose storage host stops reading fails after Timeouts.read of silence (no
+    total bounds uploads), and the retry sends it whole."""
+    source = video_file("stalled.mp4", size=24 * 1024 * 1024)
+    emulator.faults.add(FaultRule(route=UPLOAD, kind="delay", delay=5.0, times=1))
+    async with make_session(timeouts=Timeouts(read=0.5), retry_policy=quick(2)) as guru:
+        started = time.monotonic()
+        video_id = await guru.upload_video(source, activity="squat")
+        elapsed = time.monotonic() - started
+    assert elapsed < 4.0  # the stalled attempt was abandoned, not waited out
+    assert emulator.requests[UPLOAD] == 2
+    assert emulator.stored_path(video_id).read_bytes() == source.read_bytes()
+
+
 async def test_read_timeout_fails_fast(
     emulator: GuruEmulator, make_session: MakeSession, video_id: str
 ) -> None:
