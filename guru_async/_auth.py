@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -182,6 +183,11 @@ def credentials_key(token_url: str, client_id: str, client_secret: str, scope: s
 
 FetchToken = Callable[[], Awaitable[Token]]
 
+# Held only while some provider holds them (weak values), so locks of finished loops go away.
+_REFRESH_LOCKS: weakref.WeakValueDictionary[tuple[int, int, str], asyncio.Lock] = (
+    weakref.WeakValueDictionary()
+)
+
 
 class TokenProvider:
     """Hands out a fresh token, refreshing it single-flight through ``fetch``."""
@@ -194,7 +200,8 @@ class TokenProvider:
         self._fetch = fetch
         self._token: Token | None = None
         self._rejected: str | None = None
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     async def get(self) -> str:
         """Return a usable access token, fetching one only when none is fresh."""
@@ -202,7 +209,7 @@ class TokenProvider:
         if token is not None and token.is_fresh():
             return token.access_token
         # One refresh at a time: everyone else waits here and then reuses its result.
-        async with self._lock:
+        async with self._refresh_lock():
             token = self._token
             if token is not None and token.is_fresh():
                 return token.access_token
@@ -214,6 +221,18 @@ class TokenProvider:
             self._token = token
             await self._store.save(self._key, token)
             return token.access_token
+
+    def _refresh_lock(self) -> asyncio.Lock:
+        # Shared by every provider of this event loop with the same store and credentials, so
+        # sessions that share a token store also share a single refresh in flight.
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            key = (id(loop), id(self._store), self._key)
+            lock = _REFRESH_LOCKS.get(key)
+            if lock is None:
+                lock = _REFRESH_LOCKS[key] = asyncio.Lock()
+            self._lock, self._lock_loop = lock, loop
+        return self._lock
 
     def invalidate(self, access_token: str) -> None:
         """Forget ``access_token`` after the API rejected it, so the next get() refreshes."""

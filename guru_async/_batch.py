@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import os
-import random
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -32,10 +32,10 @@ from attrs import define, field, frozen
 
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
-from ._errors import AnalysisTimeoutError
+from ._errors import AnalysisTimeoutError, GuruError
 from ._journal import Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
-from ._polling import TRANSIENT_POLL_ERRORS, PollPolicy
+from ._polling import PollPolicy, is_transient_poll_error
 from ._upload import UploadSource, check_file
 from ._validation import (
     ActivityArg,
@@ -110,6 +110,8 @@ class BatchProgress:
     bytes_total: int = 0
 
 
+log = logging.getLogger("guru_async")
+
 _END = object()
 DEFAULT_UPLOAD_CONCURRENCY = 4
 DEFAULT_POLL_RATE = 50.0
@@ -119,10 +121,13 @@ POLL_CONCURRENCY = 8
 
 @define
 class _Waiting:
+    number: int
     item: BatchItem
+    video_id: str
     key: str | None
     deadline: float
     wait: float
+    last: Analysis | None = None
 
 
 class BatchRun:
@@ -185,29 +190,38 @@ class BatchRun:
         # reading the input never runs ahead of analyses however fast uploads are.
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._input_error: BaseException | None = None
-        self._waiting: dict[str, _Waiting] = {}
-        self._due: list[tuple[float, int, str]] = []
+        # Keyed by a number per item, not by video id: two items may share a video (the same
+        # file twice in a journaled batch) and each still needs its own result.
+        self._waiting: dict[int, _Waiting] = {}
+        self._due: list[tuple[float, int]] = []
+        self._crash: BaseException | None = None
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._uploads_over = False
 
     async def results(self) -> AsyncGenerator[BatchResult, None]:
         """Run the batch, yielding each item's result as it completes."""
-        if self._journal is not None:
-            await self._journal.open()
-        supervisor = asyncio.create_task(self._supervise())
+        supervisor: asyncio.Task[None] | None = None
         try:
+            if self._journal is not None:
+                await self._journal.open()
+            supervisor = asyncio.create_task(self._supervise())
             while True:
                 result = await self._results.get()
                 if result is _END:
                     break
                 yield result
             await supervisor
+            # Never silent: a failing input iterable, or a failure of the batch machinery
+            # itself (say the journal's disk is full), ends the batch with its error.
             if self._input_error is not None:
                 raise self._input_error
+            if self._crash is not None:
+                raise self._crash
         finally:
-            supervisor.cancel()
-            await asyncio.gather(supervisor, return_exceptions=True)
+            if supervisor is not None:
+                supervisor.cancel()
+                await asyncio.gather(supervisor, return_exceptions=True)
             if self._journal is not None:
                 await self._journal.close()
 
@@ -219,10 +233,14 @@ class BatchRun:
             self._uploads_over = True
             self._wakeup.set()
             await poller
+        except Exception as exc:
+            self._crash = exc
         finally:
             for task in (*workers, poller):
                 task.cancel()
             await asyncio.gather(*workers, poller, return_exceptions=True)
+        # Only reached when not cancelled: the consumer is still reading, so this cannot block
+        # for good.
         await self._results.put(_END)
 
     # -- input and output --------------------------------------------------------------------
@@ -256,7 +274,11 @@ class BatchRun:
     def _report(self) -> None:
         self.progress.waiting = len(self._waiting)
         if self._on_progress is not None:
-            self._on_progress(self.progress)
+            try:
+                self._on_progress(self.progress)
+            except Exception:
+                # A display bug must not lose videos: log it and carry on.
+                log.exception("batch_upload: the progress callback raised")
 
     # -- uploads -----------------------------------------------------------------------------
 
@@ -356,10 +378,11 @@ class BatchRun:
         if not self._wait:
             await self._emit(BatchResult(item, video_id=video_id))
             return
-        self._waiting[video_id] = _Waiting(
-            item, key, time.monotonic() + self._timeout, self._policy.interval
+        number = next(self._seq)
+        self._waiting[number] = _Waiting(
+            number, item, video_id, key, time.monotonic() + self._timeout, self._policy.interval
         )
-        heapq.heappush(self._due, (time.monotonic(), next(self._seq), video_id))
+        heapq.heappush(self._due, (time.monotonic(), number))
         self._report()
         self._wakeup.set()
 
@@ -401,9 +424,9 @@ class BatchRun:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
                     continue
-                _, _, video_id = heapq.heappop(self._due)
+                _, number = heapq.heappop(self._due)
                 await slots.acquire()
-                task = asyncio.create_task(self._poll_one(video_id))
+                task = asyncio.create_task(self._poll_one(number))
                 inflight.add(task)
                 task.add_done_callback(finished)
                 await asyncio.sleep(self._poll_interval)
@@ -412,42 +435,47 @@ class BatchRun:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
 
-    async def _poll_one(self, video_id: str) -> None:
-        waiting = self._waiting[video_id]
-        hint = None
+    async def _poll_one(self, number: int) -> None:
+        waiting = self._waiting[number]
         try:
-            analysis, hint = await self._session._get_analysis(video_id)
-        except TRANSIENT_POLL_ERRORS:
-            analysis = None
+            result = await self._check(waiting)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            del self._waiting[video_id]
-            await self._emit(BatchResult(waiting.item, video_id=video_id, error=exc))
+            # Whatever failed (a journal write, say), the item still gets its one result.
+            result = BatchResult(waiting.item, video_id=waiting.video_id, error=exc)
+        if result is None:
             return
-        if analysis is not None and analysis.is_done:
-            del self._waiting[video_id]
-            if self._journal is not None and waiting.key is not None:
-                await self._journal.record(
-                    waiting.key, "done", video_id=video_id, analysis=to_json(analysis).decode()
-                )
-            await self._emit(BatchResult(waiting.item, video_id=video_id, analysis=analysis))
-            return
+        del self._waiting[number]
+        await self._emit(result)
+
+    async def _check(self, waiting: _Waiting) -> BatchResult | None:
+        """Poll one video; its final result, or None after scheduling its next poll."""
+        video_id = waiting.video_id
+        hint = None
+        try:
+            analysis, hint = await self._session._get_analysis(video_id)
+        except GuruError as exc:
+            if not is_transient_poll_error(exc):
+                return BatchResult(waiting.item, video_id=video_id, error=exc)
+            analysis = None
+        if analysis is not None:
+            waiting.last = analysis
+            if analysis.is_done:
+                if self._journal is not None and waiting.key is not None:
+                    await self._journal.record(
+                        waiting.key, "done", video_id=video_id, analysis=to_json(analysis).decode()
+                    )
+                return BatchResult(waiting.item, video_id=video_id, analysis=analysis)
         now = time.monotonic()
         if now >= waiting.deadline:
-            del self._waiting[video_id]
             error = AnalysisTimeoutError(
                 f"analysis of video {video_id} not finished after {self._timeout:g} s; "
                 "the video is safe: await it again later, or rerun the batch with its journal",
                 video_id=video_id,
-                last=analysis,
+                last=waiting.last,
             )
-            await self._emit(BatchResult(waiting.item, video_id=video_id, error=error))
-            return
-        step = (
-            hint
-            if hint is not None
-            else waiting.wait * random.uniform(1 - self._policy.jitter, 1 + self._policy.jitter)
-        )
-        waiting.wait = min(self._policy.max_interval, waiting.wait * self._policy.multiplier)
-        heapq.heappush(self._due, (min(now + step, waiting.deadline), next(self._seq), video_id))
+            return BatchResult(waiting.item, video_id=video_id, error=error)
+        step, waiting.wait = self._policy.next_wait(waiting.wait, hint)
+        heapq.heappush(self._due, (min(now + step, waiting.deadline), waiting.number))
+        return None

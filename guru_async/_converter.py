@@ -147,6 +147,8 @@ def _structure_joint_frames(value: Any, _: Any) -> dict[str, list[JointFrame]]:
     constructor. The cyclic GC is paused meanwhile: these objects hold no cycles, and its
     collections would otherwise rescan them all as they are created.
     """
+    if value is None:
+        return {}
     if type(value) is not dict:
         raise _bad(value, "an object of joint name to frames")
     with gc_paused():
@@ -256,6 +258,8 @@ def _make_converter() -> Converter:
         item = conv.get_structure_hook(item_type)
 
         def structure_list(value: Any, _: Any) -> list[Any]:
+            if value is None:
+                return []  # a newer server sending null for "none" must not break anyone
             if type(value) is not list:
                 raise _bad(value, "a list")
             return [item(v, item_type) for v in value]
@@ -267,6 +271,8 @@ def _make_converter() -> Converter:
         item = conv.get_structure_hook(value_type)
 
         def structure_dict(value: Any, _: Any) -> dict[str, Any]:
+            if value is None:
+                return {}
             if type(value) is not dict:
                 raise _bad(value, "an object")
             return {_structure_str(k, str): item(v, value_type) for k, v in value.items()}
@@ -364,7 +370,10 @@ def decode_json(raw: bytes, *, what: str, status: int | None = None, echo: bool 
     text = raw[:200].decode("utf-8", "replace") if echo else ""
     shown = f" starting {text[:80]!r}" if echo else ""
     raise ResponseDecodeError(
-        f"{what}: response is not JSON (got {len(raw)} bytes{shown})", status=status, body=text
+        f"{what}: response is not JSON (got {len(raw)} bytes{shown})",
+        status=status,
+        body=text,
+        not_json=True,
     )
 
 

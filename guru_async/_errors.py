@@ -135,12 +135,18 @@ class ResponseDecodeError(GuruError):
     Attributes:
         status: The HTTP status of the response.
         body: The start of the offending body, as text.
+        not_json: True when the body was not JSON at all (cut short, or a proxy's error
+            page): another attempt may read it, so such responses are retried. JSON of the
+            wrong shape is not: the same request would get the same answer.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, body: str = "", not_json: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.not_json = not_json
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), str(self), self.__dict__))

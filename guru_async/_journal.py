@@ -125,15 +125,6 @@ class Journal:
             (key, state, video_id, analysis, error_type, error, time.time()),
         )
 
-    async def counts(self) -> dict[str, int]:
-        """How many items are in each state."""
-        rows = await self._run(self._counts)
-        return dict(rows)
-
-    def _counts(self) -> list[tuple[str, int]]:
-        assert self._db is not None
-        return list(self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state"))
-
 
 def item_key(service: str, path: Path, fields: dict[str, Any]) -> str:
     """The journal key of an item: the service and account it goes to (a journal reused

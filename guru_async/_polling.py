@@ -8,6 +8,7 @@ polls land near 0, 1, 2.5, 4.8, 8.1, 13.1, 18.1, 23.1, 28.1, 33.1 s, so a 30 s a
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator
@@ -26,9 +27,15 @@ from ._errors import (
 from ._models import Analysis
 
 DEFAULT_TIMEOUT = 600.0
+LAST_POLL_GRACE = 1.0
 
-# Failures that say nothing about the analysis: the wait goes on through them.
-TRANSIENT_POLL_ERRORS = (GuruConnectionError, ServerError, RateLimitError, ResponseDecodeError)
+
+def is_transient_poll_error(exc: BaseException) -> bool:
+    """A failure that says nothing about the analysis, so the wait goes on through it. (A body
+    that is JSON but not an Analysis is not one: waiting longer would not change it.)"""
+    if isinstance(exc, ResponseDecodeError):
+        return exc.not_json
+    return isinstance(exc, (GuruConnectionError, ServerError, RateLimitError, asyncio.TimeoutError))
 
 
 class _PollState:
@@ -64,6 +71,12 @@ class PollPolicy:
         if self.multiplier < 1 or not 0 <= self.jitter < 1:
             raise ValueError("need multiplier >= 1 and 0 <= jitter < 1")
 
+    def next_wait(self, wait: float, hint: float | None) -> tuple[float, float]:
+        """The seconds until the next poll (the server's hint when it gave one, else ``wait``
+        jittered), and the base wait for the poll after it."""
+        step = hint if hint is not None else wait * random.uniform(1 - self.jitter, 1 + self.jitter)
+        return step, min(self.max_interval, wait * self.multiplier)
+
     def waits(self, *, deadline: float, state: _PollState) -> Generator[float, Any, None]:
         """backoff wait generator: the policy's waits, or the server's hint when it gave one,
         ending at the deadline (the last poll happens right at it)."""
@@ -73,14 +86,8 @@ class PollPolicy:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            hinted = state.hint
-            step = (
-                hinted
-                if hinted is not None
-                else wait * random.uniform(1 - self.jitter, 1 + self.jitter)
-            )
+            step, wait = self.next_wait(wait, state.hint)
             yield min(step, remaining)
-            wait = min(self.max_interval, wait * self.multiplier)
 
 
 async def poll_analysis(
@@ -100,9 +107,14 @@ async def poll_analysis(
     state = _PollState()
 
     async def poll() -> Analysis | None:
+        # Each poll ends by the deadline (plus a moment for the last one): a poll's own retries
+        # (a server asking for Retry-After, say) must not stretch the caller's timeout.
+        limit = max(0.0, deadline - time.monotonic()) + LAST_POLL_GRACE
         try:
-            analysis, state.hint = await fetch()
-        except TRANSIENT_POLL_ERRORS:
+            analysis, state.hint = await asyncio.wait_for(fetch(), timeout=limit)
+        except Exception as exc:
+            if not is_transient_poll_error(exc):
+                raise
             # The request already retried; the analysis is still running server-side, so a
             # failed poll only means "no news" until the deadline says otherwise.
             state.hint = None

@@ -94,7 +94,13 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, UploadError):
         return exc.code in RETRYABLE_STORAGE_CODES or exc.status in RETRYABLE_STATUSES
     # A 2xx whose body was cut short or replaced by a proxy's page: the next try may be whole.
-    return isinstance(exc, ResponseDecodeError) and exc.status is not None and exc.status < 300
+    # (JSON of the wrong shape is not retried: the same request would get the same answer.)
+    return (
+        isinstance(exc, ResponseDecodeError)
+        and exc.not_json
+        and exc.status is not None
+        and exc.status < 300
+    )
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

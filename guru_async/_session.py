@@ -281,6 +281,17 @@ class GuruSession:
             raise SessionClosedError("the aiohttp.ClientSession given as http_session is closed")
         return self._http_session
 
+    def _check_server_url(self, url: str, *, name: str, what: str) -> None:
+        """A URL the API handed us must be http(s), and https unless to this machine."""
+        try:
+            checked_url(url, name=name, allow_insecure_http=self._allow_insecure_http)
+        except (TypeError, ValueError) as exc:
+            reason = str(exc)
+        else:
+            return
+        # Outside the handler, so no __context__: the bad URL is the server's, not the caller's.
+        raise ResponseDecodeError(f"{what}: the API's {name} is unusable: {reason}")
+
     # -- the request path --------------------------------------------------------------------
 
     async def _fetch_token(self) -> Token:
@@ -399,15 +410,8 @@ class GuruSession:
             max_retries=max_retries,
         )
         # The upload goes wherever the API says; it must not downgrade to plain http.
-        try:
-            checked_url(
-                created.url, name="upload url", allow_insecure_http=self._allow_insecure_http
-            )
-        except (TypeError, ValueError) as exc:
-            reason = str(exc)
-        else:
-            return created
-        raise ResponseDecodeError(f"Create video: the API's upload url is unusable: {reason}")
+        self._check_server_url(created.url, name="upload url", what="Create video")
+        return created
 
     async def upload(
         self,
@@ -569,12 +573,14 @@ class GuruSession:
             body["repCount"] = check_rep_count(rep_count)
         given_domain = None if isinstance(domain, _Unset) else domain
         given_activity = None if isinstance(activity, _Unset) else activity
+        # Checked together (an activity must belong to a given domain), sent as given.
         wire_domain, wire_activity = resolve_domain_activity(given_domain, given_activity)
-        if wire_domain is not None:
-            # Also when only the activity changed: its domain changes with it.
+        if given_domain is not None:
             body["domain"] = wire_domain
         if wire_activity is not None:
             body["activity"] = wire_activity
+        if not body:
+            raise ValueError("update_video needs at least one of rep_count, domain, activity")
         return await self._call(
             "PUT",
             f"/videos/{video_id}",
@@ -731,14 +737,7 @@ class GuruSession:
                 f"{video.status}); wait for the analysis to complete"
             )
         what = f"Download of the {name} of video {video_id}"
-        try:
-            checked_url(uri, name="download uri", allow_insecure_http=self._allow_insecure_http)
-        except (TypeError, ValueError) as exc:
-            reason = str(exc)
-        else:
-            reason = ""
-        if reason:
-            raise ResponseDecodeError(f"{what}: the API's download uri is unusable: {reason}")
+        self._check_server_url(uri, name="download uri", what=what)
         return await self._transport.send(
             Request(
                 method="GET",

@@ -47,6 +47,15 @@ def redact(text: str) -> str:
     return _URL_QUERY.sub(r"\1?…", text)
 
 
+class BodyAbort(Exception):
+    """Raised inside a request body to end the attempt with ``error`` (an exception of the
+    caller's own code), which the transport then raises unchanged and never retries."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
 @frozen
 class Timeouts:
     """How long requests may take, in seconds.
@@ -254,7 +263,7 @@ class Transport:
         await self.limiter.acquire()
         started = time.monotonic()
         call.status = "error"
-        failure: GuruError | None = None
+        failure: BaseException | None = None
         try:
             # The body is built before the watch starts: building it restarts its idle clock.
             body = req.body() if req.body is not None else None
@@ -265,9 +274,14 @@ class Transport:
         except GuruError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            if isinstance(exc.__cause__, GuruError):
+            cause = exc.__cause__
+            if isinstance(cause, GuruError):
                 # Raised by our own body (a file that changed size) and wrapped by aiohttp.
-                failure = exc.__cause__
+                failure = cause
+            elif isinstance(cause, BodyAbort):
+                # The caller's code (a progress callback) failed while aiohttp pulled the
+                # body: that is the caller's error, raised as it was, never retried.
+                failure = cause.error
             elif self._is_closed():
                 failure = SessionClosedError(f"{req.what}: the GuruSession was closed")
             else:

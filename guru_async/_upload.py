@@ -28,6 +28,7 @@ from multidict import CIMultiDictProxy
 
 from ._errors import APIError, UploadError, error_for_status
 from ._retry import parse_retry_after
+from ._transport import BodyAbort
 
 ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 """Called as ``progress(sent_bytes, total_bytes)`` while a file is sent; may be async."""
@@ -185,10 +186,14 @@ class MultipartUpload:
         self._open.clear()
 
     async def _report(self, sent: int, total: int) -> None:
-        if self._progress is not None:
+        if self._progress is None:
+            return
+        try:
             result = self._progress(sent, total)
             if inspect.isawaitable(result):
                 await result
+        except Exception as exc:
+            raise BodyAbort(exc) from None
 
 
 def _file_changed(source: UploadSource, read: int | None) -> UploadError:

@@ -280,3 +280,17 @@ def test_missing_credentials_raise_value_error(monkeypatch: pytest.MonkeyPatch) 
         GuruSession()
     with pytest.raises(ValueError, match="client_secret"):
         GuruSession("only-an-id")
+
+
+async def test_sessions_sharing_a_store_share_one_refresh(
+    emulator: GuruEmulator, make_session: Callable[..., GuruSession]
+) -> None:
+    """Two sessions on one token store, starting together, make one token request between
+    them."""
+    store = MemoryTokenStore()
+    async with make_session(token_store=store) as one, make_session(token_store=store) as two:
+        await asyncio.gather(
+            *(session.get_analysis("missing-video") for session in (one, two) for _ in range(5)),
+            return_exceptions=True,
+        )
+    assert emulator.token_requests == 1

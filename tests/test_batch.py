@@ -731,3 +731,40 @@ async def test_input_error_propagates_after_pulled_items(
     assert Counter(r.item for r in got) == Counter(paths)
     assert all(r.ok for r in got)
     assert sum(emulator.uploads_completed.values()) == 3
+
+
+# -- robustness against the caller's own code and repeated items ----------------------------------
+
+
+async def test_a_raising_progress_callback_loses_no_video(
+    guru: GuruSession, video_file: MakeFile
+) -> None:
+    """A progress callback that raises is logged, not fatal: every item still gets exactly one
+    result."""
+    paths = small_files(video_file, 6, prefix="noisy")
+
+    def progress(p: BatchProgress) -> None:
+        raise RuntimeError("display bug")
+
+    results = await asyncio.wait_for(
+        collect(guru.batch_upload(paths, progress=progress, activity="squat")), timeout=30
+    )
+    assert sorted(str(r.item) for r in results) == sorted(str(p) for p in paths)
+    assert all(r.ok for r in results)
+
+
+async def test_the_same_file_twice_in_a_journaled_batch_gets_two_results(
+    guru: GuruSession, video_file: MakeFile, tmp_path: Path
+) -> None:
+    """An item repeated in a journaled batch still gets one result per occurrence."""
+    a, b = small_files(video_file, 2, prefix="twice")
+    results = await asyncio.wait_for(
+        collect(
+            guru.batch_upload(
+                [a, a, b], upload_concurrency=1, journal=tmp_path / "twice.db", activity="squat"
+            )
+        ),
+        timeout=30,
+    )
+    assert Counter(str(r.item) for r in results) == {str(a): 2, str(b): 1}
+    assert all(r.ok for r in results)

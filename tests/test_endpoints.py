@@ -143,7 +143,7 @@ async def test_update_video_sends_only_given_fields(
     assert await guru.update_video(video_id, activity="bodyweight_squat") == video_id
     first, second = recorded_on(emulator, UPDATE)
     assert first.json == {"repCount": 6}
-    assert second.json == {"domain": "calisthenics", "activity": "bodyweight_squat"}
+    assert second.json == {"activity": "bodyweight_squat"}
     analysis = await guru.await_analysis(video_id, timeout=10)
     assert len(analysis.reps) == 6
     assert analysis.activity is Activity.BODYWEIGHT_SQUAT
@@ -398,3 +398,27 @@ async def test_poll_count_follows_the_policy(
     assert analysis.status is AnalysisStatus.COMPLETE
     # Waits of 0.05, 0.075, 0.1, 0.1 ... (±10%): polls near 0, .05, .125, .225, .325 s.
     assert 4 <= emu.requests[ANALYSIS] <= 7
+
+
+async def test_await_analysis_timeout_bounds_a_slow_poll(
+    emulator: GuruEmulator, make_session: SessionFor, video_file: VideoFile
+) -> None:
+    """A poll stuck in retries (the server keeps asking for Retry-After: 3) cannot stretch
+    await_analysis past its timeout by more than the last poll's grace."""
+    async with make_session() as guru:
+        video_id = await guru.upload_video(video_file(), activity="squat")
+        emulator.faults.add(FaultRule(route=ANALYSIS, rate=1.0, status=503, retry_after=3.0))
+        started = time.monotonic()
+        with pytest.raises(AnalysisTimeoutError):
+            await guru.await_analysis(video_id, timeout=0.5)
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.5  # timeout 0.5 s + 1 s grace, far below 4 retries x 3 s
+
+
+async def test_update_video_with_nothing_to_change_is_refused(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """update_video without any field raises ValueError and sends nothing."""
+    with pytest.raises(ValueError, match="at least one of rep_count, domain, activity"):
+        await guru.update_video("abc-123")
+    assert emulator.requests[UPDATE] == 0

@@ -419,3 +419,21 @@ def test_model_shaped_json_gives_a_model_or_decode_error(
 ) -> None:
     """Dicts with a model's wire keys and random values give that model or ResponseDecodeError."""
     _structures_or_decode_error(data.draw(SHAPED[cls]), cls)
+
+
+def test_null_lists_and_objects_read_as_empty() -> None:
+    """A server sending null for an empty list or object (reps, analyses, overlays, joints)
+    still gives a model, not a decode error."""
+    analysis = structure(
+        {"status": "Failed", "reason": "LOW_QUALITY_POSE_ESTIMATE", "reps": None},
+        Analysis,
+        what="t",
+    )
+    assert analysis.status is AnalysisStatus.FAILED
+    assert analysis.reps == []
+    rep = structure({"analyses": None}, Rep, what="t")
+    assert rep.analyses == []
+    video = structure({"status": "Success", "overlays": None}, Video, what="t")
+    assert video.overlays == {}
+    joints = structure({"status": "Complete", "jointToPoints": None}, JointData, what="t")
+    assert joints.joint_to_points == {}

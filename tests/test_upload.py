@@ -270,3 +270,19 @@ async def test_storage_error_without_retries_keeps_its_code(
     assert caught.value.status == 503
     assert caught.value.code == "SlowDown"
     assert emulator.requests[UPLOAD] == 1
+
+
+async def test_a_raising_progress_callback_fails_the_upload_once(
+    emulator: GuruEmulator, guru: GuruSession, video_file: VideoFile
+) -> None:
+    """An exception from the caller's progress callback ends the upload as it was raised, and
+    is not retried as if the network had failed."""
+    created = await guru.create_video(video_file("cb.mp4", size=3 * 1024 * 1024), activity="squat")
+
+    def progress(sent: int, total: int) -> None:
+        if sent:
+            raise ValueError("bug in my progress bar")
+
+    with pytest.raises(ValueError, match="bug in my progress bar"):
+        await guru.upload(created, video_file("cb.mp4", size=3 * 1024 * 1024), progress=progress)
+    assert emulator.requests["POST /storage"] == 1

@@ -521,6 +521,9 @@ class GuruEmulator:
             video.domain = given["domain"]
         if "activity" in given:
             video.activity = given["activity"]
+            if "domain" not in given:
+                # Every activity belongs to one domain: a new activity brings its own.
+                video.domain = ACTIVITY_DOMAINS[given["activity"]]
         if "repCount" in given:
             video.rep_count = given["repCount"]
         return _json_response({"id": video.id})
