@@ -108,7 +108,7 @@ def _optional_primitive_hook(tp: Any) -> Callable[[Any, Any], Any]:
         def optional_float(value: Any, _: Any) -> Any:
             if value is None or type(value) is float or type(value) is int:
                 return value
-            raise _bad(value, "a number or null")
+            raise _bad(value, "a number")
 
         return optional_float
     if inner is str:
@@ -116,7 +116,7 @@ def _optional_primitive_hook(tp: Any) -> Callable[[Any, Any], Any]:
         def optional_str(value: Any, _: Any) -> Any:
             if value is None or type(value) is str:
                 return value
-            raise _bad(value, "a string or null")
+            raise _bad(value, "a string")
 
         return optional_str
     hook = _PRIMITIVE_HOOKS[inner]
