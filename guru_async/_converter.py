@@ -25,7 +25,7 @@ from cattrs import Converter
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._enums import _WireEnum
-from ._errors import ResponseDecodeError
+from ._errors import ResponseDecodeError, preview
 from ._models import JointData, JointFrame, Point, RepAnalysis
 
 try:  # orjson is an optional extra ("guru-async[fast]"); it parses large bodies ~3x faster.
@@ -361,7 +361,7 @@ def structure(data: Any, cls: type[T], *, what: str, status: int | None = None) 
         raise ResponseDecodeError(
             f"{what}: expected a JSON object, got {type(data).__name__}",
             status=status,
-            body=_preview(data),
+            body=preview(data, 200),
         )
     try:
         return converter.structure(data, cls)
@@ -372,7 +372,7 @@ def structure(data: Any, cls: type[T], *, what: str, status: int | None = None) 
     raise ResponseDecodeError(
         f"{what}: response does not match {cls.__name__}: {reason}",
         status=status,
-        body=_preview(data),
+        body=preview(data, 200),
     )
 
 
@@ -415,8 +415,3 @@ def decode_json(raw: bytes, *, what: str, status: int | None = None, echo: bool 
         body=text,
         not_json=True,
     )
-
-
-def _preview(data: Any) -> str:
-    text = repr(data)
-    return text if len(text) <= 200 else text[:200] + "…"

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 _BODY_PREVIEW = 300
 
 
-def _preview(body: Any) -> str:
+def preview(body: Any, limit: int = _BODY_PREVIEW) -> str:
+    """The start of a body (text as is, anything else as its repr), for messages."""
     text = body if isinstance(body, str) else repr(body)
-    return text if len(text) <= _BODY_PREVIEW else text[:_BODY_PREVIEW] + "…"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class GuruError(Exception):
@@ -173,7 +174,7 @@ def error_for_status(
     """Map an HTTP error status to its APIError subclass, with a message that helps."""
     detail = body.get("message") if isinstance(body, dict) else None
     if not isinstance(detail, str):
-        detail = _preview(body) if body not in (None, "") else "no details in the response"
+        detail = preview(body) if body not in (None, "") else "no details in the response"
     message = f"{context} failed with HTTP {status}: {detail}"
     cls: type[APIError]
     if status == 429:

@@ -649,15 +649,10 @@ class GuruSession:
         check_video_id(video_id)
         policy = self.poll_policy
         if interval is not None or max_interval is not None:
-            new_interval = policy.interval if interval is None else interval
-            policy = PollPolicy(
-                interval=new_interval,
-                max_interval=max(new_interval, policy.max_interval)
-                if max_interval is None
-                else max_interval,
-                multiplier=policy.multiplier,
-                jitter=policy.jitter,
-            )
+            interval = policy.interval if interval is None else interval
+            if max_interval is None:
+                max_interval = max(interval, policy.max_interval)
+            policy = attrs.evolve(policy, interval=interval, max_interval=max_interval)
         return await poll_analysis(
             lambda: self._get_analysis(video_id),
             video_id=video_id,
