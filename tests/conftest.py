@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,8 @@ import pytest
 
 from guru_async import GuruSession, PollPolicy
 from guru_async.testing import GuruEmulator
+
+from .redis_server import RedisServer, free_port
 
 # Polls every 10-50 ms instead of 1-5 s, so tests wait on the emulator, not on the schedule.
 FAST_POLLS = PollPolicy(interval=0.01, max_interval=0.05)
@@ -81,3 +83,43 @@ async def session_for() -> AsyncIterator[Callable[..., GuruSession]]:
     yield make
     for session in sessions:
         await session.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server on 127.0.0.1 for the whole run (no persistence), stopped by pid."""
+    server = RedisServer(directory=tmp_path_factory.mktemp("redis"), port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared server's URL, its data flushed before the test so tests never see each other."""
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def start_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start a private redis-server (e.g. ``appendonly=True`` or ``password=``) for one test."""
+    servers: list[RedisServer] = []
+
+    def start(**kwargs: Any) -> RedisServer:
+        server = RedisServer(
+            directory=tmp_path / f"redis-{len(servers)}", port=free_port(), **kwargs
+        )
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
