@@ -1,10 +1,12 @@
-"""OAuth client-credentials tokens: the token, where it is kept, and how it is refreshed.
+"""OAuth client-credentials tokens, the whole story: the exchange with the token endpoint,
+the token, where it is kept, and how it is refreshed.
 
 The API reference asks clients to store a token with its expiry and reuse it until it runs
-out, since fetching one per call gets an account rate limited. ``TokenProvider`` does that:
-one token per credentials, reused until shortly before it expires, refreshed by exactly one
-caller at a time however many are waiting, and kept in a ``TokenStore`` so other sessions (and,
-with ``FileTokenStore``, other processes and restarts) reuse it too.
+out, since fetching one per call gets an account rate limited. ``ClientCredentials`` is the
+exchange (one form POST, decoded into a ``Token``); ``TokenProvider`` hands tokens out: one
+token per credentials, reused until shortly before it expires, refreshed by exactly one caller
+at a time however many are waiting, and kept in a ``TokenStore`` so other sessions (and, with
+``FileTokenStore``, other processes and restarts) reuse it too.
 """
 
 from __future__ import annotations
@@ -21,8 +23,16 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlencode
 
 from attrs import field, frozen
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from ._converter import decode_json
+from ._errors import APIError, AuthenticationError, GuruError, ResponseDecodeError, error_for_status
+from ._retry import parse_retry_after
+from ._transport import Request, Response, json_error_body
 
 if sys.platform != "win32":
     import fcntl
@@ -315,6 +325,113 @@ def credentials_key(token_url: str, client_id: str, client_secret: str, scope: s
 
 
 FetchToken = Callable[[], Awaitable[Token]]
+
+
+class ClientCredentials:
+    """The OAuth 2.0 client-credentials exchange: calling it gets a new token.
+
+    One ``application/x-www-form-urlencoded`` POST of ``grant_type=client_credentials``,
+    ``client_id``, ``client_secret`` and ``scope`` to the token endpoint, sent through ``send``
+    (the session's transport, so it has the session's retries and timeouts), its answer decoded
+    into a ``Token``. Rejected credentials raise ``AuthenticationError``; the secret never
+    appears in a repr, an error or a log line.
+
+    Args:
+        token_url: The token endpoint.
+        client_id: The OAuth client id.
+        client_secret: The OAuth client secret.
+        scope: The scope requested.
+        send: Sends a request and returns its decoded result.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_url: URL,
+        client_id: str,
+        client_secret: str,
+        scope: str,
+        send: Callable[[Request[Token]], Awaitable[Token]],
+    ) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.scope = scope
+        self._send = send
+        self.key = credentials_key(str(token_url), client_id, client_secret, scope)
+
+    async def __call__(self) -> Token:
+        """Ask the token endpoint for a new token."""
+        form = urlencode(
+            {
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self._client_secret,
+                "scope": self.scope,
+            }
+        ).encode()
+        return await self._send(
+            Request(
+                method="POST",
+                url=self.token_url,
+                what="Token request",
+                errors=_token_error,
+                decode=_decode_token,
+                body=lambda: form,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"ClientCredentials(token_url={str(self.token_url)!r}, client_id={self.client_id!r})"
+
+
+def _decode_token(resp: Response) -> Token:
+    data = decode_json(resp.body, what="Token request", status=resp.status, echo=False)
+    token = data.get("access_token") if isinstance(data, dict) else None
+    expires_in = data.get("expires_in") if isinstance(data, dict) else None
+    if (
+        not isinstance(token, str)
+        or not token
+        or isinstance(expires_in, bool)
+        or not isinstance(expires_in, (int, float))
+    ):
+        # Never echo this body: it may hold a token.
+        raise ResponseDecodeError(
+            "Token request: response lacks access_token or a numeric expires_in",
+            status=resp.status,
+        )
+    now = time.time()
+    token_type = data.get("token_type")
+    return Token(
+        access_token=token,
+        expires_at=now + float(expires_in),
+        token_type=token_type if isinstance(token_type, str) else "Bearer",
+        issued_at=now,
+    )
+
+
+def _token_error(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> GuruError:
+    body = json_error_body(raw)
+    if isinstance(body, dict):
+        # Keep only OAuth's error fields: never echo anything else a token endpoint sent.
+        body = {k: v for k, v in body.items() if k in ("error", "error_description", "message")}
+    if status in (400, 401, 403):
+        code = body.get("error") if isinstance(body, dict) else None
+        return AuthenticationError(
+            f"the token endpoint rejected the client credentials (HTTP {status}"
+            f"{': ' + str(code) if code else ''}); check GURU_CLIENT_ID and GURU_CLIENT_SECRET",
+            status=status,
+            body=body,
+        )
+    error: APIError = error_for_status(
+        status,
+        body,
+        context="Token request",
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+    )
+    return error
+
 
 # Held only while some provider holds them (weak values), so locks of finished loops go away.
 _REFRESH_LOCKS: weakref.WeakValueDictionary[tuple[int, int, str], asyncio.Lock] = (
