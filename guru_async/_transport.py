@@ -75,11 +75,13 @@ class Timeouts:
 class AccessToken(Protocol):
     """What the transport needs from a token provider."""
 
-    refreshable: bool
+    async def get(self, deadline: float | None = None) -> str:
+        """A token, waited for no later than ``deadline`` (``time.monotonic()``)."""
+        ...
 
-    async def get(self) -> str: ...
-
-    async def invalidate(self, access_token: str) -> None: ...
+    async def invalidate(self, access_token: str) -> bool:
+        """The API answered 401 to ``access_token``: True to retry with a fresh token."""
+        ...
 
 
 @frozen
@@ -209,19 +211,19 @@ class Transport:
             try:
                 result: T = await self._retried(call)
             except AuthenticationError as exc:
-                # An expired or revoked token: refresh once and try the call once more.
+                # An expired or revoked token: refresh once and try the call once more. The
+                # provider hears of every 401, also the one after the refresh, so a route that
+                # rejects fresh tokens too stops costing token requests (its cool-down).
                 if not (
                     req.authorized
                     and self.token is not None
-                    and self.token.refreshable
                     and exc.status == 401
-                    and not auth.refreshed
                     and auth.token is not None
                     and not auth.token_failed
                 ):
                     raise
-                assert self.token is not None
-                await self.token.invalidate(auth.token)
+                if not await self.token.invalidate(auth.token) or auth.refreshed:
+                    raise
                 auth.refreshed = True
                 continue
             finally:
@@ -251,7 +253,7 @@ class Transport:
             assert self.token is not None
             auth.token = None
             try:
-                auth.token = await self.token.get()
+                auth.token = await self.token.get(deadline)
             except GuruError:
                 auth.token_failed = True
                 raise
