@@ -18,15 +18,21 @@ from guru_async import (
     GuruSession,
     MemoryTokenStore,
     PollPolicy,
+    RetryBudget,
     RetryPolicy,
+    ServerError,
+    Timeouts,
 )
-from guru_async.testing import GuruEmulator
+from guru_async.testing import FaultRule, GuruEmulator
 from tests.crafted_server import CraftedServer
 from tests.helpers import wait_until
 from tests.redis_server import free_port
 
 ANALYSIS = "GET /videos/{id}/analysis"
+GET_VIDEO = "GET /videos/{id}"
+CREATE = "POST /videos"
 
+MakeSession = Callable[..., GuruSession]
 StartEmulator = Callable[..., Awaitable[GuruEmulator]]
 SessionFor = Callable[..., GuruSession]
 VideoFile = Callable[..., Path]
@@ -48,6 +54,16 @@ def exception_chain(exc: BaseException) -> list[BaseException]:
         seen.append(current)
         todo += [current.__cause__, current.__context__]
     return seen
+
+
+@pytest.fixture
+async def video_id(emulator: GuruEmulator, make_session: MakeSession) -> str:
+    """A created (not uploaded) video, with the emulator's counters reset afterwards."""
+    async with make_session() as setup:
+        created = await setup.create_video("clip.mp4", size=10, activity="squat")
+    emulator.reset_counters()
+    emulator.recorded.clear()
+    return created.id
 
 
 @pytest.fixture
@@ -170,3 +186,30 @@ def test_max_outage_must_be_positive_or_none() -> None:
         PollPolicy(max_outage=0)
     assert PollPolicy().max_outage == 60.0
     assert PollPolicy(max_outage=None).max_outage is None
+
+
+# -- item 11: the retry budget pays only for retries that happen --------------------------------
+
+
+async def test_a_maintenance_window_longer_than_the_deadline_leaves_the_budget_whole(
+    emulator: GuruEmulator, make_session: MakeSession, video_id: str
+) -> None:
+    """Calls failing with a 503 whose Retry-After is past their deadline are not retried and
+    cost no budget, so once the service recovers a transient 503 is still retried."""
+    budget = RetryBudget(capacity=20, available=20)
+    emulator.faults.add(FaultRule(route=GET_VIDEO, status=503, retry_after=5))
+    async with make_session(
+        retry_policy=quick(), retry_budget=budget, timeouts=Timeouts(total=1)
+    ) as guru:
+        for _ in range(10):
+            with pytest.raises(ServerError) as info:
+                await guru.get_video(video_id)
+            assert info.value.retry_after == 5
+        assert emulator.requests[GET_VIDEO] == 10  # one attempt each: the wait is past the deadline
+        assert budget.available == 20
+        emulator.faults.clear()
+        emulator.faults.add(FaultRule(route=GET_VIDEO, status=503, times=1))
+        video = await guru.get_video(video_id)
+    assert video.status == "Pending"
+    assert emulator.requests[GET_VIDEO] == 12
+    assert budget.available == 20  # the retry's cost was given back by its success
