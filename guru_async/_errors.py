@@ -154,7 +154,18 @@ class ResponseDecodeError(GuruError):
 
 
 class GuruConnectionError(GuruError):
-    """The network failed (refused, reset, timed out) and retries did not help."""
+    """The network failed (refused, reset, timed out) and retries did not help.
+
+    Attributes:
+        video_id: The video ``await_analysis`` was waiting for when it gave up because every
+            poll kept failing (``PollPolicy.max_outage``); None for any other failure. The
+            video is not lost: await it again once the API is reachable. The last failure is
+            the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, video_id: str | None = None) -> None:
+        super().__init__(message)
+        self.video_id = video_id
 
 
 class SessionClosedError(GuruError, RuntimeError):

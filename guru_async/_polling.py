@@ -4,6 +4,10 @@ An analysis typically takes about 30 s. The default schedule polls at once, then
 growing by 1.5x to a 5 s cap (each wait jittered by ±10% so many waiters do not poll in step):
 polls land near 0, 1, 2.5, 4.8, 8.1, 13.1, 18.1, 23.1, 28.1, 33.1 s, so a 30 s analysis costs
 10 requests and is seen about 3 s after it finishes; a 60 s one costs 16.
+
+Failed polls are "no news" while the analysis runs on server-side, but not forever: when every
+poll has failed for ``PollPolicy.max_outage`` the wait ends with a GuruConnectionError rather
+than polling a dead network until the timeout.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ._models import Analysis
 
 DEFAULT_TIMEOUT = 600.0
 LAST_POLL_GRACE = 1.0
+DEFAULT_MAX_OUTAGE = 60.0
 
 
 def is_transient_poll_error(exc: BaseException) -> bool:
@@ -40,28 +45,43 @@ def is_transient_poll_error(exc: BaseException) -> bool:
 
 class _PollState:
     # Not callable on purpose: backoff calls any callable it is given as a wait_gen kwarg.
-    __slots__ = ("hint", "last")
+    __slots__ = ("error", "failing_since", "hint", "last")
 
     def __init__(self) -> None:
         self.hint: float | None = None
         self.last: Analysis | None = None
+        self.error: BaseException | None = None  # the latest failed poll's, until one succeeds
+        self.failing_since: float | None = None  # when the current run of failed polls began
 
 
 @frozen
 class PollPolicy:
     """The schedule of polls, in seconds.
 
+    A server's polling hint (``Retry-After`` on a Pending answer) replaces the schedule's next
+    wait, down to a floor of ``interval``: a shorter hint, 0 included, waits ``interval``. A
+    server can pace or slow the polling, never turn it into a busy loop (a hint of 0 once made
+    8,000 polls in 3 s; with the default policy it now makes 4).
+
     Attributes:
-        interval: The wait before the second poll (the first is immediate).
+        interval: The wait before the second poll (the first is immediate), and the shortest
+            wait a server's hint can ask for.
         max_interval: The longest wait between two polls.
         multiplier: How much each wait grows over the one before.
         jitter: Each wait is scaled by a random factor in ``[1 - jitter, 1 + jitter]``.
+        max_outage: How long polls may all fail (connection errors, 5xx, bodies cut short)
+            before the wait ends with GuruConnectionError (``.video_id`` set, the last failure
+            as its ``__cause__``) instead of polling on until the timeout; default 60 s, which
+            rides out a restart or a network blip. Checked after each failed poll, so the error
+            comes up to one poll's wait and retries later. A 429 is not a failure here (the
+            service is up). None: ride out any outage until the timeout.
     """
 
     interval: float = 1.0
     max_interval: float = 5.0
     multiplier: float = 1.5
     jitter: float = 0.1
+    max_outage: float | None = DEFAULT_MAX_OUTAGE
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.interval <= self.max_interval:
@@ -70,11 +90,16 @@ class PollPolicy:
             )
         if self.multiplier < 1 or not 0 <= self.jitter < 1:
             raise ValueError("need multiplier >= 1 and 0 <= jitter < 1")
+        if self.max_outage is not None and not self.max_outage > 0:
+            raise ValueError(f"max_outage must be > 0 seconds or None, got {self.max_outage}")
 
     def next_wait(self, wait: float, hint: float | None) -> tuple[float, float]:
-        """The seconds until the next poll (the server's hint when it gave one, else ``wait``
-        jittered), and the base wait for the poll after it."""
-        step = hint if hint is not None else wait * random.uniform(1 - self.jitter, 1 + self.jitter)
+        """The seconds until the next poll (the server's hint when it gave one, no shorter than
+        ``interval``; else ``wait`` jittered), and the base wait for the poll after it."""
+        if hint is not None:
+            step = max(hint, self.interval)
+        else:
+            step = wait * random.uniform(1 - self.jitter, 1 + self.jitter)
         return step, min(self.max_interval, wait * self.multiplier)
 
     def waits(self, *, deadline: float, state: _PollState) -> Generator[float, Any, None]:
@@ -97,7 +122,8 @@ async def poll_analysis(
     timeout: float,
     policy: PollPolicy,
 ) -> Analysis:
-    """Poll ``fetch`` until the analysis is done, or raise AnalysisTimeoutError at ``timeout``.
+    """Poll ``fetch`` until the analysis is done, or raise AnalysisTimeoutError at ``timeout``
+    (GuruConnectionError once every poll has failed for ``policy.max_outage``).
 
     ``fetch`` returns the analysis and the server's hint (seconds) for the next poll, if any.
     """
@@ -109,17 +135,35 @@ async def poll_analysis(
     async def poll() -> Analysis | None:
         # Each poll ends by the deadline (plus a moment for the last one): a poll's own retries
         # (a server asking for Retry-After, say) must not stretch the caller's timeout.
-        limit = max(0.0, deadline - time.monotonic()) + LAST_POLL_GRACE
+        started = time.monotonic()
+        limit = max(0.0, deadline - started) + LAST_POLL_GRACE
         try:
             analysis, state.hint = await asyncio.wait_for(fetch(), timeout=limit)
         except Exception as exc:
             if not is_transient_poll_error(exc):
                 raise
             # The request already retried; the analysis is still running server-side, so a
-            # failed poll only means "no news" until the deadline says otherwise.
+            # failed poll only means "no news", until the deadline or a long outage says
+            # otherwise.
             state.hint = None
+            state.error = exc
+            if isinstance(exc, RateLimitError):
+                state.failing_since = None  # an answer: the service is up, just busy
+                return None
+            if state.failing_since is None:
+                state.failing_since = started
+            down = time.monotonic() - state.failing_since
+            if policy.max_outage is not None and down >= policy.max_outage:
+                # The cause is the SDK's own error, already free of URLs and secrets.
+                raise GuruConnectionError(
+                    f"analysis of video {video_id}: every poll failed for {down:.0f} s (last: "
+                    f"{_describe(exc)}); the video is safe: await_analysis({video_id!r}) again "
+                    "once the API is reachable",
+                    video_id=video_id,
+                ) from exc
             return None
         state.last = analysis
+        state.error = state.failing_since = None
         return analysis
 
     done = await backoff.on_predicate(
@@ -135,9 +179,23 @@ async def poll_analysis(
         return done
     last = state.last
     status = last.status if last is not None else "unknown (no poll succeeded)"
+    failing = ""
+    if state.error is not None:
+        failing = f"; the latest poll failed: {_describe(state.error)}"
+        if state.failing_since is not None:
+            since = time.monotonic() - state.failing_since
+            failing = f"; every poll of the last {since:.0f} s failed, the latest: " + (
+                _describe(state.error)
+            )
     raise AnalysisTimeoutError(
         f"analysis of video {video_id} not finished after {timeout:g} s (last status: "
-        f"{status}); the video is safe: await_analysis({video_id!r}) again to keep waiting",
+        f"{status}{failing}); the video is safe: await_analysis({video_id!r}) again to keep "
+        "waiting",
         video_id=video_id,
         last=last,
-    )
+    ) from state.error
+
+
+def _describe(exc: BaseException) -> str:
+    # GuruErrors carry secret-free messages; a bare asyncio timeout has none.
+    return str(exc) or type(exc).__name__

@@ -192,7 +192,7 @@ class Transport:
             giveup=self._giveup,
             jitter=None,
             logger=None,  # _log_backoff logs retries, with secrets redacted
-            on_backoff=_log_backoff,
+            on_backoff=(self._charge, _log_backoff),
             policy=lambda: self.policy,
             deadline=lambda: _CALL.get().deadline,
         )(self._attempt)
@@ -237,11 +237,17 @@ class Transport:
             return True
         if call.attempts >= call.max_tries:
             return True  # backoff stops anyway; a retry that will not happen costs nothing
-        cost = self.budget.cost(exc)
-        if not self.budget.take(cost):
-            return True
-        call.retry_cost = cost
-        return False
+        # Only whether the budget could pay: the deadline (wait_times, asked next) may still
+        # rule the retry out, and a retry that does not happen must cost nothing, or a
+        # maintenance window drains the budget and disables retries after it. _charge pays.
+        return self.budget.cost(exc) > self.budget.available
+
+    def _charge(self, details: Any) -> None:
+        # backoff's on_backoff: the retry is certain now. backoff does not yield to the loop
+        # between _giveup and here, so the amount checked there is still available.
+        call: _Call[Any] = details["args"][0]
+        cost = self.budget.cost(details["exception"])
+        call.retry_cost = cost if self.budget.take(cost) else 0
 
     async def _attempt(self, call: _Call[T]) -> T:
         req, auth, deadline = call.req, call.auth, call.deadline
