@@ -79,8 +79,9 @@ class AccessToken(Protocol):
         """A token, waited for no later than ``deadline`` (``time.monotonic()``)."""
         ...
 
-    async def invalidate(self, access_token: str) -> bool:
-        """The API answered 401 to ``access_token``: True to retry with a fresh token."""
+    async def invalidate(self, access_token: str, *, refreshed: bool) -> bool:
+        """The API answered 401 to ``access_token`` (after the call's one refresh if
+        ``refreshed``): True to retry with a fresh token."""
         ...
 
 
@@ -222,7 +223,7 @@ class Transport:
                     and not auth.token_failed
                 ):
                     raise
-                if not await self.token.invalidate(auth.token) or auth.refreshed:
+                if not await self.token.invalidate(auth.token, refreshed=auth.refreshed):
                     raise
                 auth.refreshed = True
                 continue
