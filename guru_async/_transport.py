@@ -63,8 +63,9 @@ class Timeouts:
     Attributes:
         connect: To open a connection (including waiting for a free one in the pool).
         read: The longest silence while reading a response, and while sending an upload.
-        total: The whole of one API call, retries and their waits included. Uploads and
-            downloads have no total (a large file must not hit it); ``read`` bounds them.
+        total: The whole of one API call, retries, their waits and the wait for a token
+            included. Uploads and downloads have no total (a large file must not hit it);
+            ``read`` bounds them.
     """
 
     connect: float = 10.0

@@ -369,6 +369,7 @@ async def _start_token_worker(emulator: GuruEmulator, token_file: Path) -> Proce
     )
 
 
+@pytest.mark.slow
 async def test_processes_starting_together_make_one_token_request(
     emulator: GuruEmulator, tmp_path: Path
 ) -> None:
