@@ -470,8 +470,6 @@ class _Shared:
         "flight",
         "flight_owner",
         "rejected",
-        "replacement",
-        "replacing",
         "token",
         "waiters",
     )
@@ -486,9 +484,7 @@ class _Shared:
         self.failure_tb: TracebackType | None = None
         self.failed_until = 0.0
         self.rejected: str | None = None  # the latest token the API answered 401 to
-        self.replacing = False  # the next refresh replaces a rejected token
-        self.replacement: str | None = None  # the token that refresh got
-        self.cool_until = 0.0
+        self.cool_until = 0.0  # until then, 401s stand without refresh
 
 
 # Held only while some provider holds them (weak values), so states of finished loops go away.
@@ -501,8 +497,9 @@ class TokenProvider:
     Every caller that needs a token while a refresh is in flight awaits that one refresh, each
     for no longer than its own deadline; a failed refresh is shared with all of them and
     remembered for ``FAILED_FETCH_MEMORY`` seconds (or the ``Retry-After`` it carried). A 401
-    refreshes once, however many calls got it on the same token; when the fresh token is
-    rejected too, 401s stand without refresh for ``REJECTED_TOKEN_COOLDOWN`` seconds.
+    refreshes once, however many calls got it on the same token; when a call's retry with the
+    fresh token is rejected too, 401s stand without refresh for ``REJECTED_TOKEN_COOLDOWN``
+    seconds.
     """
 
     def __init__(self, *, key: str, store: TokenStore, fetch: FetchToken) -> None:
@@ -574,31 +571,37 @@ class TokenProvider:
             self._shared, self._shared_loop = shared, loop
         return self._shared
 
-    async def invalidate(self, access_token: str) -> bool:
+    async def invalidate(self, access_token: str, *, refreshed: bool = False) -> bool:
         """Handle a 401 the API answered to ``access_token``.
+
+        Args:
+            access_token: The rejected token.
+            refreshed: The call already refreshed once: ``access_token`` is the fresh token
+                that was to cure its first 401.
 
         Returns:
             True when the call should be retried with a fresh token (the next get() refreshes,
-            once for every call rejected on this token); False when the 401 stands: the token
-            was itself fetched to replace a rejected one, or the cool-down that started then is
-            still running. A store with ``discard`` drops the rejected token too, unless another
-            token replaced it meanwhile.
+            once for every call rejected on this token); False when the 401 stands: a fresh
+            token was rejected too (which starts the cool-down), or the cool-down is running.
+            When it refreshes, a store with ``discard`` drops the rejected token too, unless
+            another token replaced it meanwhile.
         """
         shared = self._state()
         now = time.monotonic()
         if now < shared.cool_until:
             return False
-        if access_token == shared.replacement:
-            shared.replacement = None
-            shared.cool_until = now + REJECTED_TOKEN_COOLDOWN
-            return False
         current = shared.token
+        if refreshed:
+            if current is not None and current.access_token == access_token:
+                # A new token did not help: more would not either, and fetching one per call
+                # gets the account rate limited. Keep this one (other routes may take it).
+                shared.cool_until = now + REJECTED_TOKEN_COOLDOWN
+            return False
         if access_token == shared.rejected or (
             current is not None and current.access_token != access_token
         ):
             return True  # already being replaced, or replaced: the next get() has the new one
         shared.rejected = access_token
-        shared.replacing = True
         shared.token = None
         discard = getattr(self._store, "discard", None)
         if discard is not None:
@@ -620,9 +623,6 @@ def _landed(shared: _Shared, flight: asyncio.Task[Token]) -> None:
         token = flight.result()
         shared.token = token
         shared.failure = shared.failure_tb = None
-        if shared.replacing:
-            shared.replacing = False
-            shared.replacement = token.access_token
     elif isinstance(error, GuruError) and not isinstance(error, SessionClosedError):
         shared.failure, shared.failure_tb = error, error.__traceback__
         wait = getattr(error, "retry_after", None)
@@ -642,6 +642,6 @@ class StaticTokenProvider:
         """Return the caller's token."""
         return self._access_token
 
-    async def invalidate(self, access_token: str) -> bool:
+    async def invalidate(self, access_token: str, *, refreshed: bool = False) -> bool:
         """Nothing to refresh (the caller owns this token): the 401 stands."""
         return False

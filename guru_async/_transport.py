@@ -63,8 +63,9 @@ class Timeouts:
     Attributes:
         connect: To open a connection (including waiting for a free one in the pool).
         read: The longest silence while reading a response, and while sending an upload.
-        total: The whole of one API call, retries and their waits included. Uploads and
-            downloads have no total (a large file must not hit it); ``read`` bounds them.
+        total: The whole of one API call, retries, their waits and the wait for a token
+            included. Uploads and downloads have no total (a large file must not hit it);
+            ``read`` bounds them.
     """
 
     connect: float = 10.0
@@ -79,8 +80,9 @@ class AccessToken(Protocol):
         """A token, waited for no later than ``deadline`` (``time.monotonic()``)."""
         ...
 
-    async def invalidate(self, access_token: str) -> bool:
-        """The API answered 401 to ``access_token``: True to retry with a fresh token."""
+    async def invalidate(self, access_token: str, *, refreshed: bool) -> bool:
+        """The API answered 401 to ``access_token`` (after the call's one refresh if
+        ``refreshed``): True to retry with a fresh token."""
         ...
 
 
@@ -222,7 +224,7 @@ class Transport:
                     and not auth.token_failed
                 ):
                     raise
-                if not await self.token.invalidate(auth.token) or auth.refreshed:
+                if not await self.token.invalidate(auth.token, refreshed=auth.refreshed):
                     raise
                 auth.refreshed = True
                 continue

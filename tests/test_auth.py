@@ -369,6 +369,7 @@ async def _start_token_worker(emulator: GuruEmulator, token_file: Path) -> Proce
     )
 
 
+@pytest.mark.slow
 async def test_processes_starting_together_make_one_token_request(
     emulator: GuruEmulator, tmp_path: Path
 ) -> None:
@@ -557,3 +558,17 @@ async def test_a_session_closed_mid_refresh_does_not_fail_another_sessions_call(
             await waiting
     assert emulator.token_requests == 2
     assert emulator.requests[GET_VIDEO] == 1
+
+
+async def test_a_token_that_cured_a_401_is_refreshed_when_it_is_revoked_later(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """A token fetched after a 401 that then worked is itself refreshed after a later 401: the
+    cool-down is only for fresh tokens that are rejected at once."""
+    created = await guru.create_video("clip.mp4", size=10, activity="squat")
+    for _ in range(2):
+        emulator.expire_tokens()
+        video = await guru.get_video(created.id)
+        assert video.status == "Pending"
+    assert emulator.token_requests == 3
+    assert emulator.requests[GET_VIDEO] == 4
