@@ -103,6 +103,21 @@ def is_retryable(exc: BaseException) -> bool:
     )
 
 
+def is_safe_to_repeat(exc: BaseException, *, unsent: bool) -> bool:
+    """For a request that must not reach the service twice (Create video): True when a retry
+    after ``exc`` cannot make a duplicate. That is a network failure that surely came before the
+    request was sent (``unsent``: refused, name not resolved, connect timeout), or an answer by
+    which the service says it did not act and asks for a retry: 408, 429, or 503 with a
+    ``Retry-After``. A dropped connection, a body cut short, a timeout while waiting for the
+    answer and other 5xx are ambiguous: the service may have acted.
+    """
+    if isinstance(exc, GuruConnectionError):
+        return unsent
+    if isinstance(exc, APIError):
+        return exc.status in (408, 429) or (exc.status == 503 and exc.retry_after is not None)
+    return False
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
     if not value:

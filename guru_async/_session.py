@@ -79,6 +79,9 @@ __version__: Final = "0.1.0"
 USER_AGENT: Final = (
     f"guru-async/{__version__} python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
 )
+# Create video is not idempotent: said in the message of a failure that may have reached the
+# service, which is then raised instead of retried (see create_video).
+CREATE_REPEAT_RISK: Final = "the video may have been created (a retry could create a second one)"
 
 
 class _Unset:
@@ -304,6 +307,7 @@ class GuruSession:
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
         max_retries: int | None = None,
+        repeat_risk: str | None = None,
     ) -> T:
         """Send one API request through the transport, with auth, retries and decoding."""
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -328,6 +332,7 @@ class GuruSession:
                 headers=None if payload is None else {"Content-Type": "application/json"},
                 params=params,
                 authorized=True,
+                repeat_risk=repeat_risk,
             ),
             max_retries=max_retries,
         )
@@ -347,6 +352,14 @@ class GuruSession:
     ) -> CreatedVideo:
         """Create a video's record and get where to upload its content (Create Video).
 
+        Create is never repeated when the first request may have reached the service, so one
+        call never makes two videos. It is retried only when the request surely was not sent
+        (connection refused, name not resolved, connect timeout) or the service asked for a
+        retry (408, 429, 503 with ``Retry-After``). After an ambiguous failure (a dropped
+        connection, a body cut short, a timeout waiting for the answer, any other 5xx) the
+        error is raised at once, and its message says the video may have been created: that
+        video, if any, has no content and its id is unknown; call create_video again.
+
         Args:
             filename: The video's file name, or a path to the file; with a path and no
                 ``size``, the size is read from the file. Only the base name is sent.
@@ -355,14 +368,15 @@ class GuruSession:
             activity: The movement, e.g. ``Activity.SQUAT`` or ``"squat"``.
             rep_count: How many reps the video is expected to show.
             source: Your service's name.
-            max_retries: Overrides the session's retry count for this call. A retry after a
-                lost response may leave an unused, never-uploaded video behind; the video you
-                get back is always usable.
+            max_retries: Overrides the session's retry count for this call.
 
         Raises:
             ValueError: An unknown domain or activity (the message lists the accepted values),
                 an activity outside the domain, a negative or huge rep count.
             FileNotFoundError: No ``size`` and no file at ``filename``.
+            GuruConnectionError, ServerError, ResponseDecodeError: The request failed; when the
+                message says "not retried, as the video may have been created", the service
+                may hold an empty video from this call.
         """
         if not isinstance(filename, (str, os.PathLike)) or not str(filename):
             raise TypeError("filename must be a non-empty str or path")
@@ -385,6 +399,7 @@ class GuruSession:
             decode=_model(CreatedVideo, "Create video"),
             body=body,
             max_retries=max_retries,
+            repeat_risk=CREATE_REPEAT_RISK,
         )
         # The upload goes wherever the API says; it must not downgrade to plain http.
         self._check_server_url(created.url, name="upload url", what="Create video")

@@ -32,7 +32,7 @@ from ._errors import (
     SessionClosedError,
 )
 from ._limiter import AdaptiveLimiter
-from ._retry import RetryBudget, RetryPolicy, is_retryable, wait_times
+from ._retry import RetryBudget, RetryPolicy, is_retryable, is_safe_to_repeat, wait_times
 
 log = logging.getLogger("guru_async")
 
@@ -40,6 +40,14 @@ T = TypeVar("T")
 
 # URLs inside library messages can carry presigned signatures in their query: drop queries.
 _URL_QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*")
+
+
+# Failures raised before any byte of the request was sent (aiohttp < 3.10 has no
+# ConnectionTimeoutError: its connect timeouts are then treated as ambiguous).
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    getattr(aiohttp, "ConnectionTimeoutError", aiohttp.ClientConnectorError),
+)
 
 
 def redact(text: str) -> str:
@@ -115,6 +123,10 @@ class Request(Generic[T]):
             when aiohttp abandons the body half-read).
         idle_since: For uploads: when the body last made progress (+inf once sent); an
             attempt idle for ``Timeouts.read`` fails as a stalled connection.
+        repeat_risk: For a request that must not reach the service twice (Create video):
+            what a repeat could do, e.g. ``"the video may have been created"``. Then only
+            failures after which a repeat is surely safe are retried (``is_safe_to_repeat``);
+            any other is raised at once, with this said in its message.
     """
 
     method: str
@@ -131,6 +143,7 @@ class Request(Generic[T]):
     allow_redirects: bool = False
     cleanup: Callable[[], None] | None = None
     idle_since: Callable[[], float] | None = None
+    repeat_risk: str | None = None
 
 
 class _AuthState:
@@ -146,7 +159,16 @@ class _AuthState:
 class _Call(Generic[T]):
     """One send(): the request and what its attempts share."""
 
-    __slots__ = ("attempts", "auth", "deadline", "max_tries", "req", "retry_cost", "status")
+    __slots__ = (
+        "attempts",
+        "auth",
+        "deadline",
+        "max_tries",
+        "req",
+        "retry_cost",
+        "status",
+        "unsent",
+    )
 
     def __init__(
         self, req: Request[T], auth: _AuthState, deadline: float | None, max_tries: int
@@ -158,6 +180,7 @@ class _Call(Generic[T]):
         self.retry_cost = 0  # taken from the budget by the latest retry
         self.attempts = 0
         self.status: int | str = "error"  # of the latest attempt, for the log line
+        self.unsent = False  # the latest attempt failed before sending anything
 
 
 _CALL: contextvars.ContextVar[_Call[Any]] = contextvars.ContextVar("guru_async_call")
@@ -237,6 +260,10 @@ class Transport:
         call = _CALL.get()
         if self._is_closed() or call.auth.token_failed or not is_retryable(exc):
             return True
+        risk = call.req.repeat_risk
+        if risk is not None and not is_safe_to_repeat(exc, unsent=call.unsent):
+            exc.args = (f"{exc}; not retried, as {risk}",)
+            return True
         if call.attempts >= call.max_tries:
             return True  # backoff stops anyway; a retry that will not happen costs nothing
         # Only whether the budget could pay: the deadline (wait_times, asked next) may still
@@ -273,6 +300,7 @@ class Transport:
         await self.limiter.acquire()
         started = time.monotonic()
         call.status = "error"
+        call.unsent = False
         failure: BaseException | None = None
         try:
             # The body is built before the watch starts: building it restarts its idle clock.
@@ -295,6 +323,7 @@ class Transport:
             elif self._is_closed():
                 failure = SessionClosedError(f"{req.what}: the GuruSession was closed")
             else:
+                call.unsent = isinstance(exc, _NOT_SENT)
                 failure = GuruConnectionError(f"{req.what}: {describe_network_error(exc)}")
         finally:
             if req.cleanup is not None:

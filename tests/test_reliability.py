@@ -668,8 +668,12 @@ async def test_soak_batch_of_200_under_faults(
         retry_policy=quick(),
         retry_budget=RetryBudget(capacity=10**9, available=10**9),
     ) as guru:
-        emulator.faults.add(FaultRule(route="*", rate=0.3, kind="status", status=503))
-        emulator.faults.add(FaultRule(route="*", rate=0.05, kind="drop"))
+        for route in ("POST /oauth2/token", UPLOAD, ANALYSIS):  # every other route a batch uses
+            emulator.faults.add(FaultRule(route=route, rate=0.3, kind="status", status=503))
+            emulator.faults.add(FaultRule(route=route, rate=0.05, kind="drop"))
+        # Create is retried only when the service says it did not act (test_retry_polling.py).
+        emulator.faults.add(FaultRule(route=CREATE, rate=0.3, status=503, retry_after=0.01))
+        emulator.faults.add(FaultRule(route=CREATE, rate=0.05, status=429, retry_after=0.01))
         items = [VideoSpec(p, activity="squat") if i % 2 else p for i, p in enumerate(paths)]
         results: list[BatchResult] = []
 

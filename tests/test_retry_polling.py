@@ -17,7 +17,9 @@ from guru_async import (
     GuruConnectionError,
     GuruSession,
     MemoryTokenStore,
+    NotFoundError,
     PollPolicy,
+    ResponseDecodeError,
     RetryBudget,
     RetryPolicy,
     ServerError,
@@ -213,3 +215,106 @@ async def test_a_maintenance_window_longer_than_the_deadline_leaves_the_budget_w
     assert video.status == "Pending"
     assert emulator.requests[GET_VIDEO] == 12
     assert budget.available == 20  # the retry's cost was given back by its success
+
+
+# -- item 14: Create video is never repeated when it may have reached the service ---------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "error", "detail"),
+    [
+        (FaultRule(route=CREATE, kind="drop"), GuruConnectionError, "disconnected"),
+        (FaultRule(route=CREATE, kind="truncate"), GuruConnectionError, "payload"),
+        (FaultRule(route=CREATE, kind="malformed"), ResponseDecodeError, "not JSON"),
+        (FaultRule(route=CREATE, kind="delay", delay=1.0), GuruConnectionError, "timed out"),
+        (FaultRule(route=CREATE, status=500), ServerError, "HTTP 500"),
+        (FaultRule(route=CREATE, status=502), ServerError, "HTTP 502"),
+        (FaultRule(route=CREATE, status=503), ServerError, "HTTP 503"),
+        (FaultRule(route=CREATE, status=504), ServerError, "HTTP 504"),
+    ],
+    ids=["drop", "truncate", "malformed", "read-timeout", "500", "502", "503-no-hint", "504"],
+)
+async def test_create_is_not_retried_after_an_ambiguous_failure(
+    emulator: GuruEmulator,
+    make_session: MakeSession,
+    rule: FaultRule,
+    error: type[Exception],
+    detail: str,
+) -> None:
+    """A failure after which the service may have created the video is raised after one
+    request (never a second video), saying the video may have been created."""
+    async with make_session(retry_policy=quick(), timeouts=Timeouts(read=0.3)) as guru:
+        emulator.faults.add(rule)
+        with pytest.raises(error) as info:
+            await guru.create_video("clip.mp4", size=10, activity="squat")
+    message = str(info.value)
+    assert message.startswith("Create video")
+    assert detail.lower() in message.lower()
+    assert message.endswith(
+        "; not retried, as the video may have been created (a retry could create a second one)"
+    )
+    assert emulator.requests[CREATE] == 1
+    assert len(emulator.videos) <= 1
+
+
+async def test_a_create_whose_answer_was_cut_short_made_exactly_one_video(
+    emulator: GuruEmulator, make_session: MakeSession
+) -> None:
+    """When the service created the video but its answer was cut short, that one video is all
+    there is: the call is not repeated into a second one."""
+    emulator.faults.add(FaultRule(route=CREATE, kind="truncate"))
+    async with make_session(retry_policy=quick()) as guru:
+        with pytest.raises(GuruConnectionError) as info:
+            await guru.create_video("clip.mp4", size=10, activity="squat")
+    assert len(emulator.videos) == 1  # 5 before the fix: one per attempt
+    assert emulator.requests[CREATE] == 1
+    assert "may have been created" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        FaultRule(route=CREATE, status=429, times=2),
+        FaultRule(route=CREATE, status=429, retry_after=0.01, times=2),
+        FaultRule(route=CREATE, status=503, retry_after=0.01, times=2),
+        FaultRule(route=CREATE, status=408, times=2),
+    ],
+    ids=["429", "429-retry-after", "503-retry-after", "408"],
+)
+async def test_create_is_retried_when_the_service_asks_for_it(
+    emulator: GuruEmulator, make_session: MakeSession, rule: FaultRule
+) -> None:
+    """An answer by which the service did not act and asks for a retry (429, 408, 503 with
+    Retry-After) is retried, and the call makes exactly one video."""
+    emulator.faults.add(rule)
+    async with make_session(retry_policy=quick()) as guru:
+        created = await guru.create_video("clip.mp4", size=10, activity="squat")
+    assert list(emulator.videos) == [created.id]
+    assert emulator.requests[CREATE] == 3
+
+
+async def test_create_is_retried_when_the_request_surely_was_not_sent(
+    start_emulator: StartEmulator,
+    session_for: SessionFor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Connection refused (the API restarting) is retried until the API is back, and the call
+    makes exactly one video."""
+    caplog.set_level(logging.DEBUG, logger="guru_async")
+    emu = await start_emulator(port=free_port(), storage_port=free_port())
+    policy = RetryPolicy(max_retries=50, wait_initial=0.02, wait_max=0.05)
+    async with session_for(emu, retry_policy=policy) as guru:
+        with pytest.raises(NotFoundError):
+            await guru.get_video("no-such-video")  # fetches the token before the outage
+        await emu.close()
+
+        def refused() -> int:
+            return sum("/videos -> error" in r.getMessage() for r in caplog.records)
+
+        creating = asyncio.create_task(guru.create_video("clip.mp4", size=10, activity="squat"))
+        await wait_until(lambda: refused() >= 2)
+        await emu.start()
+        created = await creating
+    assert list(emu.videos) == [created.id]
+    assert emu.requests[CREATE] == 1
+    assert refused() >= 2

@@ -140,7 +140,11 @@ async def full_flow(tmp_path: Path) -> AsyncIterator[Flow]:
             ]:
                 # 500 on storage, not 503 (SlowDown), which would engage the limiter.
                 status = 500 if route == "POST /storage" else 503
-                emu.faults.add(FaultRule(route=route, kind=kind, status=status, times=1))  # type: ignore[arg-type]
+                # Create is retried only when the service asks (a 503 with Retry-After).
+                hint = 0.01 if route == "POST /videos" else None
+                emu.faults.add(
+                    FaultRule(route=route, kind=kind, status=status, retry_after=hint, times=1)  # type: ignore[arg-type]
+                )
             source = tmp_path / "squat.mp4"
             source.write_bytes(os.urandom(50_000))
             video_id = await guru.upload_video(source, activity="squat", rep_count=5)
