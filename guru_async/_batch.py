@@ -32,11 +32,11 @@ from attrs import define, field, frozen
 
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
-from ._errors import AnalysisTimeoutError, GuruError, JournalError, NotFoundError
+from ._errors import AnalysisTimeoutError, GuruError, JournalError, NotFoundError, UploadError
 from ._journal import LEASE_SECONDS, Claim, Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
 from ._polling import PollPolicy, is_transient_poll_error
-from ._upload import UploadSource, check_file
+from ._upload import UploadSource, check_file, presign_expired
 from ._validation import (
     ActivityArg,
     DomainArg,
@@ -117,6 +117,8 @@ DEFAULT_UPLOAD_CONCURRENCY = 4
 DEFAULT_POLL_RATE = 50.0
 DEFAULT_MAX_IN_FLIGHT = 1000
 POLL_CONCURRENCY = 8
+# How long a stopped batch waits for creates in flight, to log the id of any video they made.
+CUT_SHORT_WAIT = 5.0
 
 
 @define
@@ -212,6 +214,7 @@ class BatchRun:
         self._journal_open = False
         self._supervisor: asyncio.Task[None] | None = None
         self._shut = False
+        self._cut_short: dict[asyncio.Future[CreatedVideo], BatchItem] = {}
 
     async def start(self) -> None:
         """Open the journal (a JournalError here means nothing was created) and start the
@@ -257,6 +260,7 @@ class BatchRun:
             if self._supervisor is not None:
                 self._supervisor.cancel()
                 await asyncio.gather(self._supervisor, return_exceptions=True)
+            await self._settle_cut_short()
             where = "may not be in the journal" if self._journal is not None else "was not reported"
             for video_id, item in self._unsafe.items():
                 log.warning(
@@ -276,6 +280,23 @@ class BatchRun:
                     log.warning("batch_upload: could not release the journal's claims: %s", exc)
                 finally:
                     await self._journal.close()
+
+    async def _settle_cut_short(self) -> None:
+        """Wait (briefly) for creates the stop interrupted, to name any video they made."""
+        if not self._cut_short:
+            return
+        done, pending = await asyncio.wait(self._cut_short, timeout=CUT_SHORT_WAIT)
+        for create in pending:
+            create.cancel()
+            log.warning(
+                "batch_upload stopped: a create for %s did not answer in time; it may have "
+                "made a video the batch never saw",
+                _describe(self._cut_short[create]),
+            )
+        for create in done:
+            if not create.cancelled() and create.exception() is None:
+                self._unsafe[create.result().id] = self._cut_short[create]
+        self._cut_short.clear()
 
     async def _supervise(self) -> None:
         workers = [asyncio.create_task(self._upload_worker()) for _ in range(self._concurrency)]
@@ -507,9 +528,32 @@ class BatchRun:
                 self._unsafe.pop(created.id, None)
 
         async with self._upload_slots:
-            return await self._session._create_and_upload(
-                source, fields, progress=on_bytes, on_created=journal_created
-            )
+            # As GuruSession.upload_video: an expired presign is replaced by a fresh video once.
+            for attempt in (1, 2):
+                created = await self._create(item, source, fields)
+                await journal_created(created)
+                try:
+                    await self._session._upload(created, source, on_bytes, None)
+                except UploadError as exc:
+                    if attempt == 1 and presign_expired(exc):
+                        continue
+                    raise
+                return created.id
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _create(
+        self, item: BatchItem, source: UploadSource, fields: dict[str, Any]
+    ) -> CreatedVideo:
+        # A create cut short by stopping the batch may still make a video: the request is let
+        # finish (shielded), so shutdown can name the video it made.
+        create = asyncio.ensure_future(
+            self._session.create_video(source.name, size=source.size, **fields)
+        )
+        try:
+            return await asyncio.shield(create)
+        except asyncio.CancelledError:
+            self._cut_short[create] = item
+            raise
 
     async def _uploaded(
         self, item: BatchItem, key: str | None, video_id: str, *, record: bool, resumed: bool

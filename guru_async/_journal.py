@@ -133,6 +133,10 @@ class Journal:
             raise self._fail(_reason(exc), exc) from exc
         try:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            if tables and "items" not in tables:
+                # Someone else's database: changing it in any way would be a nasty surprise.
+                raise self._fail("it is an SQLite database, but not a batch journal")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)

@@ -318,11 +318,19 @@ async def emulator_stats(endpoints: dict[str, str]) -> dict[str, Any]:
 
 
 async def start_worker(
-    endpoints: dict[str, str], journal: Path, concurrency: int, files: list[Path]
+    endpoints: dict[str, str],
+    journal: Path,
+    concurrency: int,
+    files: list[Path],
+    *,
+    env: dict[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start tests/batch_worker.py on ``files`` against the standalone emulator."""
+    """Start tests/batch_worker.py on ``files`` against the standalone emulator (with extra
+    ``env``, and then its stderr captured)."""
+    extra = env
     env = {
         **os.environ,
+        **(extra or {}),
         "PYTHONPATH": str(REPO),
         "GURU_BASE_URL": endpoints["base_url"],
         "GURU_TOKEN_URL": endpoints["token_url"],
@@ -338,6 +346,7 @@ async def start_worker(
         cwd=REPO,
         env=env,
         stdout=asyncio.subprocess.PIPE,
+        stderr=None if extra is None else asyncio.subprocess.PIPE,
     )
 
 
