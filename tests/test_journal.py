@@ -385,8 +385,9 @@ async def test_breaking_out_of_a_plain_loop_stops_the_batch(
     session_for: Callable[..., GuruSession],
     video_file: MakeFile,
 ) -> None:
-    """``async for r in guru.batch_upload(...): break`` (no reference kept) still stops the
-    batch: its tasks end and the creates stop short of the input."""
+    """``async for r in guru.batch_upload(...): break`` with no reference kept goes on
+    stopping the batch (a regression guard: the dropped iterator is closed by the event loop),
+    so its tasks end and the creates stop short of the input."""
     emulator: GuruEmulator = await start_emulator(analysis_delay=0.0)
     paths = small_files(video_file, 200)
     guru = session_for(emulator)
