@@ -4,7 +4,7 @@ Start with :class:`GuruSession`; everything else here is what its calls take and
 """
 
 from ._auth import FileTokenStore, MemoryTokenStore, Token, TokenStore
-from ._batch import BatchProgress, BatchResult, VideoSpec
+from ._batch import BatchProgress, BatchResult, BatchUpload, VideoSpec
 from ._enums import Activity, AnalysisStatus, Domain, OverlayType, VideoStatus
 from ._errors import (
     AnalysisTimeoutError,
@@ -13,6 +13,7 @@ from ._errors import (
     BadRequestError,
     GuruConnectionError,
     GuruError,
+    JournalError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -57,6 +58,7 @@ __all__ = [
     "BadRequestError",
     "BatchProgress",
     "BatchResult",
+    "BatchUpload",
     "BoundingBox",
     "CreatedVideo",
     "DetectedObject",
@@ -69,6 +71,7 @@ __all__ = [
     "GuruSession",
     "JointData",
     "JointFrame",
+    "JournalError",
     "MarkerPosition",
     "MemoryTokenStore",
     "NotFoundError",

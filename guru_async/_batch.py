@@ -32,11 +32,11 @@ from attrs import define, field, frozen
 
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
-from ._errors import AnalysisTimeoutError, GuruError
-from ._journal import Journal, JournalEntry, item_key
+from ._errors import AnalysisTimeoutError, GuruError, JournalError, NotFoundError, UploadError
+from ._journal import LEASE_SECONDS, Claim, Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
 from ._polling import PollPolicy, is_transient_poll_error
-from ._upload import UploadSource, check_file
+from ._upload import UploadSource, check_file, presign_expired
 from ._validation import (
     ActivityArg,
     DomainArg,
@@ -117,6 +117,8 @@ DEFAULT_UPLOAD_CONCURRENCY = 4
 DEFAULT_POLL_RATE = 50.0
 DEFAULT_MAX_IN_FLIGHT = 1000
 POLL_CONCURRENCY = 8
+# How long a stopped batch waits for creates in flight, to log the id of any video they made.
+CUT_SHORT_WAIT = 5.0
 
 
 @define
@@ -128,6 +130,9 @@ class _Waiting:
     deadline: float
     wait: float
     last: Analysis | None = None
+    # The video came from the journal (an earlier run, or another batch): if it is gone
+    # (404), the item is created and uploaded again, once.
+    resumed: bool = False
 
 
 class BatchRun:
@@ -198,20 +203,44 @@ class BatchRun:
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._uploads_over = False
+        self._upload_slots = asyncio.Semaphore(upload_concurrency)
+        # Keys this run is claiming or owns, so its own repeats of an item wait in memory.
+        self._active: dict[str, asyncio.Event] = {}
+        # Video ids that exist but are neither in the journal nor handed to the consumer yet:
+        # if the batch stops now, only a log line can tell the user about them.
+        self._unsafe: dict[str, BatchItem] = {}
+        self._consumed = asyncio.Event()
+        self._started = False
+        self._journal_open = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._shut = False
+        self._cut_short: dict[asyncio.Future[CreatedVideo], BatchItem] = {}
+
+    async def start(self) -> None:
+        """Open the journal (a JournalError here means nothing was created) and start the
+        workers; idempotent."""
+        if self._started:
+            return
+        self._started = True
+        if self._journal is not None:
+            await self._journal.open()
+            self._journal_open = True
+        self._supervisor = asyncio.create_task(self._supervise())
 
     async def results(self) -> AsyncGenerator[BatchResult, None]:
         """Run the batch, yielding each item's result as it completes."""
-        supervisor: asyncio.Task[None] | None = None
         try:
-            if self._journal is not None:
-                await self._journal.open()
-            supervisor = asyncio.create_task(self._supervise())
+            await self.start()
             while True:
                 result = await self._results.get()
+                self._consumed.set()
                 if result is _END:
                     break
+                if result.video_id is not None:
+                    self._unsafe.pop(result.video_id, None)
                 yield result
-            await supervisor
+            assert self._supervisor is not None
+            await self._supervisor
             # Never silent: a failing input iterable, or a failure of the batch machinery
             # itself (say the journal's disk is full), ends the batch with its error.
             if self._input_error is not None:
@@ -219,29 +248,94 @@ class BatchRun:
             if self._crash is not None:
                 raise self._crash
         finally:
-            if supervisor is not None:
-                supervisor.cancel()
-                await asyncio.gather(supervisor, return_exceptions=True)
-            if self._journal is not None:
-                await self._journal.close()
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop every task of the batch, release its claims and close its journal;
+        idempotent."""
+        if self._shut:
+            return
+        self._shut = True
+        try:
+            if self._supervisor is not None:
+                self._supervisor.cancel()
+                await asyncio.gather(self._supervisor, return_exceptions=True)
+            await self._settle_cut_short()
+            where = "may not be in the journal" if self._journal is not None else "was not reported"
+            for video_id, item in self._unsafe.items():
+                log.warning(
+                    "batch_upload stopped: video %s (%s) was created but %s",
+                    video_id,
+                    _describe(item),
+                    where,
+                )
+            self._unsafe.clear()
+        finally:
+            if self._journal is not None and self._journal_open:
+                try:
+                    # Claims this run still holds are free at once for a rerun or another
+                    # batch (else they wait for the lease to run out).
+                    await self._journal.release_all()
+                except JournalError as exc:
+                    log.warning("batch_upload: could not release the journal's claims: %s", exc)
+                finally:
+                    await self._journal.close()
+
+    async def _settle_cut_short(self) -> None:
+        """Wait (briefly) for creates the stop interrupted, to name any video they made."""
+        if not self._cut_short:
+            return
+        done, pending = await asyncio.wait(self._cut_short, timeout=CUT_SHORT_WAIT)
+        for create in pending:
+            create.cancel()
+            log.warning(
+                "batch_upload stopped: a create for %s did not answer in time; it may have "
+                "made a video the batch never saw",
+                _describe(self._cut_short[create]),
+            )
+        for create in done:
+            if not create.cancelled() and create.exception() is None:
+                self._unsafe[create.result().id] = self._cut_short[create]
+        self._cut_short.clear()
 
     async def _supervise(self) -> None:
         workers = [asyncio.create_task(self._upload_worker()) for _ in range(self._concurrency)]
         poller = asyncio.create_task(self._poll_loop())
-        try:
+        tasks = [*workers, poller]
+
+        async def pipeline() -> None:
             await asyncio.gather(*workers)
             self._uploads_over = True
             self._wakeup.set()
             await poller
+
+        main = asyncio.create_task(pipeline())
+        tasks.append(main)
+        if self._journal is not None:
+            tasks.append(asyncio.create_task(self._heartbeat(main)))
+        try:
+            await asyncio.gather(*tasks[-2:])
         except Exception as exc:
             self._crash = exc
         finally:
-            for task in (*workers, poller):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*workers, poller, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         # Only reached when not cancelled: the consumer is still reading, so this cannot block
         # for good.
         await self._results.put(_END)
+
+    async def _heartbeat(self, main: asyncio.Task[None]) -> None:
+        # Keeps this run's claims live; a failure (the journal's disk, say) stops the batch,
+        # since claims that lapse could let another batch upload the same items.
+        while not main.done():
+            await asyncio.wait({main}, timeout=LEASE_SECONDS / 4)
+            if not main.done():
+                await self._journal_or_fail().renew()
+
+    def _journal_or_fail(self) -> Journal:
+        assert self._journal is not None
+        return self._journal
 
     # -- input and output --------------------------------------------------------------------
 
@@ -284,42 +378,90 @@ class BatchRun:
 
     async def _upload_worker(self) -> None:
         while True:
+            # Start nothing new while the consumer has a backlog of results to read: one that
+            # stopped reading (and did not close the batch) soon stops the uploads.
+            while self._results.qsize() >= self._concurrency:
+                self._consumed.clear()
+                await self._consumed.wait()
             await self._in_flight.acquire()
             item = await self._next_item()
             if item is _END:
                 self._in_flight.release()
                 return
             self.progress.started += 1
-            video_id: str | None = None
-            key: str | None = None
-            created: list[str] = []
-            try:
-                spec = item if isinstance(item, VideoSpec) else VideoSpec(item)
-                path = check_file(spec.path)
-                fields = self._fields(spec)
-                if self._journal is not None:
-                    key = item_key(self._service, path, fields)
-                    entry = await self._journal.get(key)
-                    if entry is not None and entry.state == "done":
-                        await self._emit(self._restore(item, entry))
-                        continue
-                    if (
-                        entry is not None
-                        and entry.video_id is not None
-                        and (entry.state == "uploaded" or await self._arrived(entry.video_id))
-                    ):
-                        await self._uploaded(item, key, entry.video_id, resumed=True)
-                        continue
-                video_id = await self._create_and_upload(path, fields, key, created)
-                await self._uploaded(item, key, video_id, resumed=False)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # A video created before the failure is named, so it can be inspected.
-                video_id = video_id or (created[-1] if created else None)
-                if self._journal is not None and key is not None:
-                    await self._journal.record(key, "error", error=exc)
-                await self._emit(BatchResult(item, video_id=video_id, error=exc))
+            await self._process(item)
+
+    async def _process(self, item: BatchItem) -> None:
+        video_id: str | None = None
+        key: str | None = None
+        owned = False
+        created: list[str] = []
+        try:
+            path, fields = self._checked(item)
+            if self._journal is not None:
+                key = item_key(self._service, path, fields)
+                claim = await self._claim(key)
+                owned = claim.owned
+                entry = claim.entry
+                if entry is not None and entry.state == "done":
+                    await self._emit(self._restore(item, entry))
+                    return
+                if entry is not None and entry.state == "uploaded" and entry.video_id:
+                    await self._uploaded(item, key, entry.video_id, record=False, resumed=True)
+                    return
+                # A crash between upload and journal leaves "created": ask the API whether the
+                # content arrived, so it is never uploaded twice.
+                if (
+                    entry is not None
+                    and entry.video_id is not None
+                    and await self._arrived(entry.video_id)
+                ):
+                    await self._uploaded(item, key, entry.video_id, record=True, resumed=True)
+                    return
+            video_id = await self._create_and_upload(item, path, fields, key, created)
+            await self._uploaded(item, key, video_id, record=True, resumed=False)
+        except asyncio.CancelledError:
+            raise
+        except JournalError:
+            raise  # the journal cannot be written: stop the batch rather than lose track
+        except Exception as exc:
+            # A video created before the failure is named, so it can be inspected.
+            video_id = video_id or (created[-1] if created else None)
+            if self._journal is not None and key is not None and owned:
+                await self._journal.record(key, "error", error=exc)
+            await self._emit(BatchResult(item, video_id=video_id, error=exc))
+        finally:
+            if owned and key is not None:
+                self._unclaim(key)
+
+    async def _claim(self, key: str, *, replacing: str | None = None) -> Claim:
+        """Claim ``key``, waiting while another task, batch or process owns it. The caller
+        must ``_unclaim`` an owned claim once it has recorded the item's next state."""
+        while (event := self._active.get(key)) is not None:
+            await event.wait()
+        self._active[key] = asyncio.Event()
+        try:
+            journal = self._journal_or_fail()
+            delay = 0.02
+            while (claim := await journal.claim(key, replacing=replacing)) is None:
+                # Another batch or process works on it: look again soon, then less often.
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+        except BaseException:
+            self._unclaim(key)
+            raise
+        if not claim.owned:
+            self._unclaim(key)
+        return claim
+
+    def _unclaim(self, key: str) -> None:
+        event = self._active.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def _checked(self, item: BatchItem) -> tuple[Path, dict[str, Any]]:
+        spec = item if isinstance(item, VideoSpec) else VideoSpec(item)
+        return check_file(spec.path), self._fields(spec)
 
     def _fields(self, spec: VideoSpec) -> dict[str, Any]:
         d = self._defaults
@@ -340,13 +482,20 @@ class BatchRun:
         }
 
     async def _arrived(self, video_id: str) -> bool:
-        # A crash between upload and journal leaves "created": ask the API whether the content
-        # arrived, so it is never uploaded twice.
-        video = await self._session.get_video(video_id)
+        try:
+            video = await self._session.get_video(video_id)
+        except NotFoundError:
+            log.info("batch_upload: journaled video %s is gone (404); creating a new one", video_id)
+            return False
         return video.status == VideoStatus.SUCCESS
 
     async def _create_and_upload(
-        self, path: Path, fields: dict[str, Any], key: str | None, created_ids: list[str]
+        self,
+        item: BatchItem,
+        path: Path,
+        fields: dict[str, Any],
+        key: str | None,
+        created_ids: list[str],
     ) -> str:
         source = UploadSource(path)
         self.progress.bytes_total += source.size
@@ -362,25 +511,68 @@ class BatchRun:
 
         async def journal_created(created: CreatedVideo) -> None:
             created_ids.append(created.id)
+            self._unsafe[created.id] = item
             if self._journal is not None and key is not None:
-                await self._journal.record(key, "created", video_id=created.id)
+                try:
+                    await self._journal.record(key, "created", video_id=created.id)
+                except JournalError:
+                    log.warning(
+                        "batch_upload: video %s (%s) was created but the journal could not "
+                        "record it; it is an unused orphan",
+                        created.id,
+                        _describe(item),
+                    )
+                    self._unsafe.pop(created.id, None)
+                    raise
+                # Safe in the journal: a rerun finds it, so stopping now orphans nothing.
+                self._unsafe.pop(created.id, None)
 
-        return await self._session._create_and_upload(
-            source, fields, progress=on_bytes, on_created=journal_created
+        async with self._upload_slots:
+            # As GuruSession.upload_video: an expired presign is replaced by a fresh video once.
+            for attempt in (1, 2):
+                created = await self._create(item, source, fields)
+                await journal_created(created)
+                try:
+                    await self._session._upload(created, source, on_bytes, None)
+                except UploadError as exc:
+                    if attempt == 1 and presign_expired(exc):
+                        continue
+                    raise
+                return created.id
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _create(
+        self, item: BatchItem, source: UploadSource, fields: dict[str, Any]
+    ) -> CreatedVideo:
+        # A create cut short by stopping the batch may still make a video: the request is let
+        # finish (shielded), so shutdown can name the video it made.
+        create = asyncio.ensure_future(
+            self._session.create_video(source.name, size=source.size, **fields)
         )
+        try:
+            return await asyncio.shield(create)
+        except asyncio.CancelledError:
+            self._cut_short[create] = item
+            raise
 
     async def _uploaded(
-        self, item: BatchItem, key: str | None, video_id: str, *, resumed: bool
+        self, item: BatchItem, key: str | None, video_id: str, *, record: bool, resumed: bool
     ) -> None:
         self.progress.uploaded += 1
-        if self._journal is not None and key is not None and not resumed:
+        if self._journal is not None and key is not None and record:
             await self._journal.record(key, "uploaded", video_id=video_id)
         if not self._wait:
             await self._emit(BatchResult(item, video_id=video_id))
             return
         number = next(self._seq)
         self._waiting[number] = _Waiting(
-            number, item, video_id, key, time.monotonic() + self._timeout, self._policy.interval
+            number,
+            item,
+            video_id,
+            key,
+            time.monotonic() + self._timeout,
+            self._policy.interval,
+            resumed=resumed,
         )
         heapq.heappush(self._due, (time.monotonic(), number))
         self._report()
@@ -396,6 +588,40 @@ class BatchRun:
             )
         return BatchResult(item, video_id=entry.video_id, analysis=analysis)
 
+    async def _recreate(self, waiting: _Waiting) -> BatchResult | None:
+        """Replace a journaled video that answers 404 with a new one, once; None when the
+        item is waiting again (on the new video), else its final result."""
+        assert waiting.key is not None
+        gone = waiting.video_id
+        log.info("batch_upload: journaled video %s is gone (404); creating a new one", gone)
+        claim = await self._claim(waiting.key, replacing=gone)
+        entry = claim.entry
+        if claim.owned:
+            try:
+                path, fields = self._checked(waiting.item)
+                video_id = await self._create_and_upload(
+                    waiting.item, path, fields, waiting.key, []
+                )
+                await self._journal_or_fail().record(waiting.key, "uploaded", video_id=video_id)
+            finally:
+                self._unclaim(waiting.key)
+        else:
+            # Another batch replaced it already (not owned: "uploaded" or "done" with another
+            # video): follow that video.
+            assert entry is not None
+            assert entry.video_id is not None
+            if entry.state == "done":
+                return self._restore(waiting.item, entry)
+            video_id = entry.video_id
+        waiting.video_id = video_id
+        waiting.resumed = False
+        waiting.last = None
+        now = time.monotonic()
+        waiting.deadline = now + self._timeout
+        waiting.wait = self._policy.interval
+        heapq.heappush(self._due, (now, waiting.number))
+        return None
+
     # -- the shared poll loop ----------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
@@ -403,14 +629,19 @@ class BatchRun:
         second with at most POLL_CONCURRENCY in flight, however many videos wait."""
         slots = asyncio.Semaphore(POLL_CONCURRENCY)
         inflight: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
 
         def finished(task: asyncio.Task[None]) -> None:
             inflight.discard(task)
             slots.release()
+            if not task.cancelled() and (error := task.exception()) is not None:
+                failures.append(error)
             self._wakeup.set()
 
         try:
             while True:
+                if failures:
+                    raise failures[0]  # the journal failed: the batch stops with it
                 if not self._due:
                     if self._uploads_over and not inflight:
                         return
@@ -441,8 +672,10 @@ class BatchRun:
             result = await self._check(waiting)
         except asyncio.CancelledError:
             raise
+        except JournalError:
+            raise  # the journal cannot be written: stop the batch rather than lose track
         except Exception as exc:
-            # Whatever failed (a journal write, say), the item still gets its one result.
+            # Whatever failed, the item still gets its one result.
             result = BatchResult(waiting.item, video_id=waiting.video_id, error=exc)
         if result is None:
             return
@@ -455,6 +688,12 @@ class BatchRun:
         hint = None
         try:
             analysis, hint = await self._session._get_analysis(video_id)
+        except NotFoundError as exc:
+            if waiting.resumed and waiting.key is not None:
+                # A video recorded by an earlier run that no longer exists: every rerun would
+                # fail the same way, so the item is created and uploaded again (once).
+                return await self._recreate(waiting)
+            return BatchResult(waiting.item, video_id=video_id, error=exc)
         except GuruError as exc:
             if not is_transient_poll_error(exc):
                 return BatchResult(waiting.item, video_id=video_id, error=exc)
@@ -479,3 +718,60 @@ class BatchRun:
         step, waiting.wait = self._policy.next_wait(waiting.wait, hint)
         heapq.heappush(self._due, (min(now + step, waiting.deadline), waiting.number))
         return None
+
+
+class BatchUpload:
+    """What ``GuruSession.batch_upload`` returns: the batch's results as an async iterator,
+    and an async context manager that stops the batch when its block ends.
+
+    ::
+
+        async with guru.batch_upload(paths, journal="batch.db") as results:
+            async for r in results:
+                if r.error is not None:
+                    break  # leaving the block stops every upload, create and poll at once
+
+    Iterating it without ``async with`` works too; then stop an unfinished batch with
+    ``await results.aclose()`` (or ``contextlib.aclosing``), else its uploads go on in the
+    background until the object is garbage collected.
+    """
+
+    def __init__(self, run: BatchRun) -> None:
+        self._run = run
+        self._results = run.results()
+
+    @property
+    def progress(self) -> BatchProgress:
+        """The live counters of the batch."""
+        return self._run.progress
+
+    def __aiter__(self) -> BatchUpload:
+        return self
+
+    async def __anext__(self) -> BatchResult:
+        return await anext(self._results)
+
+    async def aclose(self) -> None:
+        """Stop the batch now: cancel its uploads and polls, release its journal claims and
+        close the journal. Videos created but not recorded anywhere are logged at WARNING."""
+        try:
+            await self._results.aclose()
+        finally:
+            await self._run.shutdown()
+
+    async def __aenter__(self) -> BatchUpload:
+        try:
+            # Opens the journal now, so a bad journal fails the ``async with`` line itself.
+            await self._run.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _describe(item: BatchItem) -> str:
+    path = item.path if isinstance(item, VideoSpec) else item
+    return repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(path)

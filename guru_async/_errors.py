@@ -14,7 +14,8 @@ The tree::
     ├── AnalysisTimeoutError      await_analysis gave up waiting (also a TimeoutError)
     ├── ResponseDecodeError       a body that is not the JSON the API documents
     ├── GuruConnectionError       the network failed, after retries
-    └── SessionClosedError        the session was used after it was closed
+    ├── SessionClosedError        the session was used after it was closed
+    └── JournalError              a batch's journal cannot be opened, read or written (.path)
 
 Bad arguments raise the built-in ``ValueError``, ``TypeError``, ``FileNotFoundError`` or
 ``IsADirectoryError`` before anything is sent.
@@ -170,6 +171,25 @@ class GuruConnectionError(GuruError):
 
 class SessionClosedError(GuruError, RuntimeError):
     """A call was made on a GuruSession that is closed (or was closed while it ran)."""
+
+
+class JournalError(GuruError):
+    """A batch's journal cannot be opened, read or written.
+
+    Raised before anything is created when the journal cannot be opened (a folder, a place
+    that cannot be written, a file that is not a journal), and stops a running batch when a
+    write fails (a full disk, say); rerun the batch with the same journal once it is fixed.
+
+    Attributes:
+        path: The journal's path, as given.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
 
 
 def _rebuild(cls: type[GuruError], message: str, state: dict[str, Any]) -> GuruError:

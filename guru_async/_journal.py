@@ -1,15 +1,26 @@
 """A batch's journal: each item's progress in SQLite, so a crashed batch resumes, never repeats.
 
-One row per input item, keyed by what identifies the work (the file's absolute path and the
-metadata it is sent with). States move forward only:
+One row per item, keyed by what identifies the work: the service, the file's absolute path, the
+metadata it is sent with, and the content's identity (see :func:`item_key`). States move forward:
 
+    claimed  -> a batch owns the item and is about to create its video
     created  -> the video exists (id recorded) but its upload may not have finished
     uploaded -> storage accepted the content; only the analysis is awaited
-    done     -> the final result (analysis JSON, or the error) is recorded
+    done     -> the final result (analysis JSON) is recorded
+    error    -> the last attempt failed; a rerun tries again
+
+Exactly once across batches and processes: before creating a video a batch *claims* the item in
+one ``BEGIN IMMEDIATE`` transaction (the row's ``owner`` and ``lease_until``). Another batch that
+reaches the same item while the claim is live waits until the owner records the upload, then
+reports the same video. A claim is live while its lease runs (renewed every
+``LEASE_SECONDS / 4`` by the owner) and, on the same host, while its process exists: a claim left
+by a crashed process is taken over at once on the same machine, after the lease elsewhere.
+Recording ``uploaded``, ``done`` or ``error`` releases the claim.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives the process being killed
 (the OS still has it), and readers never block the writer. All calls run on one worker thread
-so the event loop never waits on the disk.
+so the event loop never waits on the disk. Every SQLite failure surfaces as
+:class:`~guru_async.JournalError` naming the journal's path.
 """
 
 from __future__ import annotations
@@ -17,25 +28,42 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sqlite3
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from attrs import frozen
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    key        TEXT PRIMARY KEY,
-    state      TEXT NOT NULL,
-    video_id   TEXT,
-    analysis   TEXT,
-    error_type TEXT,
-    error      TEXT,
-    updated_at REAL NOT NULL
+from ._errors import JournalError
+
+# How long a claim stays live without being renewed. Long enough that a busy event loop never
+# loses a claim it still works on; a crashed process on the same host is detected sooner (its
+# pid is gone), so this bounds only the wait after a crash on another machine.
+LEASE_SECONDS = 60.0
+# A writer waiting for another connection's transaction gives up after this long.
+BUSY_TIMEOUT_MS = 30_000
+
+_COLUMNS = {
+    "key": "TEXT PRIMARY KEY",
+    "state": "TEXT NOT NULL",
+    "video_id": "TEXT",
+    "analysis": "TEXT",
+    "error_type": "TEXT",
+    "error": "TEXT",
+    "updated_at": "REAL NOT NULL",
+    "owner": "TEXT",
+    "lease_until": "REAL",
+}
+# Columns added after 0.1: journals written by 0.1 gain them on open.
+_ADDED_COLUMNS = ("owner", "lease_until")
+_SCHEMA = "CREATE TABLE IF NOT EXISTS items ({})".format(
+    ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
 )
-"""
+_META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)"
 
 
 @frozen
@@ -49,35 +77,111 @@ class JournalEntry:
     error: str | None
 
 
+@frozen
+class Claim:
+    """The outcome of claiming an item.
+
+    Attributes:
+        entry: The item's row as it was when claimed, or None for a new item.
+        owned: True when this journal now owns the item and may create its video; False when
+            there is nothing to create (the item is ``uploaded`` or ``done``).
+    """
+
+    entry: JournalEntry | None
+    owned: bool
+
+
 class Journal:
-    """The SQLite journal of one batch (safe to reuse across runs of the same batch)."""
+    """The SQLite journal of one batch (safe to reuse across runs, and to share between
+    batches and processes on one machine)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._given = os.fspath(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guru-journal")
         self._db: sqlite3.Connection | None = None
+        self._host = socket.gethostname()
+        # Unique per journal object: two batches of one process never mistake their claims.
+        self.owner = f"{self._host} {os.getpid()} {uuid.uuid4().hex}"
 
     async def open(self) -> None:
-        """Open (or create) the journal file."""
-        await self._run(self._open)
+        """Open (or create) the journal file and prove it can be written.
+
+        Raises:
+            JournalError: The path is a folder, cannot be created or written, or holds
+                something that is not a batch journal.
+        """
+        try:
+            await self._run(self._open, raw=True)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+
+    def _fail(self, reason: str, exc: BaseException | None = None) -> JournalError:
+        error = JournalError(
+            f"cannot use {self._given!r} as a batch journal: {reason}", path=self._given
+        )
+        error.__cause__ = exc
+        return error
 
     def _open(self) -> None:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.execute(_SCHEMA)
+        if self.path.is_dir():
+            raise self._fail("it is a folder; give a file path such as 'batch.db' inside it")
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._fail(_reason(exc), exc) from exc
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            if tables and "items" not in tables:
+                # Someone else's database: changing it in any way would be a nasty surprise.
+                raise self._fail("it is an SQLite database, but not a batch journal")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+            db.execute(_META)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+            missing = set(_COLUMNS) - columns
+            if missing - set(_ADDED_COLUMNS):
+                raise self._fail("it is an SQLite database, but not a batch journal")
+            for name in _ADDED_COLUMNS:
+                if name in missing:
+                    db.execute(f"ALTER TABLE items ADD COLUMN {name} {_COLUMNS[name]}")
+            # Prove the journal can be written now, before any video is created: a read-only
+            # file or folder fails here rather than after the first upload.
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES ('opened_at', ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (str(time.time()),),
+            )
+        except sqlite3.Error as exc:
+            db.close()
+            raise self._fail(_reason(exc), exc) from exc
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     async def close(self) -> None:
         """Close the database and its thread."""
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
-        self._executor.shutdown(wait=True)
+        try:
+            if self._db is not None:
+                await self._run(self._db.close)
+                self._db = None
+        finally:
+            self._executor.shutdown(wait=True)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, fn: Any, *args: Any, raw: bool = False) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            if raw:
+                raise
+            # A full disk, a file deleted or locked too long: the batch stops with this.
+            raise JournalError(
+                f"batch journal {self._given!r} failed: {exc}", path=self._given
+            ) from exc
 
     async def get(self, key: str) -> JournalEntry | None:
         """The entry for ``key``, or None if the item was never started."""
@@ -92,6 +196,85 @@ class Journal:
         row: tuple[Any, ...] | None = cur.fetchone()
         return row
 
+    async def claim(self, key: str, *, replacing: str | None = None) -> Claim | None:
+        """Claim ``key`` for this journal, or None while another live claimant holds it.
+
+        Args:
+            key: The item's key.
+            replacing: A video id known to be gone (404): an ``uploaded`` or ``done`` row still
+                naming it is claimed, so a new video can replace it.
+        """
+        result: Claim | None = await self._run(self._claim, key, replacing)
+        return result
+
+    def _claim(self, key: str, replacing: str | None) -> Claim | None:
+        db = self._db
+        assert db is not None
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT state, video_id, analysis, error_type, error, owner, lease_until "
+                "FROM items WHERE key = ?",
+                (key,),
+            ).fetchone()
+            entry = None if row is None else JournalEntry(*row[:5])
+            if row is not None and row[5] is not None and self._alive(row[5], row[6], now):
+                db.execute("COMMIT")
+                return None
+            if (
+                entry is not None
+                and entry.state in ("uploaded", "done")
+                and (replacing is None or entry.video_id != replacing)
+            ):
+                db.execute("COMMIT")
+                return Claim(entry, owned=False)
+            db.execute(
+                "INSERT INTO items (key, state, updated_at, owner, lease_until) "
+                "VALUES (?, 'claimed', ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "owner = excluded.owner, lease_until = excluded.lease_until",
+                (key, now, self.owner, now + LEASE_SECONDS),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return Claim(entry, owned=True)
+
+    def _alive(self, owner: str, lease_until: float | None, now: float) -> bool:
+        if lease_until is None or lease_until <= now:
+            return False
+        try:
+            host, pid_text, _ = owner.split(" ", 2)
+            pid = int(pid_text)
+        except ValueError:
+            return True
+        # A claim whose process is gone (it crashed) is taken over now, not when its lease
+        # runs out; a pid is only meaningful on its own host.
+        return host != self._host or pid == os.getpid() or _pid_exists(pid)
+
+    async def renew(self) -> None:
+        """Extend the lease of every claim this journal holds."""
+        await self._run(self._renew)
+
+    def _renew(self) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "UPDATE items SET lease_until = ? WHERE owner = ?",
+            (time.time() + LEASE_SECONDS, self.owner),
+        )
+
+    async def release_all(self) -> None:
+        """Give up every claim this journal still holds (its batch is ending)."""
+        await self._run(self._release_all)
+
+    def _release_all(self) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "UPDATE items SET owner = NULL, lease_until = NULL WHERE owner = ?", (self.owner,)
+        )
+
     async def record(
         self,
         key: str,
@@ -101,7 +284,10 @@ class Journal:
         analysis: str | None = None,
         error: BaseException | None = None,
     ) -> None:
-        """Move ``key`` to ``state``, keeping its video id once known."""
+        """Move ``key`` to ``state``, keeping its video id once known.
+
+        ``created`` keeps the item's claim; any later state releases it.
+        """
         error_type = None if error is None else type(error).__name__
         message = None if error is None else str(error)
         await self._run(self._record, key, state, video_id, analysis, error_type, message)
@@ -121,13 +307,50 @@ class Journal:
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET state = excluded.state, "
             "video_id = COALESCE(excluded.video_id, items.video_id), "
             "analysis = excluded.analysis, error_type = excluded.error_type, "
-            "error = excluded.error, updated_at = excluded.updated_at",
+            "error = excluded.error, updated_at = excluded.updated_at, "
+            "owner = CASE WHEN excluded.state = 'created' THEN items.owner END, "
+            "lease_until = CASE WHEN excluded.state = 'created' THEN items.lease_until END",
             (key, state, video_id, analysis, error_type, error, time.time()),
         )
 
 
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    message = str(exc)
+    if message == "unable to open database file":
+        return f"{message} (its folder must exist and be writable)"
+    if message == "file is not a database":
+        return "the file exists but is not an SQLite database"
+    return message
+
+
 def item_key(service: str, path: Path, fields: dict[str, Any]) -> str:
-    """The journal key of an item: the service and account it goes to (a journal reused
-    against another backend must not restore that backend's ids), its absolute path, and the
-    metadata it is sent with."""
-    return json.dumps([service, str(path.resolve()), fields], sort_keys=True, separators=(",", ":"))
+    """The journal key of an item.
+
+    It holds the service and account it goes to (a journal reused against another backend must
+    not restore that backend's ids), the file's absolute path, the metadata it is sent with,
+    and the content's identity as the file's size and modification time in nanoseconds: a file
+    overwritten with new content gets a new key, so it is uploaded again. Not a hash of the
+    content: that would read every file twice (once to hash, once to upload), and a rerun over
+    a large batch would reread everything just to skip it. Not the inode or ctime either:
+    restoring or copying the folder (new inodes, same content) and ``chmod`` (new ctime) must
+    not upload everything again.
+
+    Raises:
+        OSError: The file cannot be read (it vanished, say).
+    """
+    absolute = path.resolve()
+    st = absolute.stat()
+    content = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return json.dumps(
+        [service, str(absolute), fields, content], sort_keys=True, separators=(",", ":")
+    )

@@ -6,7 +6,7 @@ import ipaddress
 import json
 import os
 import platform
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -28,8 +28,8 @@ from ._batch import (
     DEFAULT_UPLOAD_CONCURRENCY,
     BatchItem,
     BatchProgress,
-    BatchResult,
     BatchRun,
+    BatchUpload,
 )
 from ._converter import decode_json, decode_model
 from ._download import stream_to_file
@@ -753,13 +753,17 @@ class GuruSession:
         activity: ActivityArg = None,
         rep_count: int | None = None,
         source: str | None = None,
-    ) -> AsyncGenerator[BatchResult, None]:
+    ) -> BatchUpload:
         """Upload many videos and collect their analyses, yielding one result per item.
 
         ::
 
             async for r in guru.batch_upload(paths, upload_concurrency=8, journal="batch.db"):
                 print(r.item, r.video_id, r.analysis, r.error)
+
+        To stop before the end, iterate inside ``async with guru.batch_upload(...) as
+        results:`` (or call ``await results.aclose()``): leaving the block stops every
+        upload and poll at once.
 
         Results come in completion order. Uploads run ``upload_concurrency`` at a time;
         uploaded videos are polled by one shared loop at no more than ``poll_rate`` requests
@@ -774,13 +778,24 @@ class GuruSession:
             wait: Await each analysis (True) or yield as soon as each upload is done.
             journal: A SQLite file recording progress. Rerunning the same batch with it skips
                 finished items, resumes waiting for uploaded ones and uploads only the rest: a
-                video is never uploaded twice, even after a crash.
+                video is never uploaded twice, even after a crash. Items are claimed in it
+                before their video is created, so batches sharing it (or one batch listing a
+                file twice) upload each file once and report the same video. An item is the
+                file's path, metadata, size and modification time: a changed file is
+                uploaded again.
             progress: Called with the BatchProgress counters whenever they change.
             timeout: Seconds to wait for each video's analysis after its upload.
             poll_rate: The most Get Analysis requests per second the batch makes.
             max_in_flight: The most items between being read from ``items`` and being
                 reported (uploading or awaiting analysis); bounds memory for any input.
             domain, activity, rep_count, source: Defaults for items that do not set them.
+
+        Returns:
+            A BatchUpload: an async iterator of BatchResult, and an async context manager.
+
+        Raises:
+            JournalError: The journal cannot be opened (raised before anything is created), or
+                cannot be written during the batch (the batch stops; rerun it to resume).
         """
         run = BatchRun(
             self,
@@ -800,7 +815,7 @@ class GuruSession:
                 "source": source,
             },
         )
-        return run.results()
+        return BatchUpload(run)
 
 
 def _retry_policy(policy: RetryPolicy | None, max_retries: int | None) -> RetryPolicy:

@@ -4,13 +4,18 @@ Usage: ``python tests/batch_worker.py JOURNAL CONCURRENCY FILE...``
 
 The endpoints and credentials come from GURU_BASE_URL, GURU_TOKEN_URL, GURU_CLIENT_ID and
 GURU_CLIENT_SECRET. tests/test_batch.py kills this process mid-batch and runs it again with the
-same journal to check that the batch resumes without uploading anything twice.
+same journal to check that the batch resumes without uploading anything twice. With
+BATCH_WORKER_FSIZE_LIMIT=BYTES the process may not write files larger than that (RLIMIT_FSIZE):
+the journal's writes fail as on a full disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
+import signal
 import sys
 
 from guru_async import GuruSession, MemoryTokenStore, PollPolicy
@@ -39,6 +44,11 @@ def main(argv: list[str]) -> int:
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
+    limit = os.environ.get("BATCH_WORKER_FSIZE_LIMIT")
+    if limit is not None:
+        # Without this the kernel kills the process (SIGXFSZ) instead of failing the write.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), resource.RLIM_INFINITY))
     asyncio.run(run(argv[0], int(argv[1]), argv[2:]))
     return 0
 

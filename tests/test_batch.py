@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import sys
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -318,11 +318,19 @@ async def emulator_stats(endpoints: dict[str, str]) -> dict[str, Any]:
 
 
 async def start_worker(
-    endpoints: dict[str, str], journal: Path, concurrency: int, files: list[Path]
+    endpoints: dict[str, str],
+    journal: Path,
+    concurrency: int,
+    files: list[Path],
+    *,
+    env: dict[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start tests/batch_worker.py on ``files`` against the standalone emulator."""
+    """Start tests/batch_worker.py on ``files`` against the standalone emulator (with extra
+    ``env``, and then its stderr captured)."""
+    extra = env
     env = {
         **os.environ,
+        **(extra or {}),
         "PYTHONPATH": str(REPO),
         "GURU_BASE_URL": endpoints["base_url"],
         "GURU_TOKEN_URL": endpoints["token_url"],
@@ -338,6 +346,7 @@ async def start_worker(
         cwd=REPO,
         env=env,
         stdout=asyncio.subprocess.PIPE,
+        stderr=None if extra is None else asyncio.subprocess.PIPE,
     )
 
 
@@ -417,7 +426,6 @@ async def test_closed_batch_resumes_in_process_without_reuploading(
     first: list[BatchResult] = []
     async with session_for(emulator) as guru:
         batch = guru.batch_upload(paths, upload_concurrency=2, journal=journal, poll_rate=1000)
-        assert isinstance(batch, AsyncGenerator)  # closable, as asyncio.run does on Ctrl-C
         async with contextlib.aclosing(batch) as results:
             async for r in results:
                 first.append(r)

@@ -169,3 +169,13 @@ def test_api_error_carries_status_and_body() -> None:
     assert error.status == 404
     assert error.body == {"message": "Video not found"}
     assert str(error) == "gone"
+
+
+def test_journal_error_and_batch_upload_are_exported() -> None:
+    """JournalError (a GuruError carrying the journal's path) and BatchUpload, what
+    batch_upload returns, are importable from guru_async and listed in __all__."""
+    for name in ("JournalError", "BatchUpload"):
+        assert name in guru_async.__all__
+    error = guru_async.JournalError("cannot use 'x.db' as a batch journal", path="x.db")
+    assert isinstance(error, GuruError)
+    assert error.path == "x.db"

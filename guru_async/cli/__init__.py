@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from .._errors import AuthenticationError, GuruError
+from .._errors import AuthenticationError, GuruError, JournalError
 from .._polling import DEFAULT_TIMEOUT
 from .._session import __version__
 from ..plot import JOINT_ANGLES
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
-    except AuthenticationError as exc:
+    except (AuthenticationError, JournalError) as exc:
         return _fail(exc, EXIT_USAGE)
     except GuruError as exc:
         return _fail(exc, EXIT_FAILED)
