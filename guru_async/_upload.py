@@ -337,6 +337,9 @@ class UploadSource:
                     chunk = await reader.__anext__()
                 except StopAsyncIteration:
                     break
+                except aiohttp.ClientPayloadError:
+                    # The connection ended before Content-Length bytes came.
+                    raise self._wrong_length(str(received)) from None
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     detail = describe_network_error(exc)
                     raise SourceError(
