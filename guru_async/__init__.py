@@ -20,6 +20,7 @@ from ._errors import (
     ResponseDecodeError,
     ServerError,
     SessionClosedError,
+    SourceError,
     UploadError,
 )
 from ._limiter import AdaptiveLimiter
@@ -44,6 +45,7 @@ from ._polling import PollPolicy
 from ._retry import RetryBudget, RetryPolicy
 from ._session import UNSET, GuruSession, __version__
 from ._transport import Timeouts
+from ._upload import StreamSource
 from ._validation import Unvalidated
 
 __all__ = [
@@ -89,6 +91,8 @@ __all__ = [
     "RunnerProgress",
     "ServerError",
     "SessionClosedError",
+    "SourceError",
+    "StreamSource",
     "Timeouts",
     "Token",
     "TokenStore",

@@ -6,45 +6,103 @@ import asyncio
 import contextlib
 import inspect
 import os
-import tempfile
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import aiohttp
+from yarl import URL
 
-from ._errors import GuruConnectionError
+from ._errors import GuruConnectionError, GuruError
+from ._transport import BodyAbort
 from ._upload import ProgressCallback
 
 CHUNK_SIZE = 1024 * 1024
+
+T = TypeVar("T")
+
+
+class Redirected(GuruError):
+    """A storage redirect, handed back to the caller so it checks the next hop's URL before
+    following it (aiohttp would follow any hop, plain http to another host included)."""
+
+    def __init__(self, location: URL) -> None:
+        super().__init__("redirected")
+        self.location = location
+
+
+def redirect_target(current: URL, status: int, location: str | None) -> Redirected | None:
+    """The redirect a 3xx response asks for, or None when it is not one."""
+    if status not in (301, 302, 303, 307, 308) or not location:
+        return None
+    return Redirected(current.join(URL(location, encoded=True)))
+
+
+def _create_temp(dest: Path) -> tuple[IO[bytes], Path]:
+    # os.open with 0o666 lets the umask decide the mode, as curl and shells do; mkstemp would
+    # force 0600 on a file the user expects to share like any other download.
+    for _ in range(100):
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        return os.fdopen(fd, "wb"), tmp
+    raise FileExistsError(f"could not create a temporary file beside {str(dest)!r}")
+
+
+async def _local(fn: Callable[..., T], *args: Any) -> T:
+    """Run a file operation in the executor; its OSError is the caller's local problem (a full
+    disk, no permission), so it ends the call as it is instead of being retried as a network
+    failure."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    except OSError as exc:
+        raise BodyAbort(exc) from None
 
 
 def stream_to_file(
     dest: Path, *, progress: ProgressCallback | None, what: str
 ) -> Callable[[aiohttp.ClientResponse], Awaitable[Path]]:
     """A transport stream handler writing the body to ``dest`` via a temporary file + rename,
-    so ``dest`` is either the whole file or untouched."""
+    so ``dest`` is either the whole file or untouched. Reports progress monotonically across
+    attempts; errors of the local file are raised as the OSError they are, never retried."""
+    reported = -1
+
+    async def report(received: int, expected: int) -> None:
+        nonlocal reported
+        # A retried attempt starts from 0 again: report only new highs.
+        if progress is None or received <= reported:
+            return
+        reported = received
+        result = progress(received, expected)
+        if inspect.isawaitable(result):
+            await result
 
     async def handle(resp: aiohttp.ClientResponse) -> Path:
         expected = resp.content_length
-        folder = dest.parent
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=folder)
-        tmp = Path(tmp_name)
-        loop = asyncio.get_running_loop()
         received = 0
         try:
-            with os.fdopen(fd, "wb") as out:
+            # Not in the executor: a cancellation there would leak the file the thread opens.
+            out, tmp = _create_temp(dest)
+        except OSError as exc:
+            raise BodyAbort(exc) from None
+        try:
+            try:
                 async for chunk in resp.content.iter_chunked(CHUNK_SIZE):
-                    await loop.run_in_executor(None, out.write, chunk)
+                    await _local(out.write, chunk)
                     received += len(chunk)
-                    if progress is not None:
-                        result = progress(received, expected or 0)
-                        if inspect.isawaitable(result):
-                            await result
+                    await report(received, expected or 0)
+                await _local(out.close)  # flushes: a full disk may only show here
+            finally:
+                with contextlib.suppress(OSError):
+                    out.close()
             if expected is not None and received != expected:
                 raise GuruConnectionError(
                     f"{what}: got {received} of {expected} bytes; the download was cut short"
                 )
-            os.replace(tmp, dest)
+            await _local(os.replace, tmp, dest)
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -11,6 +11,7 @@ The tree::
     │   ├── RateLimitError        429 (.retry_after)
     │   └── ServerError           5xx
     ├── UploadError               the storage host refused an upload (.status, .code)
+    ├── SourceError               an upload's source (a URL or a stream) failed (.status, .url)
     ├── AnalysisTimeoutError      await_analysis gave up waiting (also a TimeoutError)
     ├── ResponseDecodeError       a body that is not the JSON the API documents
     ├── GuruConnectionError       the network failed, after retries
@@ -107,6 +108,27 @@ class UploadError(GuruError):
         self.status = status
         self.code = code
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+class SourceError(GuruError):
+    """An upload's source failed: a source URL answered an error or sent the wrong number of
+    bytes, or a stream delivered more or fewer bytes than its declared size.
+
+    Never retried as a Guru error: the source, not the service, is at fault.
+
+    Attributes:
+        status: The source URL's HTTP status when it answered with an error, else None.
+        url: The source URL without its query (which may hold a signature), or None for a
+            stream.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), str(self), self.__dict__))

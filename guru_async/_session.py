@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -32,12 +33,14 @@ from ._batch import (
     BatchUpload,
 )
 from ._converter import decode_json, decode_model
-from ._download import stream_to_file
+from ._download import Redirected, redirect_target, stream_to_file
 from ._enums import OverlayType
 from ._errors import (
+    GuruConnectionError,
     GuruError,
     ResponseDecodeError,
     SessionClosedError,
+    SourceError,
     UploadError,
     error_for_status,
 )
@@ -45,15 +48,26 @@ from ._limiter import AdaptiveLimiter
 from ._models import Analysis, CreatedVideo, JointData, Video
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
 from ._retry import RetryBudget, RetryPolicy, parse_retry_after
-from ._transport import Request, Response, Timeouts, Transport, json_error_body, redact
+from ._transport import (
+    Request,
+    Response,
+    Timeouts,
+    Transport,
+    describe_network_error,
+    json_error_body,
+    redact,
+)
 from ._upload import (
+    MAX_REDIRECTS,
     FileSource,
     MultipartUpload,
     ProgressCallback,
     UploadSource,
     check_not_expired,
     download_error,
+    is_url,
     presign_expired,
+    public_url,
     storage_error,
 )
 from ._validation import (
@@ -380,9 +394,15 @@ class GuruSession:
         """
         if not isinstance(filename, (str, os.PathLike)) or not str(filename):
             raise TypeError("filename must be a non-empty str or path")
-        if size is None:
-            size = UploadSource(filename).size
-        body: dict[str, Any] = {"filename": os.path.basename(os.fspath(filename)) or "video"}
+        if is_url(filename):
+            if size is None:
+                raise ValueError("create_video needs size= for a URL; upload_video measures it")
+            name = URL(str(filename), encoded=True).name or "video"
+        else:
+            if size is None:
+                size = UploadSource(filename).size
+            name = os.path.basename(os.fspath(filename)) or "video"
+        body: dict[str, Any] = {"filename": name}
         body["size"] = check_size(size)
         wire_domain, wire_activity = resolve_domain_activity(domain, activity)
         optional = {
@@ -410,31 +430,118 @@ class GuruSession:
         created: CreatedVideo,
         file: FileSource,
         *,
+        filename: str | None = None,
         progress: ProgressCallback | None = None,
         max_retries: int | None = None,
     ) -> None:
         """Upload a video's content to the presigned URL from create_video.
 
-        The file is streamed from disk in chunks (never read whole into memory) as
-        ``multipart/form-data`` with an exact Content-Length. No Authorization header goes to
-        the storage host. A failed attempt is re-streamed from the start of the file, while the
-        presigned policy is valid.
+        The content is streamed in chunks (never read whole into memory, never written to
+        disk) as ``multipart/form-data`` with an exact Content-Length. No Authorization header
+        goes to the storage host. A failed attempt is sent again from the start of the content
+        (a URL is fetched again) while the presigned policy is valid; an upload from a
+        StreamSource is tried once, since a stream cannot be rewound.
 
         Args:
             created: What create_video returned.
-            file: A path, or a binary file object (read from its current position).
-            progress: Called as ``progress(sent_bytes, total_bytes)`` as the file goes out.
+            file: What to send: a path; an ``http://`` or ``https://`` URL (a str or
+                ``yarl.URL``) streamed straight through, its size from its Content-Length; a
+                binary file object such as ``open(path, "rb")`` or ``io.BytesIO(data)``
+                (read from its current position to its end, and left open); or a
+                StreamSource (an async stream with a declared size, such as a web
+                framework's upload).
+            filename: The file name storage records (its extension sets the part's
+                Content-Type); defaults to the path's or file object's ``name``, the URL's
+                last segment, or ``"video"``.
+            progress: Called as ``progress(sent_bytes, total_bytes)`` as the content goes out;
+                it only rises, even across retried attempts. May be async.
             max_retries: Overrides the session's retry count for this call.
 
         Raises:
             UploadError: Storage refused the upload (``.code`` says why, e.g. ``AccessDenied``,
-                ``EntityTooLarge``, ``PolicyExpired``) or the file changed while it was sent.
+                ``EntityTooLarge``, ``PolicyExpired``) or the file changed while it was sent
+                (``FileChanged``).
+            SourceError: A URL source answered an error, announced no Content-Length, or sent
+                another number of bytes than it announced; a stream delivered more or fewer
+                bytes than its size. Never retried.
+            OSError: Reading a local file failed (raised as it is, never retried).
+            FileNotFoundError, IsADirectoryError, TypeError, ValueError: An unusable ``file``,
+                ``filename`` or URL, before anything is sent.
         """
         if not isinstance(created, CreatedVideo):
             raise TypeError(
                 f"upload() takes the CreatedVideo from create_video, got {type(created).__name__}"
             )
-        await self._upload(created, UploadSource(file), progress, max_retries)
+        src = await self._source(file, filename)
+        try:
+            await self._upload(created, src, progress, max_retries)
+        finally:
+            src.release()
+
+    async def _source(self, file: FileSource, filename: str | None) -> UploadSource:
+        """Check and measure what to upload (a URL source is fetched to learn its size)."""
+        src = UploadSource(file, filename=filename, fetch=self._fetch_source)
+        if src.url is not None:
+            # Refused before anything is sent, like a bad base_url.
+            checked_url(
+                str(src.url), name="source URL", allow_insecure_http=self._allow_insecure_http
+            )
+        await src.measure()
+        return src
+
+    async def _fetch_source(self, url: URL) -> aiohttp.ClientResponse:
+        """GET a source URL, following redirects only to URLs that pass the base_url rules.
+
+        No token or session header goes to the source; its failures are SourceError, never
+        retried as Guru errors."""
+        described = public_url(url)
+        timeouts = self._transport.timeouts
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        for hop in range(MAX_REDIRECTS + 1):
+            if hop:
+                try:
+                    checked_url(
+                        str(url),
+                        name="source redirect",
+                        allow_insecure_http=self._allow_insecure_http,
+                    )
+                except ValueError as exc:
+                    raise SourceError(
+                        f"the source {described} redirected to a refused URL: {exc}",
+                        url=described,
+                    ) from None
+            try:
+                # identity: Content-Length must count the bytes storage will receive.
+                resp = await self._http().get(
+                    url,
+                    headers={"Accept-Encoding": "identity"},
+                    allow_redirects=False,
+                    timeout=timeout,
+                )
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise SourceError(
+                    f"the source {described} could not be fetched: {describe_network_error(exc)}",
+                    url=described,
+                ) from None
+            redirect = redirect_target(url, resp.status, resp.headers.get("Location"))
+            if redirect is not None:
+                resp.close()
+                url = redirect.location
+                continue
+            if resp.status != 200:
+                resp.close()
+                raise SourceError(
+                    f"the source {described} answered HTTP {resp.status}"
+                    + (f" {resp.reason}" if resp.reason else ""),
+                    status=resp.status,
+                    url=described,
+                )
+            return resp
+        raise SourceError(
+            f"the source {described} redirected more than {MAX_REDIRECTS} times", url=described
+        )
 
     async def _upload(
         self,
@@ -466,13 +573,15 @@ class GuruSession:
                 cleanup=multipart.close_files,
                 idle_since=multipart.idle_since,
             ),
-            max_retries=max_retries,
+            # A stream cannot be rewound: its one attempt is all there is.
+            max_retries=max_retries if source.resendable else 0,
         )
 
     async def upload_video(
         self,
         file: FileSource,
         *,
+        filename: str | None = None,
         domain: DomainArg = None,
         activity: ActivityArg = None,
         rep_count: int | None = None,
@@ -482,12 +591,24 @@ class GuruSession:
     ) -> str:
         """Create a video and upload its content; return the video's id.
 
-        The size sent to Create Video is the file's real size. If the presigned upload
-        expires before it can start, a fresh video is created once and uploaded instead.
-        Arguments are as for create_video and upload.
+        ``file`` is a path, an http(s) URL, a binary file object (``io.BytesIO(data)`` for
+        bytes in memory) or a StreamSource, as for upload. The size sent to Create Video is
+        the content's real size (a file's size, a URL's Content-Length, a stream's declared
+        size) and ``filename`` (default: the source's own name) is the name sent. If the
+        presigned upload expires before it can start, a fresh video is created once and
+        uploaded instead. Other arguments are as for create_video and upload.
+
+        Returns:
+            The new video's id, to pass to await_analysis or get_analysis.
+
+        Raises:
+            ValueError: A bad domain, activity, rep count or ``filename``, before anything is
+                sent.
+            UploadError, SourceError, OSError: As for upload.
         """
+        src = await self._source(file, filename)
         return await self._create_and_upload(
-            UploadSource(file),
+            src,
             {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
             progress=progress,
             max_retries=max_retries,
@@ -504,20 +625,23 @@ class GuruSession:
     ) -> str:
         # Shared by upload_video and batches: an expired presign is replaced by a fresh video
         # once; on_created lets a batch journal the id before any byte is sent.
-        for attempt in (1, 2):
-            created = await self.create_video(
-                src.name, size=src.size, max_retries=max_retries, **fields
-            )
-            if on_created is not None:
-                await on_created(created)
-            try:
-                await self._upload(created, src, progress, max_retries)
-            except UploadError as exc:
-                if attempt == 1 and presign_expired(exc):
-                    continue
-                raise
-            return created.id
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            for attempt in (1, 2):
+                created = await self.create_video(
+                    src.name, size=src.size, max_retries=max_retries, **fields
+                )
+                if on_created is not None:
+                    await on_created(created)
+                try:
+                    await self._upload(created, src, progress, max_retries)
+                except UploadError as exc:
+                    if attempt == 1 and presign_expired(exc) and src.restartable:
+                        continue
+                    raise
+                return created.id
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            src.release()
 
     async def get_video(
         self,
@@ -656,6 +780,7 @@ class GuruSession:
         self,
         file: FileSource,
         *,
+        filename: str | None = None,
         domain: DomainArg = None,
         activity: ActivityArg = None,
         rep_count: int | None = None,
@@ -663,9 +788,27 @@ class GuruSession:
         progress: ProgressCallback | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> Analysis:
-        """Upload a video and wait for its analysis: upload_video, then await_analysis."""
+        """Upload a video and wait for its analysis: upload_video, then await_analysis.
+
+        Args:
+            file: A path, an http(s) URL, a binary file object (``io.BytesIO(data)`` for
+                bytes in memory; read from its current position, left open) or a
+                StreamSource, as for upload.
+            filename: The name sent for the video; defaults to the source's own name.
+            timeout: Seconds to wait for the analysis once the upload is done.
+            domain, activity, rep_count, source, progress: As for upload_video.
+
+        Returns:
+            The Analysis, Complete or Failed (check ``analysis.status``).
+
+        Raises:
+            AnalysisTimeoutError: The upload succeeded but the analysis did not finish in
+                ``timeout`` seconds; ``exc.video_id`` can be awaited again.
+            UploadError, SourceError, OSError, ValueError: As for upload_video.
+        """
         video_id = await self.upload_video(
             file,
+            filename=filename,
             domain=domain,
             activity=activity,
             rep_count=rep_count,
@@ -695,8 +838,16 @@ class GuruSession:
             overlay: ``"skeleton"`` or ``"all"`` for an overlay video; None for the raw video.
             progress: Called as ``progress(received_bytes, total_bytes)``.
 
+        Redirects from storage are followed only to URLs that pass the rules of ``base_url``
+        (https, or plain http to this machine unless ``allow_insecure_http``). The file is
+        created with the process's umask, like curl's.
+
         Raises:
             ValueError: An unknown overlay type, or the video/overlay is not ready to download.
+            ResponseDecodeError: Storage redirected to a refused URL.
+            GuruConnectionError: Storage redirected more than 10 times (or the network failed).
+            OSError: Writing the file failed (a full disk, no permission): raised as it is,
+                never retried.
         """
         check_video_id(video_id)
         if overlay is not None:
@@ -725,18 +876,32 @@ class GuruSession:
             )
         what = f"Download of the {name} of video {video_id}"
         self._check_server_url(uri, name="download uri", what=what)
-        return await self._transport.send(
-            Request(
-                method="GET",
-                url=URL(uri, encoded=True),  # as given: re-encoding would break the signature
-                what=what,
-                errors=lambda status, headers, raw: download_error(status, headers, raw, what=what),
-                stream=stream_to_file(target, progress=progress, what=what),
-                total=None,
-                allow_redirects=True,
-            ),
-            max_retries=max_retries,
-        )
+        url = URL(uri, encoded=True)  # as given: re-encoding would break the signature
+        handler = stream_to_file(target, progress=progress, what=what)
+        # Redirects are followed here, one hop at a time, so each hop passes the same URL
+        # rules as base_url (aiohttp would follow one to plain http on any host).
+        for _ in range(MAX_REDIRECTS + 1):
+
+            def errors(status: int, headers: Any, raw: bytes, current: URL = url) -> GuruError:
+                moved = redirect_target(current, status, headers.get("Location"))
+                return moved or download_error(status, headers, raw, what=what)
+
+            try:
+                return await self._transport.send(
+                    Request(
+                        method="GET",
+                        url=url,
+                        what=what,
+                        errors=errors,
+                        stream=handler,
+                        total=None,
+                    ),
+                    max_retries=max_retries,
+                )
+            except Redirected as moved:
+                url = moved.location
+                self._check_server_url(str(url), name="download redirect", what=what)
+        raise GuruConnectionError(f"{what}: storage redirected more than {MAX_REDIRECTS} times")
 
     def batch_upload(
         self,

@@ -56,8 +56,9 @@ def redact(text: str) -> str:
 
 
 class BodyAbort(Exception):
-    """Raised inside a request body to end the attempt with ``error`` (an exception of the
-    caller's own code), which the transport then raises unchanged and never retries."""
+    """Raised inside a request body or stream handler to end the attempt with ``error`` (an
+    exception of the caller's own code, or a local file's OSError), which the transport then
+    raises unchanged and never retries."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(repr(error))
@@ -69,7 +70,10 @@ class Timeouts:
     """How long requests may take, in seconds.
 
     Attributes:
-        connect: To open a connection (including waiting for a free one in the pool).
+        connect: To open a connection (TCP and TLS). Waiting for a free connection in the
+            pool is not included: an API call's wait counts against ``total``, and an upload
+            or download queues until a connection frees up (its stall clock starts only once
+            it holds one).
         read: The longest silence while reading a response, and while sending an upload.
         total: The whole of one API call, retries, their waits and the wait for a token
             included. Uploads and downloads have no total (a large file must not hit it);
@@ -311,6 +315,9 @@ class Transport:
             return await _watched(exchange, req.idle_since, self.timeouts.read, req.what)
         except GuruError:
             raise
+        except BodyAbort as exc:
+            # Raised by a stream handler (a download's file could not be written).
+            failure = exc.error
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             cause = exc.__cause__
             if isinstance(cause, GuruError):
@@ -384,8 +391,10 @@ async def _watched(
                 raise GuruConnectionError(
                     f"{what}: stalled: the storage host accepted no bytes for {limit:g} s"
                 )
-            # idle_since() is +inf once the body is sent: the response has sock_read's timeout.
-            wait = None if idle == -math.inf else limit - idle
+            # idle_since() is +inf before the body starts (queued for a pooled connection,
+            # connecting) and once it is sent (the response has sock_read's timeout): look
+            # again later, as the body may start meanwhile.
+            wait = limit if idle == -math.inf else limit - idle
             done, _ = await asyncio.wait({task}, timeout=wait)
             if done:
                 return task.result()

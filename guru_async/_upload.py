@@ -19,27 +19,105 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Union
+from typing import IO, Any, Union
 
+import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
-from ._errors import APIError, UploadError, error_for_status
+from ._errors import APIError, GuruError, SourceError, UploadError, error_for_status
 from ._retry import parse_retry_after
-from ._transport import BodyAbort
+from ._transport import BodyAbort, describe_network_error
 
 ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 """Called as ``progress(sent_bytes, total_bytes)`` while a file is sent; may be async."""
-
-FileSource = Union[str, "os.PathLike[str]", IO[bytes]]
-"""A path to a video file, or a binary file object opened for reading."""
 
 CHUNK_SIZE = 256 * 1024
 # A presign that runs out within this margin is replaced rather than tried: an upload that
 # starts seconds before expiry would be refused by storage after the bytes went out.
 EXPIRY_MARGIN = 5.0
+# Redirects a source URL may take before it is refused (curl's and aiohttp's default is 10).
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class StreamSource:
+    """An async byte stream with a declared size, to upload without touching the disk.
+
+    For web apps: a Starlette/FastAPI ``UploadFile``, an aiohttp multipart part
+    (``BodyPartReader``) or ``request.content``, or any ``AsyncIterable[bytes]``::
+
+        video_id = await guru.upload_video(StreamSource(part, size=n, filename="squat.mp4"))
+
+    The stream is read with ``read_chunk(n)`` when it has one (aiohttp parts), else with an
+    async ``read(n)`` (UploadFile, aiohttp's StreamReader), else by iterating it. It is sent
+    once: a stream cannot be rewound, so an upload from it is never retried (an upload that
+    fails must be started again with a fresh stream).
+
+    Args:
+        stream: The bytes to upload.
+        size: Their exact number; defaults to the stream's own integer ``size`` attribute
+            (``UploadFile.size``). Storage refuses a body of another length, so a stream that
+            ends early or runs long fails the upload with SourceError.
+        filename: The name sent to Create Video and storage; defaults to the stream's own
+            ``filename`` attribute, else ``"video"``.
+
+    Raises:
+        TypeError: ``stream`` is not readable asynchronously.
+        ValueError: No size given and none on the stream, or a negative size.
+    """
+
+    def __init__(
+        self, stream: object, *, size: int | None = None, filename: str | None = None
+    ) -> None:
+        if not (
+            callable(getattr(stream, "read_chunk", None))
+            or callable(getattr(stream, "read", None))
+            or hasattr(stream, "__aiter__")
+        ):
+            raise TypeError(
+                "StreamSource takes an async byte stream (with async read(n) or read_chunk(n), "
+                f"or an AsyncIterable[bytes]), got {type(stream).__name__}"
+            )
+        if size is None:
+            own = getattr(stream, "size", None)
+            if isinstance(own, int) and not isinstance(own, bool):
+                size = own
+            else:
+                raise ValueError(
+                    "StreamSource needs size=: the exact number of bytes the stream delivers "
+                    "(storage refuses an upload without an exact Content-Length)"
+                )
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"size must be an int >= 0, got {size!r}")
+        if filename is None:
+            own_name = getattr(stream, "filename", None)
+            filename = own_name if isinstance(own_name, str) and own_name else None
+        self.stream = stream
+        self.size = size
+        self.filename = filename
+        self.used = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<StreamSource {type(self.stream).__name__} size={self.size} "
+            f"filename={self.filename!r}>"
+        )
+
+
+FileSource = Union[str, "os.PathLike[str]", IO[bytes], URL, StreamSource]
+"""What an upload takes: a path, an http(s) URL (a str or yarl.URL), a binary file object
+opened for reading, or a StreamSource."""
+
+
+def is_url(source: object) -> bool:
+    """True for an upload source that is an http(s) URL rather than a path."""
+    if isinstance(source, URL):
+        return True
+    return isinstance(source, str) and source[:8].lower().startswith(("http://", "https://"))
 
 
 def check_file(path: str | os.PathLike[str]) -> Path:
@@ -56,43 +134,283 @@ def check_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-class UploadSource:
-    """A file to upload, measured once, re-readable from its start for each attempt."""
+def check_filename(filename: object) -> str:
+    """The base name of a caller's ``filename=``, or a clear error."""
+    if not isinstance(filename, str):
+        raise TypeError(f"filename must be a str, got {type(filename).__name__}")
+    name = os.path.basename(filename.replace("\\", "/"))
+    if not name.strip():
+        raise ValueError(f"filename must name a file, got {filename!r}")
+    return name
 
-    def __init__(self, source: FileSource) -> None:
-        if isinstance(source, (str, os.PathLike)):
-            self.path: Path | None = check_file(source)
-            self.file: IO[bytes] | None = None
+
+def _url_name(url: URL) -> str:
+    return url.name or "video"
+
+
+def public_url(url: URL) -> str:
+    """A URL for messages: its query (a presigned signature) and credentials dropped."""
+    return str(url.with_query(None).with_fragment(None).with_user(None))
+
+
+async def _run_owning(fn: Callable[[], IO[bytes]]) -> IO[bytes]:
+    """Run ``fn`` (which opens a file) in the executor; if the caller is cancelled while the
+    thread runs, the file it opens is closed when it arrives instead of being leaked."""
+    future = asyncio.get_running_loop().run_in_executor(None, fn)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_close_result)
+        raise
+
+
+def _close_result(future: asyncio.Future[IO[bytes]]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
+class UploadSource:
+    """What to upload, measured once, re-readable from its start for each attempt when it can.
+
+    ``resendable`` is False for a StreamSource: its upload is tried once.
+    """
+
+    def __init__(
+        self,
+        source: FileSource,
+        *,
+        filename: str | None = None,
+        fetch: Callable[[URL], Awaitable[aiohttp.ClientResponse]] | None = None,
+    ) -> None:
+        self.path: Path | None = None
+        self.file: IO[bytes] | None = None
+        self.url: URL | None = None
+        self.stream: StreamSource | None = None
+        self.start = 0
+        self.size = -1  # a URL's is known once measured
+        self._fetch = fetch
+        self._first: aiohttp.ClientResponse | None = None
+        self._open: set[Any] = set()
+        if isinstance(source, URL) or (isinstance(source, str) and is_url(source)):
+            # As given (encoded=True): re-encoding would break a presigned URL's signature.
+            url = source if isinstance(source, URL) else URL(source, encoded=True)
+            self.url = url
+            self.name = _url_name(url)
+        elif isinstance(source, StreamSource):
+            self.stream = source
+            self.name = source.filename or "video"
+            self.size = source.size
+        elif isinstance(source, (str, os.PathLike)):
+            self.path = check_file(source)
             self.name = self.path.name
-            self.start = 0
             self.size = self.path.stat().st_size
         else:
             if not (hasattr(source, "read") and hasattr(source, "seek")):
                 raise TypeError(
-                    "expected a path or a binary file object with read() and seek(), "
-                    f"got {type(source).__name__}"
+                    "expected a path or a binary file object with read() and seek(), an "
+                    f"http(s) URL or a StreamSource; got {type(source).__name__}"
                 )
             if isinstance(source.read(0), str):
                 raise TypeError("the file object is open in text mode; open it with 'rb'")
-            self.path = None
             self.file = source
             self.name = os.path.basename(str(getattr(source, "name", "") or "")) or "video"
             self.start = source.tell()
             self.size = source.seek(0, os.SEEK_END) - self.start
             source.seek(self.start)
+        if filename is not None:
+            self.name = check_filename(filename)
 
-    def open(self) -> IO[bytes]:
-        """A handle positioned at the start of the content."""
-        if self.path is not None:
-            return self.path.open("rb")
-        assert self.file is not None
-        self.file.seek(self.start)
-        return self.file
+    @property
+    def resendable(self) -> bool:
+        """Whether a failed attempt can send the content again from its start."""
+        return self.stream is None
 
-    def close(self, handle: IO[bytes]) -> None:
-        """Close a handle this source opened (never the caller's own file object)."""
+    @property
+    def restartable(self) -> bool:
+        """Whether the content can still be sent from its start (a stream: not yet read)."""
+        return self.stream is None or not self.stream.used
+
+    @property
+    def described(self) -> str:
+        """The source for messages (never a URL's query)."""
+        if self.url is not None:
+            return public_url(self.url)
+        return repr(self.name)
+
+    async def measure(self) -> None:
+        """Learn a URL's size from its Content-Length; the response is kept for the first
+        attempt, so the content is fetched once when nothing fails."""
+        if self.url is None or self.size >= 0:
+            return
+        response = await self._get()
+        self._first = response
+        self.size = self._announced(response)
+
+    def release(self) -> None:
+        """Let go of what measure() kept (the call ended before the upload used it)."""
+        if self._first is not None:
+            self._first.close()
+            self._first = None
+
+    async def _get(self) -> aiohttp.ClientResponse:
+        assert self.url is not None
+        if self._fetch is None:
+            raise TypeError("a URL source needs a session to fetch it")
+        return await self._fetch(self.url)
+
+    def _announced(self, response: aiohttp.ClientResponse) -> int:
+        length = response.headers.get("Content-Length")
+        encoding = response.headers.get("Content-Encoding", "identity").lower()
+        problem = None
+        if length is None or not length.isdigit():
+            problem = "announced no Content-Length"
+        elif encoding != "identity":
+            problem = f"sent Content-Encoding {encoding!r}, not the bytes themselves"
+        if problem is not None:
+            response.close()
+            raise SourceError(
+                f"the source {self.described} {problem}; storage needs the exact size up front",
+                url=self.described,
+            )
+        return int(length)  # type: ignore[arg-type]
+
+    async def chunks(self, chunk_size: int) -> AsyncGenerator[bytes, None]:
+        """The content for one attempt, exactly ``size`` bytes, or SourceError/UploadError.
+
+        Local file errors are raised as the OSError they are."""
+        if self.url is not None:
+            content = self._url_chunks(chunk_size)
+        elif self.stream is not None:
+            content = self._stream_chunks(chunk_size)
+        else:
+            content = self._file_chunks(chunk_size)
+        async for chunk in content:
+            yield chunk
+
+    async def _file_chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
         if self.path is not None:
+            handle = await _run_owning(self._open_path)
+        else:
+            assert self.file is not None
+            handle = self.file
+            await loop.run_in_executor(None, handle.seek, self.start)
+        self._open.add(handle)
+        try:
+            sent = 0
+            while sent < self.size:
+                chunk = await loop.run_in_executor(
+                    None, handle.read, min(chunk_size, self.size - sent)
+                )
+                if not chunk:
+                    raise _file_changed(self, sent)
+                sent += len(chunk)
+                yield chunk
+            if await loop.run_in_executor(None, handle.read, 1):
+                raise _file_changed(self, None)
+        finally:
+            self._open.discard(handle)
+            self._close(handle)
+
+    def _open_path(self) -> IO[bytes]:
+        assert self.path is not None
+        return self.path.open("rb")
+
+    async def _url_chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
+        response, self._first = self._first, None
+        if response is None:
+            response = await self._get()
+            announced = self._announced(response)
+            if announced != self.size:
+                response.close()
+                raise SourceError(
+                    f"the source {self.described} changed: it announced {self.size} bytes, "
+                    f"then {announced} when fetched again",
+                    url=self.described,
+                )
+        self._open.add(response)
+        try:
+            received = 0
+            reader = response.content.iter_chunked(chunk_size)
+            while True:
+                try:
+                    chunk = await reader.__anext__()
+                except StopAsyncIteration:
+                    break
+                except aiohttp.ClientPayloadError:
+                    # The connection ended before Content-Length bytes came.
+                    raise self._wrong_length(str(received)) from None
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    detail = describe_network_error(exc)
+                    raise SourceError(
+                        f"reading the source {self.described} failed after {received} of "
+                        f"{self.size} bytes: {detail}",
+                        url=self.described,
+                    ) from None
+                received += len(chunk)
+                if received > self.size:
+                    raise self._wrong_length(f"more than {self.size}")
+                yield chunk
+            if received < self.size:
+                raise self._wrong_length(str(received))
+        finally:
+            self._open.discard(response)
+            response.close()
+
+    async def _stream_chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
+        assert self.stream is not None
+        if self.stream.used:
+            raise SourceError(
+                f"the stream {self.name!r} was already read by an earlier attempt and cannot "
+                "be sent again; upload it again with a fresh stream"
+            )
+        self.stream.used = True
+        received = 0
+        async for chunk in _read_stream(self.stream.stream, chunk_size):
+            if not chunk:
+                continue
+            received += len(chunk)
+            if received > self.size:
+                raise self._wrong_length(f"more than {self.size}")
+            yield bytes(chunk)
+        if received < self.size:
+            raise self._wrong_length(str(received))
+
+    def _wrong_length(self, got: str) -> SourceError:
+        what = "the source" if self.url is not None else "the stream"
+        return SourceError(
+            f"{what} {self.described} delivered {got} bytes but announced {self.size}; "
+            "nothing was stored",
+            url=None if self.url is None else self.described,
+        )
+
+    def _close(self, handle: Any) -> None:
+        # Only what this source opened: a caller's own file object stays open.
+        if handle is not self.file:
             handle.close()
+
+    def close_attempt(self) -> None:
+        """Close what an attempt left open: aiohttp may drop a body half-read (a connection
+        reset mid-upload) and leave its generator suspended, holding a file or a response."""
+        for handle in list(self._open):
+            self._close(handle)
+        self._open.clear()
+
+
+async def _read_stream(stream: object, chunk_size: int) -> AsyncIterator[bytes]:
+    """Chunks of a web framework's upload or any async byte iterable, until it ends."""
+    read = getattr(stream, "read_chunk", None) or getattr(stream, "read", None)
+    if callable(read):
+        while True:
+            chunk = read(chunk_size)
+            if inspect.isawaitable(chunk):
+                chunk = await chunk
+            if not chunk:
+                return
+            yield chunk
+    else:
+        async for chunk in stream:  # type: ignore[attr-defined]
+            yield chunk
 
 
 def _quote(value: str) -> str:
@@ -126,8 +444,10 @@ class MultipartUpload:
             f'--{self.boundary}\r\nContent-Disposition: form-data; name="file"; '
             f'filename="{_quote(source.name)}"\r\nContent-Type: {content_type}\r\n\r\n'
         )
-        self._open: set[IO[bytes]] = set()
-        self.last_activity = time.monotonic()
+        # +inf until an attempt's body is first pulled: aiohttp pulls it only once it holds a
+        # connection, so time queued for the pool or spent connecting is never a "stall".
+        self.last_activity = math.inf
+        self._reported = -1  # the highest sent_bytes reported, across attempts
         self.head = "".join(parts).encode("utf-8")
         self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
         self.content_length = len(self.head) + source.size + len(self.tail)
@@ -141,53 +461,58 @@ class MultipartUpload:
         }
 
     def body(self) -> AsyncIterator[bytes]:
-        """The body for one attempt: it re-reads the file from its start."""
-        self.last_activity = time.monotonic()
+        """The body for one attempt: it re-reads the content from its start."""
+        self.last_activity = math.inf
         return self._chunks()
 
     def idle_since(self) -> float:
-        """When the body last made progress; +inf once it is all sent."""
+        """When the body last made progress; +inf before it starts and once it is all sent."""
         return self.last_activity
 
     async def _chunks(self) -> AsyncIterator[bytes]:
+        # The connection is ours: the stall clock starts now.
+        self.last_activity = time.monotonic()
         total = self.source.size
-        loop = asyncio.get_running_loop()
-        handle = await loop.run_in_executor(None, self.source.open)
-        self._open.add(handle)
+        yield self.head
+        self.last_activity = time.monotonic()
+        await self._report(0, total)
+        sent = 0
+        content = self.source.chunks(self._chunk_size)
         try:
-            yield self.head
-            self.last_activity = time.monotonic()
-            sent = 0
-            await self._report(0, total)
-            while sent < total:
-                chunk = await loop.run_in_executor(
-                    None, handle.read, min(self._chunk_size, total - sent)
-                )
-                if not chunk:
-                    raise _file_changed(self.source, sent)
+            while True:
+                try:
+                    chunk = await content.__anext__()
+                except StopAsyncIteration:
+                    break
+                except OSError as exc:
+                    # Reading the source failed on this machine: raised as it is, not retried
+                    # as a network failure.
+                    raise BodyAbort(exc) from None
+                except (GuruError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    # The caller's own stream failed (e.g. the browser went away).
+                    raise BodyAbort(exc) from None
                 sent += len(chunk)
                 yield chunk
                 # Resumed: aiohttp has written the chunk, so the peer is taking bytes.
                 self.last_activity = time.monotonic()
                 await self._report(sent, total)
-            if await loop.run_in_executor(None, handle.read, 1):
-                raise _file_changed(self.source, None)
-            yield self.tail
-            self.last_activity = math.inf
         finally:
-            self._open.discard(handle)
-            self.source.close(handle)
+            await content.aclose()
+        yield self.tail
+        self.last_activity = math.inf
 
     def close_files(self) -> None:
-        """Close what an attempt left open: aiohttp may drop a body half-read (a connection
-        reset mid-upload) and leave its generator suspended, holding the file."""
-        for handle in list(self._open):
-            self.source.close(handle)
-        self._open.clear()
+        """Close what an attempt left open (see UploadSource.close_attempt)."""
+        self.source.close_attempt()
 
     async def _report(self, sent: int, total: int) -> None:
-        if self._progress is None:
+        # A retried attempt re-sends bytes already reported: report only new highs, so the
+        # caller sees one rise from 0 to total however many attempts it took.
+        if self._progress is None or sent <= self._reported:
             return
+        self._reported = sent
         try:
             result = self._progress(sent, total)
             if inspect.isawaitable(result):

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import gc
+import io
 import os
+import random
+import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
 import pytest
 
-from guru_async import GuruSession, UploadError
+from guru_async import GuruSession, MemoryTokenStore, Timeouts, UploadError
 from guru_async.testing import FaultRule, GuruEmulator
-from tests.helpers import headers_of, recorded_on
+from tests.helpers import headers_of, open_fds, recorded_on
 
 UPLOAD = "POST /storage"
 CREATE = "POST /videos"
@@ -28,6 +35,7 @@ class SentBytes:
 
     def __init__(self) -> None:
         self.by_url: dict[str, int] = {}
+        self.first_chunk: dict[str, bytes] = {}
         self.config = aiohttp.TraceConfig()
         self.config.on_request_chunk_sent.append(self._on_chunk)
 
@@ -38,6 +46,7 @@ class SentBytes:
         params: aiohttp.TraceRequestChunkSentParams,
     ) -> None:
         url = str(params.url)
+        self.first_chunk.setdefault(url, bytes(params.chunk))
         self.by_url[url] = self.by_url.get(url, 0) + len(params.chunk)
 
 
@@ -286,3 +295,128 @@ async def test_a_raising_progress_callback_fails_the_upload_once(
     with pytest.raises(ValueError, match="bug in my progress bar"):
         await guru.upload(created, video_file("cb.mp4", size=3 * 1024 * 1024), progress=progress)
     assert emulator.requests["POST /storage"] == 1
+
+
+class FailingFile(io.BytesIO):
+    """A file object on storage that fails mid-read, as a flaky network mount does."""
+
+    def __init__(self, content: bytes, fail_after: int) -> None:
+        super().__init__(content)
+        self.name = "flaky.mp4"
+        self._fail_after = fail_after
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size and self.tell() >= self._fail_after:
+            raise OSError(errno.EIO, "Input/output error")
+        return super().read(size)
+
+
+async def test_a_local_read_error_is_raised_as_it_is_once(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """An OSError reading the source is raised as that OSError after one attempt, not mapped
+    to GuruConnectionError and retried."""
+    created = await guru.create_video("flaky.mp4", size=MIB)
+    with pytest.raises(OSError) as caught:  # noqa: PT011 - the exact class is checked below
+        await guru.upload(created, FailingFile(os.urandom(MIB), fail_after=300_000))
+    assert type(caught.value) is OSError
+    assert caught.value.errno == errno.EIO
+    assert emulator.requests[UPLOAD] == 1
+    assert emulator.uploads_completed[created.id] == 0
+
+
+async def test_a_queued_upload_is_not_a_stall(
+    emulator: GuruEmulator, make_session: MakeSession, video_file: VideoFile
+) -> None:
+    """An upload that waits for a pooled connection longer than Timeouts.read is not failed as
+    stalled: its stall clock starts once it holds a connection."""
+    first, second = video_file("a.mp4", size=4 * MIB), video_file("b.mp4", size=MIB)
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+    async with http, make_session(http_session=http, timeouts=Timeouts(read=0.3)) as guru:
+        held_id = await guru.upload_video(first)
+        created = await guru.create_video(second)
+        video = await guru.get_video(held_id)
+        assert video.uri is not None
+        # A download left unread holds the pool's only connection for 1 s.
+        held = await http.get(video.uri)
+        asyncio.get_running_loop().call_later(1.0, held.close)
+        await guru.upload(created, second, max_retries=0)
+    assert emulator.stored_path(created.id).read_bytes() == second.read_bytes()
+    assert emulator.upload_attempts[created.id] == 1
+
+
+async def test_progress_never_goes_back_across_a_retried_attempt(
+    emulator: GuruEmulator, guru: GuruSession, video_file: VideoFile
+) -> None:
+    """A dropped attempt re-sends the file, but progress rises once from 0 to the size:
+    re-sent bytes are not counted twice."""
+    emulator.faults.add(FaultRule(route=UPLOAD, rate=1.0, times=1, kind="drop"))
+    size = 2 * MIB + 7
+    path = video_file(size=size)
+    calls: list[tuple[int, int]] = []
+    video_id = await guru.upload_video(path, progress=lambda s, t: calls.append((s, t)))
+    assert emulator.upload_attempts[video_id] == 2
+    sent = [s for s, _ in calls]
+    assert sent[0] == 0
+    assert sent == sorted(set(sent))  # strictly rising: never back, never a repeat
+    assert calls[-1] == (size, size)
+
+
+async def test_cancelling_analyze_at_random_moments_leaks_nothing(
+    start_emulator: Callable[..., Awaitable[GuruEmulator]],
+    session_for: Callable[..., GuruSession],
+    video_file: VideoFile,
+) -> None:
+    """20 concurrent analyze calls cancelled at seeded random moments (tokens, creates, opens,
+    uploads, polls in flight), 8 times over, leave no file open and raise no ResourceWarning."""
+    emu = await start_emulator(analysis_delay=0.05, storage_bandwidth=8 * MIB)
+    paths = [video_file(f"c{i}.mp4", size=256 * 1024 + i) for i in range(20)]
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=4)
+    loop.set_default_executor(executor)
+    rng = random.Random(17)
+    outcomes: Counter[str] = Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(8):
+            # A fresh session each round, so cancellations also land on the token fetch.
+            async with session_for(emu, token_store=MemoryTokenStore()) as guru:
+                tasks = [asyncio.ensure_future(guru.analyze(p, activity="squat")) for p in paths]
+                for task in tasks:
+                    loop.call_later(rng.uniform(0.0, 0.25), task.cancel)
+                for result in await asyncio.gather(*tasks, return_exceptions=True):
+                    outcomes[type(result).__name__] += 1
+        # Every open or read a cancelled call started in a thread has ended.
+        executor.shutdown(wait=True)
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
+    opened = [t for t in open_fds() if any(t == str(p) for p in paths)]
+    assert opened == []
+    assert outcomes["CancelledError"] > 0  # the moments did land mid-call
+    assert sum(outcomes.values()) == 160
+
+
+async def test_upload_from_memory_with_a_filename(
+    emulator: GuruEmulator,
+    make_session: MakeSession,
+    traced_http: tuple[aiohttp.ClientSession, SentBytes],
+) -> None:
+    """Bytes in a BytesIO upload with filename= as the name sent to Create and the multipart
+    file part, with its content type."""
+    http, sent = traced_http
+    content = os.urandom(100_000)
+    async with make_session(http_session=http) as guru:
+        video_id = await guru.upload_video(
+            io.BytesIO(content), filename="uploads/squat.mp4", activity="squat"
+        )
+        with pytest.raises(ValueError, match="filename must name a file"):
+            await guru.upload_video(io.BytesIO(content), filename="")
+    assert emulator.stored_path(video_id).read_bytes() == content
+    (create,) = recorded_on(emulator, CREATE)
+    assert create.json is not None
+    assert create.json["filename"] == "squat.mp4"
+    assert create.json["size"] == 100_000
+    (head,) = [c for c in sent.first_chunk.values() if b'name="file"' in c]
+    assert b'name="file"; filename="squat.mp4"\r\nContent-Type: video/mp4\r\n' in head
