@@ -13,8 +13,9 @@ alone (its threads included; the emulator's CPU is in the other process): what t
 adds. Its ratio moves far less with machine load than wall clock's, though the absolute
 microseconds still grow on a loaded machine (caches and clock are shared). Wall clock is
 reported as context only: both clients share one loopback emulator, so under load its ratio
-swung from 1.03x to 2.8x between runs. Both keep their connection pool warm across rounds; they alternate (ABBA
-order) for ``rounds`` rounds, and the round with the least CPU of each counts.
+swung from 1.03x to 2.8x between runs. Both keep their connection pool warm across rounds;
+they alternate (ABBA order) for ``rounds`` rounds, and the round with the least CPU of each
+counts.
 """
 
 from __future__ import annotations
