@@ -5,7 +5,7 @@ Start with :class:`GuruSession`; everything else here is what its calls take and
 
 from ._auth import FileTokenStore, MemoryTokenStore, Token, TokenStore
 from ._batch import BatchProgress, BatchResult, BatchUpload, VideoSpec
-from ._enums import Activity, AnalysisStatus, Domain, OverlayType, VideoStatus
+from ._enums import Activity, AnalysisStatus, Domain, OverlayType, UnknownValue, VideoStatus
 from ._errors import (
     AnalysisTimeoutError,
     APIError,
@@ -96,6 +96,7 @@ __all__ = [
     "Timeouts",
     "Token",
     "TokenStore",
+    "UnknownValue",
     "Unvalidated",
     "UploadError",
     "Video",

@@ -24,7 +24,7 @@ import attrs
 from cattrs import Converter
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from ._enums import _WireEnum
+from ._enums import UnknownValue, _WireEnum
 from ._errors import ResponseDecodeError, preview
 from ._models import JointData, JointFrame, Point, RepAnalysis
 
@@ -131,7 +131,8 @@ def _is_enum_or_str(tp: Any) -> bool:
     if typing.get_origin(tp) not in (typing.Union, types.UnionType):
         return False
     args = set(typing.get_args(tp)) - {type(None)}
-    return str in args and any(isinstance(a, type) and issubclass(a, _WireEnum) for a in args)
+    plain = str in args or UnknownValue in args
+    return plain and any(isinstance(a, type) and issubclass(a, _WireEnum) for a in args)
 
 
 def _enum_or_str_hook(tp: Any) -> Callable[[Any, Any], Any]:

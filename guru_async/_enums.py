@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import enum
+from typing import NewType
+
+UnknownValue = NewType("UnknownValue", str)
+"""A value of an enumeration that this SDK does not know yet, kept as the plain string.
+
+Enum fields are typed ``SomeEnum | UnknownValue | None``: at runtime an unknown value is an
+ordinary ``str``; for type checkers ``UnknownValue`` is a distinct kind of string, so the
+union keeps the enum (``AnalysisStatus | str`` would collapse to ``str``, since a ``str`` enum
+is a ``str``) and ``if analysis.status is AnalysisStatus.COMPLETE`` narrows as expected.
+"""
 
 
 class _WireEnum(str, enum.Enum):

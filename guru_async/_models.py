@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from attrs import field, frozen
 
-from ._enums import Activity, AnalysisStatus, Domain, VideoStatus
+from ._enums import Activity, AnalysisStatus, Domain, UnknownValue, VideoStatus
 
 
 @frozen
@@ -116,10 +116,10 @@ class Analysis:
         runner_progress: Sprint only: distance over time.
     """
 
-    status: AnalysisStatus | str | None = None
+    status: AnalysisStatus | UnknownValue | None = None
     reason: str | None = None
-    domain: Domain | str | None = None
-    activity: Activity | str | None = None
+    domain: Domain | UnknownValue | None = None
+    activity: Activity | UnknownValue | None = None
     reps: list[Rep] = field(factory=list)
     field_markers: FieldMarkers | None = None
     runner_progress: list[RunnerProgress] | None = None
@@ -160,7 +160,7 @@ class JointData:
         joint_to_points: Joint name (e.g. ``leftKnee``) to its frames in order.
     """
 
-    status: AnalysisStatus | str | None = None
+    status: AnalysisStatus | UnknownValue | None = None
     reason: str | None = None
     resolution_height: int | None = None
     resolution_width: int | None = None
@@ -203,7 +203,7 @@ class Video:
         objects: Present when ``include`` had ``objects``.
     """
 
-    status: VideoStatus | str | None = None
+    status: VideoStatus | UnknownValue | None = None
     reason: str | None = None
     uri: str | None = field(default=None, repr=False)
     overlays: dict[str, Overlay] = field(factory=dict)

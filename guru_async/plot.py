@@ -87,10 +87,27 @@ def joint_angle_series(
     return series
 
 
-def _rep_label(index: int, rep: Rep) -> str:
+_JOINT_WORDS = frozenset({"SHOULDER", "ELBOW", "WRIST", "HIP", "KNEE", "ANKLE"})
+
+
+def _angle_vertex(analysis_type: str) -> str | None:
+    """The joint an angle analysis measures at: the last joint word before ``ANGLE``, e.g.
+    KNEE for ``HIP_KNEE_ANGLE_DEGREES`` and ``KNEE_EXTENSION_ANGLE_DEGREES``, HIP for
+    ``HIP_ANGLE_DEGREES``; None when the type is not an angle in degrees."""
+    words = analysis_type.split("_")
+    if not analysis_type.endswith("_DEGREES") or "ANGLE" not in words:
+        return None
+    before = words[: words.index("ANGLE")]
+    return next((w for w in reversed(before) if w in _JOINT_WORDS), None)
+
+
+def rep_label(index: int, rep: Rep, joints: Sequence[str] = KNEE) -> str:
+    """A rep's label on the chart: its number, and Guru's value of the plotted angle (the one
+    measured at the middle joint of ``joints``) when the analysis has it, never another one."""
+    vertex = joints[1].removeprefix("left").removeprefix("right").upper()
     label = f"rep {index}"
     for item in rep.analyses:
-        if item.analysis_scalar is not None and item.analysis_type.endswith("DEGREES"):
+        if item.analysis_scalar is not None and _angle_vertex(item.analysis_type) == vertex:
             label += f"\n{item.analysis_scalar:.1f}°"
             if item.analysis_opinion:
                 label += f" {item.analysis_opinion}"
@@ -155,7 +172,7 @@ def plot_joint_angle(
         if mid is not None:
             ax.axvline(mid, color="tab:red", lw=1.2, label="rep mid" if first else None)
             ax.annotate(
-                _rep_label(i, rep),
+                rep_label(i, rep, joints),
                 xy=(mid, 1.0),
                 xycoords=("data", "axes fraction"),
                 xytext=(0, -4),

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from guru_async import GuruSession
 from guru_async.testing import UNANALYZABLE_MARKER, GuruEmulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -278,14 +282,14 @@ def test_missing_file_exit_2(run: Run) -> None:
     assert "Traceback" not in done.stderr
 
 
-@pytest.fixture
-def counting_emulator() -> Iterator[GuruEmulator]:
+@contextlib.contextmanager
+def thread_emulator(**options: Any) -> Iterator[GuruEmulator]:
     """An emulator on a thread of this process, so a test reads its counters while CLI
     subprocesses use it (the standalone emulator process exposes none)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    emu = GuruEmulator(analysis_delay=0.2)
+    emu = GuruEmulator(**options)
     try:
         asyncio.run_coroutine_threadsafe(emu.start(), loop).result(timeout=10)
         yield emu
@@ -294,6 +298,31 @@ def counting_emulator() -> Iterator[GuruEmulator]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+
+
+def emulator_env(emu: GuruEmulator, cache: Path) -> dict[str, str]:
+    """The environment that points the CLI at ``emu``."""
+    endpoints = {
+        "client_id": emu.client_id,
+        "client_secret": emu.client_secret,
+        "base_url": emu.base_url,
+        "token_url": emu.token_url,
+    }
+    return env_for(endpoints, cache)
+
+
+@pytest.fixture
+def counting_emulator() -> Iterator[GuruEmulator]:
+    """An in-thread emulator whose analyses take 0.2 s."""
+    with thread_emulator(analysis_delay=0.2) as emu:
+        yield emu
+
+
+@pytest.fixture
+def slow_emulator() -> Iterator[GuruEmulator]:
+    """An in-thread emulator whose analyses never finish within a test."""
+    with thread_emulator(analysis_delay=3600.0) as emu:
+        yield emu
 
 
 def test_ten_invocations_fetch_one_token(
@@ -399,3 +428,218 @@ def test_emulator_subcommand_delegates() -> None:
         process.terminate()
         process.wait(timeout=10)
         process.stdout.close()
+
+
+def test_emulator_subcommand_port_taken(endpoints: dict[str, str]) -> None:
+    """guru-async emulator on a taken port prints one line naming the problem and exits 2."""
+    port = endpoints["base_url"].rsplit(":", 1)[1]
+    done = cli("emulator", "--port", port, env=base_env())
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("guru-async emulator: error: cannot serve")
+    assert "address already in use" in lines[0]
+    assert "--port" in lines[0]
+
+
+def test_emulator_subcommand_help() -> None:
+    """guru-async emulator --help names that command and gives each option a help and default."""
+    done = cli("emulator", "--help", env=base_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: guru-async emulator ")
+    assert "python -m guru_async.testing" not in done.stdout
+    assert "seconds from a finished upload until its analysis is Complete (default: 1.0)" in (
+        " ".join(done.stdout.split())
+    )
+    assert "API port; 0 picks a free one (default: 0)" in " ".join(done.stdout.split())
+
+
+def test_standalone_emulator_help_keeps_its_name() -> None:
+    """python -m guru_async.testing --help still names itself."""
+    done = subprocess.run(
+        [sys.executable, "-m", "guru_async.testing", "--help"],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m guru_async.testing ")
+
+
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.mark.parametrize("command", ["analysis", "download", "video", "j2p"])
+def test_unknown_id_exits_2(run: Run, command: str) -> None:
+    """An id the API does not know (404) is bad input: one error line naming it, exit 2."""
+    done = run(command, UNKNOWN_ID)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        line for line in done.stderr.strip().splitlines() if line.startswith("guru-async: error:")
+    ], done.stderr
+    assert f"no video with id {UNKNOWN_ID!r}" in done.stderr
+    assert "0.0 MB" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_embedded_emulator_explains_unknown_ids(tmp_path: Path) -> None:
+    """--emulator with an id command says why the id is unknown there and what to do instead."""
+    done = cli("--emulator", "analysis", UNKNOWN_ID, env=base_env(), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "--emulator starts an empty emulator for this one command" in done.stderr
+    assert "guru-async --emulator upload FILE --wait" in done.stderr
+
+
+def test_timeout_hint_names_the_cli_command(slow_emulator: GuruEmulator, tmp_path: Path) -> None:
+    """A timed-out wait tells a CLI user the command that resumes, not the library call."""
+    env = emulator_env(slow_emulator, tmp_path / "cache")
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(os.urandom(32 * 1024))
+    done = cli("--json", "upload", str(path), "--activity", "squat", env=env)
+    assert done.returncode == 0, done.stderr
+    vid = json.loads(done.stdout)[0]["videoId"]
+
+    done = cli("analysis", vid, "--wait", "--timeout", "0.3", env=env)
+    assert done.returncode == 1
+    assert f"run 'guru-async analysis {vid} --wait' to keep waiting" in done.stderr
+    assert "await_analysis" not in done.stderr
+
+    done = cli("--json", "upload", str(path), "--wait", "--timeout", "0.3", env=env)
+    assert done.returncode == 1
+    error = json.loads(done.stdout)[0]["error"]
+    assert error["type"] == "AnalysisTimeoutError"
+    assert "guru-async analysis " in error["message"]
+    assert "await_analysis" not in error["message"]
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until true (an event another process causes), failing after 30 s."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_after_upload_names_ids_and_the_resume_command(
+    slow_emulator: GuruEmulator, tmp_path: Path
+) -> None:
+    """Ctrl-C while upload --wait waits prints each uploaded video's id and the resume command."""
+    env = emulator_env(slow_emulator, tmp_path / "cache")
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(os.urandom(32 * 1024))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "guru_async", "upload", "a.mp4", "b.mp4", "--wait"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def both_polled() -> bool:
+            # list() copies in one step under the GIL, while the emulator's thread appends.
+            polled = {r.path for r in list(slow_emulator.recorded)}
+            videos = list(slow_emulator.videos)
+            return len(videos) == 2 and all(f"/videos/{v}/analysis" in polled for v in videos)
+
+        # A video is polled only after the CLI has its id: both uploads are then recorded.
+        wait_for(both_polled, "both analyses to be polled")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
+    for vid in slow_emulator.videos:
+        assert f"guru-async analysis {vid} --wait" in stderr
+    named = dict(
+        line.split() for line in stderr.splitlines() if line.startswith("  ") and ".mp4" in line
+    )
+    assert set(named) == {"a.mp4", "b.mp4"}
+    assert set(named.values()) == set(slow_emulator.videos)
+
+
+def test_sigterm_on_batch_says_what_ctrl_c_says(
+    slow_emulator: GuruEmulator, tmp_path: Path
+) -> None:
+    """SIGTERM during a journaled batch prints the same resume hint as Ctrl-C, not silence."""
+    env = emulator_env(slow_emulator, tmp_path / "cache")
+    (tmp_path / "a.mp4").write_bytes(os.urandom(32 * 1024))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "guru_async", "batch", "a.mp4", "--journal", "j.db"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: bool(dict(slow_emulator.uploads_completed)), "the upload")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 143
+    assert "guru-async: interrupted; rerun with --journal j.db to resume" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_batch_says_what_it_skipped_and_recursive_takes_subfolders(
+    run: Run, clip: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A folder batch counts the sub-folders and non-video files it skipped; --recursive takes
+    the sub-folders' videos too."""
+    folder = tmp_path / "videos"
+    clip("a.mp4", folder=folder)
+    clip("b.mp4", folder=folder / "day2")
+    clip("c.mp4", folder=folder / "day2" / "evening")
+    (folder / "notes.txt").write_text("not a video")
+    (folder / ".DS_Store").write_text("hidden: not counted")
+
+    done = run("--json", "batch", str(folder), "--activity", "squat", "--no-wait")
+    assert done.returncode == 0, done.stderr
+    assert [Path(json.loads(line)["file"]).name for line in done.stdout.splitlines()] == ["a.mp4"]
+    assert "skipped 1 sub-folder (add --recursive to include their videos)" in done.stderr
+    assert "1 file without a video suffix" in done.stderr
+
+    done = run("--json", "batch", str(folder), "-r", "--activity", "squat", "--no-wait")
+    assert done.returncode == 0, done.stderr
+    names = sorted(Path(json.loads(line)["file"]).name for line in done.stdout.splitlines())
+    assert names == ["a.mp4", "b.mp4", "c.mp4"]
+    assert "sub-folder" not in done.stderr
+
+    empty = tmp_path / "empty"
+    clip("x.mp4", folder=empty / "inner")
+    done = run("batch", str(empty), "--no-wait")
+    assert done.returncode == 2
+    assert "add --recursive to look in its sub-folders" in done.stderr
+
+
+async def test_rep_labels_show_the_plotted_angle_only(
+    guru: GuruSession, video_file: Callable[..., Path]
+) -> None:
+    """A plot's rep labels show Guru's value of the angle being plotted, never another angle's."""
+    from guru_async.plot import joints_for, rep_label
+
+    squat = await guru.analyze(video_file("s.mp4"), activity="squat", rep_count=2)
+    push_up = await guru.analyze(video_file("p.mp4"), activity="push_up", rep_count=2)
+    knee = next(a for a in squat.reps[0].analyses if a.analysis_type == "HIP_KNEE_ANGLE_DEGREES")
+    elbow = next(a for a in push_up.reps[0].analyses if a.analysis_type == "ELBOW_ANGLE_DEGREES")
+    assert knee.analysis_scalar is not None
+    assert elbow.analysis_scalar is not None
+
+    shoulder_elbow = joints_for("shoulder-elbow")
+    assert rep_label(1, squat.reps[0], shoulder_elbow) == "rep 1"
+    assert rep_label(1, push_up.reps[0], shoulder_elbow) == f"rep 1\n{elbow.analysis_scalar:.1f}°"
+    assert rep_label(1, squat.reps[0], joints_for("hip-knee")) == (
+        f"rep 1\n{knee.analysis_scalar:.1f}° {knee.analysis_opinion}"
+    )
+    assert rep_label(1, push_up.reps[0], joints_for("hip-knee")) == "rep 1"

@@ -94,6 +94,8 @@ def conforms(value: Any, tp: Any) -> bool:
         return any(conforms(value, arg) for arg in typing.get_args(tp))
     if tp is type(None):
         return value is None
+    if isinstance(tp, typing.NewType):  # UnknownValue: a plain str at runtime
+        return conforms(value, tp.__supertype__)
     if tp is str:
         return type(value) is str
     if tp is int:
@@ -170,7 +172,7 @@ def shaped_value(tp: Any) -> st.SearchStrategy[Any]:
         well = st.integers(min_value=-(2**53), max_value=2**53)
     elif tp is float:
         well = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-1000, 1000)
-    elif tp is str:
+    elif tp is str or isinstance(tp, typing.NewType):  # UnknownValue is a plain str
         well = st.text(max_size=10)
     elif origin is list:
         (item,) = typing.get_args(tp)

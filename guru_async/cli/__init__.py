@@ -17,9 +17,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 
-from .._errors import AuthenticationError, GuruError, JournalError
+from .._errors import (
+    AnalysisTimeoutError,
+    AuthenticationError,
+    GuruError,
+    JournalError,
+    NotFoundError,
+)
 from .._polling import DEFAULT_TIMEOUT
 from .._session import __version__
 from ..plot import JOINT_ANGLES
@@ -33,9 +40,11 @@ from ._commands import (
     cmd_update,
     cmd_upload,
     cmd_video,
+    resume_command,
+    timeout_message,
 )
 from ._config import UsageError
-from ._constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, log
+from ._constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, PROG, log
 from ._demo import cmd_demo
 from ._output import Output
 
@@ -134,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--upload-concurrency", type=int, default=4, metavar="N", help="uploads at once (4)"
     )
+    p.add_argument(
+        "-r", "--recursive", action="store_true", help="also take videos in folders' sub-folders"
+    )
     p.add_argument("--journal", metavar="F", help="SQLite journal: rerun to resume, never redo")
     p.add_argument("--out", metavar="F", help="write one JSON line per video to F")
     p.add_argument("--no-wait", action="store_true", help="do not wait for analyses")
@@ -211,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "emulator":
             from ..testing import main as emulator_main
 
-            return emulator_main((["--json"] if args.json else []) + extra)
+            return emulator_main((["--json"] if args.json else []) + extra, prog=f"{PROG} emulator")
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.emulator and args.base_url:
@@ -223,14 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.getLogger("guru_async").setLevel(logging.DEBUG)
     out = Output(args.json)
+    args.created = {}
     try:
-        status: int = asyncio.run(args.handler(args, out))
+        status: int = asyncio.run(_run(args, out))
         return status
-    except KeyboardInterrupt:
-        journal = getattr(args, "journal", None)
-        hint = f"; rerun with --journal {journal} to resume" if journal else ""
-        print(f"\n{PROG}: interrupted{hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, _Terminated) as exc:
+        print(f"\n{PROG}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (``guru-async ... | head``): not an error worth a message.
         # Point stdout at devnull so the interpreter's final flush does not fail again.
@@ -239,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except (AuthenticationError, JournalError) as exc:
         return _fail(exc, EXIT_USAGE)
+    except NotFoundError as exc:
+        # Only commands given an id let a 404 reach here (upload and batch report it per
+        # file): the id is bad input, like a missing file.
+        return _fail(_unknown_id(args, exc), EXIT_USAGE)
+    except AnalysisTimeoutError as exc:
+        return _fail(timeout_message(exc), EXIT_FAILED)
     except GuruError as exc:
         return _fail(exc, EXIT_FAILED)
     except (UsageError, ValueError, ImportError, OSError) as exc:
@@ -247,7 +264,71 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, EXIT_USAGE)
 
 
-def _fail(exc: BaseException, status: int) -> int:
-    log.debug("%s failed", PROG, exc_info=exc)
+class _Terminated(Exception):
+    """SIGTERM arrived: the command was cancelled like Ctrl-C cancels it."""
+
+
+async def _run(args: argparse.Namespace, out: Output) -> int:
+    # Ctrl-C already cancels the main task (asyncio.run's own SIGINT handler); SIGTERM, by
+    # default an instant silent death, is made to do the same, so what was created is reported
+    # and a journal is left consistent.
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    # Not on Windows, nor outside the main thread: there SIGTERM keeps its default.
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        status: int = await args.handler(args, out)
+        return status
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated from None
+        raise
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves behind and how to pick it up."""
+    journal = getattr(args, "journal", None)
+    if journal:
+        return f"; rerun with --journal {journal} to resume"
+    created: dict[str, str] = args.created
+    if not created:
+        return "; add --journal FILE to make a batch resumable" if args.command == "batch" else ""
+    lines = [
+        f"; {len(created)} video{'s' * (len(created) != 1)} already uploaded, their analyses "
+        "go on without this command:"
+    ]
+    lines += [f"  {name}  {video_id}" for name, video_id in created.items()]
+    lines.append("resume waiting with:")
+    lines += [f"  {resume_command(video_id)}" for video_id in created.values()]
+    return "\n".join(lines)
+
+
+def _unknown_id(args: argparse.Namespace, exc: NotFoundError) -> str:
+    video_id = getattr(args, "id", None)
+    message = f"no video with id {video_id!r} ({exc})" if video_id else str(exc)
+    if args.emulator:
+        message += (
+            f"; --emulator starts an empty emulator for this one command, so no id from another "
+            f"run exists there: try '{PROG} --emulator upload FILE --wait', or serve one with "
+            f"'{PROG} emulator' and export what it prints"
+        )
+    return message
+
+
+def _fail(exc: BaseException | str, status: int) -> int:
+    if isinstance(exc, BaseException):
+        log.debug("%s failed", PROG, exc_info=exc)
     print(f"{PROG}: error: {exc}", file=sys.stderr)
     return status

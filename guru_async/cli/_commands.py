@@ -11,14 +11,16 @@ import io
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Final, TextIO
+from typing import IO, Final, TextIO, TypeVar
+
+import attrs
 
 from .._batch import BatchProgress, BatchResult
 from .._converter import converter
 from .._enums import AnalysisStatus
-from .._errors import AuthenticationError, GuruError
+from .._errors import AnalysisTimeoutError, AuthenticationError, GuruError
 from .._models import Analysis, JointData, Rep, Video
 from .._session import UNSET
 from .._upload import check_file
@@ -39,7 +41,38 @@ from ._output import (
     result_status,
 )
 
+T = TypeVar("T")
+Render = Callable[[float, bool], str]
+
 # -- commands --------------------------------------------------------------------------------
+
+
+def resume_command(video_id: str) -> str:
+    """The command that goes on waiting for a video's analysis."""
+    return f"{PROG} analysis {video_id} --wait"
+
+
+def timeout_message(exc: AnalysisTimeoutError) -> str:
+    """An analysis timeout in the CLI's words: the command that resumes, not the library call."""
+    status = exc.last.status if exc.last is not None else "unknown (no poll succeeded)"
+    cause = exc.__cause__
+    why = f"; last failure: {type(cause).__name__}: {cause}" if cause is not None else ""
+    return (
+        f"analysis of video {exc.video_id} not finished in time (last status: {status}{why}); "
+        f"the video is safe: run '{resume_command(exc.video_id)}' to keep waiting"
+    )
+
+
+def _cli_timeout(result: BatchResult) -> BatchResult:
+    # The library's message names await_analysis(); a CLI user needs the command instead.
+    error = result.error
+    if not isinstance(error, AnalysisTimeoutError):
+        return result
+    cli_error = AnalysisTimeoutError(
+        timeout_message(error), video_id=error.video_id, last=error.last
+    )
+    cli_error.__cause__ = error.__cause__
+    return attrs.evolve(result, error=cli_error)
 
 
 async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
@@ -65,6 +98,7 @@ async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
                 progress.started += 1
                 video_id = await guru.upload_video(path, progress=on_bytes, **fields)
             progress.uploaded += 1
+            args.created[given] = video_id  # named if the command is interrupted
             analysis: Analysis | None = None
             if args.wait:
                 progress.waiting += 1
@@ -77,6 +111,7 @@ async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
             raise  # the same for every file: one message and exit 2, not a row per file
         except (GuruError, OSError) as exc:
             result = BatchResult(given, video_id=video_id, error=exc)
+        result = _cli_timeout(result)
         if result.ok:
             progress.succeeded += 1
         else:
@@ -97,23 +132,63 @@ async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
-def video_files(folder: Path) -> Iterator[str]:
-    """The video files directly inside ``folder``, read lazily (hidden files skipped)."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            name = entry.name
-            if (
-                not name.startswith(".")
-                and os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES
-                and entry.is_file()
-            ):
-                yield entry.path
+@attrs.define
+class Skipped:
+    """What a folder walk left out: sub-folders (without ``--recursive``) and other files."""
+
+    folders: int = 0
+    files: int = 0
+
+    def note(self) -> str | None:
+        """One line saying what was skipped and how to include it, or None."""
+        parts = []
+        if self.folders:
+            parts.append(
+                f"{self.folders} sub-folder{'s' * (self.folders != 1)} (add --recursive to "
+                "include their videos)"
+            )
+        if self.files:
+            suffixes = ", ".join(sorted(VIDEO_SUFFIXES))
+            parts.append(
+                f"{self.files} file{'s' * (self.files != 1)} without a video suffix ({suffixes})"
+            )
+        return f"skipped {' and '.join(parts)}" if parts else None
 
 
-def _batch_items(paths: Sequence[str], found: list[int]) -> Iterator[str]:
+def video_files(
+    folder: Path, *, recursive: bool = False, skipped: Skipped | None = None
+) -> Iterator[str]:
+    """The video files inside ``folder`` (and its sub-folders when ``recursive``), read lazily.
+
+    Hidden files and folders are left out without counting; anything else left out is counted
+    in ``skipped``, so the user hears about it.
+    """
+    pending = [os.fspath(folder)]
+    while pending:
+        subfolders = []
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    if recursive:
+                        subfolders.append(entry.path)
+                    elif skipped is not None:
+                        skipped.folders += 1
+                elif os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES and entry.is_file():
+                    yield entry.path
+                elif skipped is not None:
+                    skipped.files += 1
+        pending.extend(sorted(subfolders, reverse=True))
+
+
+def _batch_items(
+    paths: Sequence[str], found: list[int], *, recursive: bool, skipped: Skipped
+) -> Iterator[str]:
     for given in paths:
         if Path(given).is_dir():
-            for file in video_files(Path(given)):
+            for file in video_files(Path(given), recursive=recursive, skipped=skipped):
                 found[0] += 1
                 yield file
         else:
@@ -127,12 +202,17 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
         if not Path(given).exists():
             raise FileNotFoundError(f"no such file or folder: {given!r}")
         # Reads only up to the first video, so a huge folder costs nothing here.
-        if Path(given).is_dir() and next(video_files(Path(given)), None) is None:
+        if Path(given).is_dir():
+            probe = Skipped()
+            if next(video_files(Path(given), recursive=args.recursive, skipped=probe), None):
+                continue
             suffixes = ", ".join(sorted(VIDEO_SUFFIXES))
-            raise UsageError(f"no video files ({suffixes}) in folder {given!r}")
+            hint = "; add --recursive to look in its sub-folders" if probe.folders else ""
+            raise UsageError(f"no video files ({suffixes}) in folder {given!r}{hint}")
     fields = _video_fields(args)
     total = None if any(Path(p).is_dir() for p in args.paths) else len(args.paths)
     found = [0]
+    skipped = Skipped()
     statuses: list[tuple[str, bool]] = []
     rows: list[list[str]] = []
     progress = BatchProgress()
@@ -152,7 +232,7 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
             results_file = files.enter_context(open(args.out, "w", encoding="utf-8"))  # noqa: ASYNC230
         async with open_session(args) as guru:
             batch = guru.batch_upload(
-                _batch_items(args.paths, found),
+                _batch_items(args.paths, found, recursive=args.recursive, skipped=skipped),
                 upload_concurrency=args.upload_concurrency,
                 wait=not args.no_wait,
                 journal=args.journal,
@@ -161,7 +241,8 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
                 **fields,
             )
             async with ProgressLine(render):
-                async for result in batch:
+                async for raw in batch:
+                    result = _cli_timeout(raw)
                     # Written as each result arrives, so an interrupted batch keeps its output.
                     line = _dumps(result_json(result))
                     if results_file is not None:
@@ -181,6 +262,9 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
         out.note(_summary([s for s, _ in statuses], time.monotonic() - started))
         if args.out is not None:
             out.note(f"results written to {args.out}")
+    skipped_note = skipped.note()
+    if skipped_note is not None:
+        out.note(skipped_note)
     return EXIT_OK if all(ok for _, ok in statuses) else EXIT_FAILED
 
 
@@ -390,22 +474,44 @@ async def cmd_update(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+async def _progress_once_started(
+    work: Coroutine[object, object, T], started: asyncio.Event, render: Render
+) -> T:
+    """Await ``work``, drawing a progress line only once ``started`` is set: a call that fails
+    before any byte moves (an unknown id) prints its error alone, not "0.0 MB" first."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(started.wait())
+    try:
+        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        async with ProgressLine(render):
+            return await task
+    finally:
+        task.cancel()
+        waiter.cancel()
+        await asyncio.gather(task, waiter, return_exceptions=True)
+
+
 async def cmd_download(args: argparse.Namespace, out: Output) -> int:
     """``download ID``: the raw video, or an overlay, to a file."""
     suffix = f"-{args.overlay}" if args.overlay else ""
     dest = Path(args.out if args.out is not None else f"{args.id}{suffix}.mp4")
     received = [0, 0]
+    started = asyncio.Event()
 
     def on_bytes(done: int, total: int) -> None:
         received[:] = [done, total]
+        started.set()
 
     def render(elapsed: float, tty: bool) -> str:
         done, total = received
         bar = _bar(done / total) + " " if tty and total else ""
         return f"download {bar}{_mb(done)}{'/' + _mb(total) if total else ''}  {elapsed:.1f}s"
 
-    async with open_session(args) as guru, ProgressLine(render):
-        path = await guru.download(args.id, dest, overlay=args.overlay, progress=on_bytes)
+    async with open_session(args) as guru:
+        download = guru.download(args.id, dest, overlay=args.overlay, progress=on_bytes)
+        path = await _progress_once_started(download, started, render)
     size = path.stat().st_size
     if out.json:
         out.result(

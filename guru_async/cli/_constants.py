@@ -11,7 +11,8 @@ PROG: Final = "guru-async"
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
-EXIT_INTERRUPTED: Final = 130
+EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED: Final = 143  # 128 + SIGTERM
 
 VIDEO_SUFFIXES: Final = frozenset(
     {".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".3gp", ".wmv"}

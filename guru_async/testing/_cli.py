@@ -18,51 +18,113 @@ from guru_async.testing._emulator import (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    # Shows real defaults only: "(default: None)" or "(default: False)" says nothing.
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m guru_async.testing",
-        description="Serve a local emulator of the Guru API until interrupted.",
+        prog=prog,
+        description=(
+            "Serve a local emulator of the Guru API (and its upload storage) until Ctrl-C or "
+            "SIGTERM, printing export lines for GURU_BASE_URL, GURU_CLIENT_ID and the rest."
+        ),
+        formatter_class=_DefaultsFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="API port (default: any free port)")
-    parser.add_argument("--storage-port", type=int, default=0, help="storage port (default: any)")
-    parser.add_argument("--analysis-delay", type=float, default=1.0, metavar="SECONDS")
-    parser.add_argument("--token-lifetime", type=float, default=3600.0, metavar="SECONDS")
-    parser.add_argument("--presign-lifetime", type=float, default=3600.0, metavar="SECONDS")
+    parser.add_argument("--host", default="127.0.0.1", help="the interface to listen on")
+    parser.add_argument("--port", type=int, default=0, help="API port; 0 picks a free one")
+    parser.add_argument(
+        "--storage-port", type=int, default=0, help="upload storage port; 0 picks a free one"
+    )
+    parser.add_argument(
+        "--analysis-delay",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds from a finished upload until its analysis is Complete",
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long an issued access token is valid (expires_in)",
+    )
+    parser.add_argument(
+        "--presign-lifetime",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long a presigned upload stays valid",
+    )
     parser.add_argument(
         "--storage-bandwidth",
         type=float,
         default=None,
         metavar="BYTES_PER_S",
-        help="cap each upload's speed, like one stream over a real network",
+        help="cap each upload's speed, like one stream over a real network; none when omitted",
     )
     parser.add_argument(
-        "--storage-dir", default=None, help="keep uploads here (default: a temporary folder)"
+        "--storage-dir",
+        default=None,
+        metavar="DIR",
+        help="keep uploads here; a temporary folder removed on exit when omitted",
     )
-    parser.add_argument("--video-seconds", type=float, default=10.0, metavar="SECONDS")
-    parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
-    parser.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
+    parser.add_argument(
+        "--video-seconds",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="length of the synthetic video behind every result",
+    )
+    parser.add_argument("--fps", type=float, default=30.0, help="frame rate of that video")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds synthetic results and fault injection"
+    )
+    parser.add_argument(
+        "--client-id", default=DEFAULT_CLIENT_ID, help="the client id the token endpoint accepts"
+    )
+    parser.add_argument(
+        "--client-secret",
+        default=DEFAULT_CLIENT_SECRET,
+        help="the client secret the token endpoint accepts",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print the endpoints as one JSON object line"
     )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m guru_async.testing") -> int:
     """Run the emulator from command-line arguments until Ctrl-C or SIGTERM.
 
     Args:
         argv: The arguments, without the program name; default ``sys.argv[1:]``.
+        prog: The command's name in ``--help`` and error messages.
 
     Returns:
-        The process exit status.
+        The process exit status: 0 after a clean stop, 2 for bad arguments or a port that
+        cannot be bound (taken, or not allowed).
     """
-    args = _parser().parse_args(argv)
-    # The signal handlers stop the server cleanly; KeyboardInterrupt covers platforms without them.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        # The signal handlers stop the server cleanly; KeyboardInterrupt covers platforms
+        # without them.
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(args))
+    except OSError as exc:
+        # Binding failed: one line that names the address, not a traceback.
+        print(
+            f"{prog}: error: cannot serve: {exc.strerror or exc}; pick another --port or "
+            "--storage-port (0 picks a free one)",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
