@@ -42,6 +42,7 @@ _DEFAULT_OPTIONS: dict[str, Any] = {"analysis_delay": 0.0}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``guru_emulator_scope`` configuration option."""
     parser.addini(
         _SCOPE_INI,
         "How long one guru_emulator lives: 'function' (default, a fresh one per test) or "
@@ -52,6 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``guru_emulator`` marker and check ``guru_emulator_scope``."""
     config.addinivalue_line(
         "markers",
         "guru_emulator(faults=[FaultRule(...)], analysis_delay=0.0, **options): configure the "
@@ -75,6 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> Generator[None, object, object]:
+    """Open ``guru`` on the loop of the plugin that runs the test (anyio or pytest-asyncio)."""
     # An anyio test opens ``guru`` on anyio's loop: pytest-asyncio must not take the fixture
     # for its own loop, so anyio's plugin is shown an unmarked twin for the duration.
     if fixturedef.func is _guru_session and "anyio_backend" in request.fixturenames:

@@ -1,0 +1,124 @@
+"""mkdocs hooks: README sections as guides, and a check that every public name has a docstring.
+
+A page line ``<!-- readme-section: Heading -->`` is replaced by the body of README's
+``## Heading`` section (up to the next ``## ``), so a guide and README never say things twice;
+``<!-- readme-section: Heading | optional -->`` shows a short note while the section does not
+exist yet, and ``<!-- include: path -->`` includes a whole Markdown file of the repository (its
+first ``# `` title dropped). Every module an API page renders (``::: module``) must give each
+name in its ``__all__``, and each public method and property of those classes, a docstring:
+a missing one is a warning, so ``mkdocs build --strict`` fails.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mkdocs.hooks.guru_async")
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_URL = "https://github.com/guru-async/guru_async/blob/main/"
+SECTION = re.compile(
+    r"^<!-- readme-section: (?P<heading>[^|]+?)(?P<optional> \| optional)? -->$", re.M
+)
+INCLUDE = re.compile(r"^<!-- include: (?P<path>\S+) -->$", re.M)
+RENDERED_MODULE = re.compile(r"^::: (?P<module>[\w.]+)\s*$", re.M)
+# A Markdown link whose target is a repository path: on the site it points at GitHub instead.
+RELATIVE_LINK = re.compile(r"\]\((?!https?:|mailto:|#)(?P<target>[^)\s]+)\)")
+
+
+def readme_sections() -> dict[str, str]:
+    """README's ``## `` sections by heading, each body without its heading line."""
+    sections: dict[str, str] = {}
+    heading: str | None = None
+    lines: list[str] = []
+    in_fence = False
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_fence = not in_fence
+        if not in_fence and line.startswith("## "):
+            if heading is not None:
+                sections[heading] = "\n".join(lines).strip() + "\n"
+            heading, lines = line[3:].strip(), []
+        elif heading is not None:
+            lines.append(line)
+    if heading is not None:
+        sections[heading] = "\n".join(lines).strip() + "\n"
+    return sections
+
+
+def _from_repository(text: str) -> str:
+    return RELATIVE_LINK.sub(lambda m: f"]({REPO_URL}{m['target']})", text)
+
+
+def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
+    """Replace the include lines of a page with the text they name."""
+    if not (SECTION.search(markdown) or INCLUDE.search(markdown)):
+        return markdown
+    sections = readme_sections()
+
+    def section(match: re.Match[str]) -> str:
+        heading = match["heading"].strip()
+        if heading in sections:
+            return _from_repository(sections[heading])
+        if match["optional"]:
+            return f'!!! note "Coming soon"\n    README\'s "{heading}" section is being written.\n'
+        log.warning("%s: README.md has no '## %s' section", page.file.src_path, heading)
+        return ""
+
+    def include(match: re.Match[str]) -> str:
+        path = ROOT / match["path"]
+        if not path.is_file():
+            log.warning("%s: no file %s to include", page.file.src_path, match["path"])
+            return ""
+        text = re.sub(r"\A# .*\n", "", path.read_text(encoding="utf-8"))
+        return _from_repository(text)
+
+    return INCLUDE.sub(include, SECTION.sub(section, markdown))
+
+
+def undocumented(module_name: str) -> list[str]:
+    """The public names of a module (its ``__all__``) and their public members with no
+    docstring of their own."""
+    module = importlib.import_module(module_name)
+    missing: list[str] = []
+    public = getattr(module, "__all__", None)
+    if public is None:  # no __all__: what the module defines under a public name
+        public = [
+            n for n, o in vars(module).items() if not n.startswith("_") and _defined_in(o, module)
+        ]
+    for name in public:
+        obj = getattr(module, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue  # constants and type aliases are described where they are used
+        if not (vars(obj).get("__doc__") if inspect.isclass(obj) else obj.__doc__):
+            missing.append(f"{module_name}.{name}")
+        if not inspect.isclass(obj):
+            continue
+        for member_name, member in vars(obj).items():
+            if member_name.startswith("_"):
+                continue
+            if isinstance(member, (staticmethod, classmethod)):
+                member = member.__func__
+            if (inspect.isfunction(member) or isinstance(member, property)) and not member.__doc__:
+                missing.append(f"{module_name}.{name}.{member_name}")
+    return missing
+
+
+def _defined_in(obj: object, module: Any) -> bool:
+    return (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__
+
+
+def on_files(files: Any, config: Any) -> Any:
+    """Warn about every undocumented public name of the modules the API pages render."""
+    modules: set[str] = set()
+    for path in Path(config["docs_dir"]).rglob("*.md"):
+        modules.update(RENDERED_MODULE.findall(path.read_text(encoding="utf-8")))
+    for module_name in sorted(modules):
+        for name in undocumented(module_name):
+            log.warning("%s has no docstring", name)
+    return files
