@@ -94,6 +94,23 @@ def test_options_get_their_own(guru_emulator):
     assert guru_emulator is not seen[0]
 """
 
+WIDER_LOOP_TESTS = """
+import pytest
+from guru_async import NotFoundError
+
+
+@pytest.mark.asyncio
+async def test_default_loop_scope(guru):
+    with pytest.raises(NotFoundError):
+        await guru.get_video("not-a-video")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_marker_loop_scope(guru):
+    with pytest.raises(NotFoundError):
+        await guru.get_video("not-a-video")
+"""
+
 PYTEST_ASYNCIO_STRICT = """
 [pytest]
 asyncio_mode = strict
@@ -175,6 +192,18 @@ def test_anyio_alone(tmp_path: Path) -> None:
     passed, result = run_pytest(project, "-p", "no:asyncio")
     assert result.returncode == 0, result.stdout + result.stderr
     assert passed == ALL
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_pytest_asyncio_wider_loop_scope(tmp_path: Path, mode: str) -> None:
+    """A test on a module or session loop gets its session opened on that loop, not on the
+    function loop pytest-asyncio gives fixtures by default."""
+    config = PYTEST_ASYNCIO_STRICT.replace("mode = strict", f"mode = {mode}")
+    config += "asyncio_default_test_loop_scope = session\n"
+    project = make_project(tmp_path / "loops", config, WIDER_LOOP_TESTS)
+    passed, result = run_pytest(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert passed == {"test_default_loop_scope", "test_marker_loop_scope"}
 
 
 def test_session_scope(tmp_path: Path) -> None:

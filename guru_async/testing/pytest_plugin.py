@@ -78,13 +78,32 @@ def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> Generator[None, object, object]:
     """Open ``guru`` on the loop of the plugin that runs the test (anyio or pytest-asyncio)."""
-    # An anyio test opens ``guru`` on anyio's loop: pytest-asyncio must not take the fixture
-    # for its own loop, so anyio's plugin is shown an unmarked twin for the duration.
-    if fixturedef.func is _guru_session and "anyio_backend" in request.fixturenames:
-        with pytest.MonkeyPatch.context() as patch:
+    if fixturedef.func is not _guru_session:
+        return (yield)
+    with pytest.MonkeyPatch.context() as patch:
+        if "anyio_backend" in request.fixturenames:
+            # pytest-asyncio must not take the fixture for its own loop: anyio's plugin is
+            # shown an unmarked twin for the duration.
             patch.setattr(fixturedef, "func", _guru_session_for_anyio)
-            return (yield)
-    return (yield)
+        elif (scope := _asyncio_test_loop_scope(request)) is not None:
+            # The attribute pytest_asyncio.fixture(loop_scope=...) sets, read when the fixture
+            # is set up: the session opens on the test's own loop, whatever that loop's scope.
+            patch.setattr(_guru_session, "_loop_scope", scope, raising=False)
+        return (yield)
+
+
+def _asyncio_test_loop_scope(request: pytest.FixtureRequest) -> str | None:
+    """The scope of the loop pytest-asyncio runs the requesting test on, if it runs it."""
+    marker = request.node.get_closest_marker("asyncio")
+    if marker is None:
+        return None
+    scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
+    if scope:
+        return str(scope)
+    try:
+        return str(request.config.getini("asyncio_default_test_loop_scope") or "function")
+    except ValueError:  # a pytest-asyncio from before the option: tests run per function
+        return "function"
 
 
 class _EmulatorThread:
