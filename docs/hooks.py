@@ -4,9 +4,12 @@ A page line ``<!-- readme-section: Heading -->`` is replaced by the body of READ
 ``## Heading`` section (up to the next ``## ``), so a guide and README never say things twice;
 ``<!-- readme-section: Heading | optional -->`` shows a short note while the section does not
 exist yet, and ``<!-- include: path -->`` includes a whole Markdown file of the repository (its
-first ``# `` title dropped). Every module an API page renders (``::: module``) must give each
-name in its ``__all__``, and each public method and property of those classes, a docstring:
-a missing one is a warning, so ``mkdocs build --strict`` fails.
+first ``# `` title dropped). README's own ``(#anchor)`` links lead to the guide page holding
+that heading, or to README on GitHub when no guide includes it.
+
+Every module an API page renders (``::: module``) must give each name in its ``__all__``, and
+each public method and property of those classes, a docstring: a missing one is a warning,
+so ``mkdocs build --strict`` fails.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
+
+from markdown.extensions.toc import slugify
 
 log = logging.getLogger("mkdocs.hooks.guru_async")
 
@@ -29,6 +35,9 @@ INCLUDE = re.compile(r"^<!-- include: (?P<path>\S+) -->$", re.M)
 RENDERED_MODULE = re.compile(r"^::: (?P<module>[\w.]+)\s*$", re.M)
 # A Markdown link whose target is a repository path: on the site it points at GitHub instead.
 RELATIVE_LINK = re.compile(r"\]\((?!https?:|mailto:|#)(?P<target>[^)\s]+)\)")
+ANCHOR_LINK = re.compile(r"\]\(#(?P<slug>[^)\s]+)\)")
+SUBHEADING = re.compile(r"^#{3,6} (?P<text>.+)$", re.M)
+README_URL = "https://github.com/guru-async/guru_async"
 
 
 def readme_sections() -> dict[str, str]:
@@ -55,16 +64,45 @@ def _from_repository(text: str) -> str:
     return RELATIVE_LINK.sub(lambda m: f"]({REPO_URL}{m['target']})", text)
 
 
-def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
+def anchor_pages(docs_dir: Path, sections: dict[str, str]) -> dict[str, str]:
+    """Where each README heading lives on the site: a ``## `` section's slug maps to the page
+    including it, a deeper heading's slug to ``page#slug``."""
+    where: dict[str, str] = {}
+    for page in sorted(docs_dir.rglob("*.md")):
+        src = page.relative_to(docs_dir).as_posix()
+        for match in SECTION.finditer(page.read_text(encoding="utf-8")):
+            heading = match["heading"].strip()
+            where.setdefault(slugify(heading, "-"), src)
+            for sub in SUBHEADING.finditer(sections.get(heading, "")):
+                slug = slugify(sub["text"].strip(), "-")
+                where.setdefault(slug, f"{src}#{slug}")
+    return where
+
+
+def _readme_anchors(text: str, src_path: str, where: dict[str, str]) -> str:
+    def link(match: re.Match[str]) -> str:
+        target = where.get(match["slug"])
+        if target is None:
+            return f"]({README_URL}#{match['slug']})"
+        path, _, anchor = target.partition("#")
+        relative = os.path.relpath(path, os.path.dirname(src_path) or ".")
+        return f"]({Path(relative).as_posix()}{'#' + anchor if anchor else ''})"
+
+    return ANCHOR_LINK.sub(link, text)
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, **_: Any) -> str:
     """Replace the include lines of a page with the text they name."""
     if not (SECTION.search(markdown) or INCLUDE.search(markdown)):
         return markdown
     sections = readme_sections()
+    where = anchor_pages(Path(config["docs_dir"]), sections)
 
     def section(match: re.Match[str]) -> str:
         heading = match["heading"].strip()
         if heading in sections:
-            return _from_repository(sections[heading])
+            text = _from_repository(sections[heading])
+            return _readme_anchors(text, page.file.src_path, where)
         if match["optional"]:
             return f'!!! note "Coming soon"\n    README\'s "{heading}" section is being written.\n'
         log.warning("%s: README.md has no '## %s' section", page.file.src_path, heading)

@@ -44,11 +44,24 @@ def test_included_section_is_readme_text_with_repo_links() -> None:
         class file:  # mimics mkdocs' page.file.src_path
             src_path = "testing.md"
 
-    out = hooks.on_page_markdown("<!-- readme-section: Testing your own app -->\n", Page())
+    out = hooks.on_page_markdown(
+        "<!-- readme-section: Testing your own app -->\n", Page(), {"docs_dir": str(DOCS)}
+    )
     assert "async def test_counts_reps(guru, guru_emulator, tmp_path):" in out
     assert "## Testing your own app" not in out
     assert hooks._from_repository("see [results](benchmarks/RESULTS.md)") == (
         "see [results](https://github.com/guru-async/guru_async/blob/main/benchmarks/RESULTS.md)"
+    )
+
+
+def test_readme_anchor_links_lead_to_the_guide_page() -> None:
+    """A README link to one of its own headings leads to the guide holding that heading (its
+    anchor for a sub-heading), or to README on GitHub when no guide includes it."""
+    where = hooks.anchor_pages(DOCS, hooks.readme_sections())
+    text = "[a](#batches) [b](#running-the-examples-offline) [c](#development)"
+    assert hooks._readme_anchors(text, "cli.md", where) == (
+        "[a](batches.md) [b](quick-start.md#running-the-examples-offline) "
+        "[c](https://github.com/guru-async/guru_async#development)"
     )
 
 
