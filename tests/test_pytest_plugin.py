@@ -67,13 +67,17 @@ def test_sync(guru_emulator):
 SESSION_SCOPE_TESTS = """
 import pytest
 from guru_async import NotFoundError
+from guru_async.testing import FaultRule
 
 MISSING = "00000000-0000-0000-0000-000000000000"
 seen = []
 
 
 @pytest.mark.asyncio
+@pytest.mark.guru_emulator(faults=[FaultRule(route="POST /videos", status=503, times=1)])
 async def test_first(guru, guru_emulator):
+    await guru.create_video("clip.mp4", size=10, activity="squat")  # retried once
+    assert guru_emulator.faults.fired["POST /videos"] == 1
     with pytest.raises(NotFoundError):
         await guru.get_video(MISSING)
     seen.append(guru_emulator)
@@ -83,7 +87,9 @@ async def test_first(guru, guru_emulator):
 @pytest.mark.asyncio
 async def test_second_shares_it(guru, guru_emulator):
     assert guru_emulator is seen[0]
-    assert guru_emulator.token_requests == 0 and not guru_emulator.requests  # reset
+    assert guru_emulator.token_requests == 0  # reset
+    assert not guru_emulator.requests and not guru_emulator.recorded
+    assert not guru_emulator.faults.rules and not guru_emulator.faults.fired
     with pytest.raises(NotFoundError):
         await guru.get_video(MISSING)
     assert guru_emulator.requests["GET /videos/{id}"] == 1

@@ -191,7 +191,9 @@ def guru_emulator(request: pytest.FixtureRequest) -> Iterator[GuruEmulator]:
     if request.config.getini(_SCOPE_INI) == "session" and not options:
         emulator: GuruEmulator = request.getfixturevalue("_guru_emulator_shared")
         emulator.reset_counters()
+        emulator.recorded.clear()
         emulator.faults.clear()
+        emulator.faults.fired.clear()
         for rule in faults:
             emulator.faults.add(rule)
         try:
