@@ -59,6 +59,11 @@ async def test_not_found(guru):
         await guru.get_analysis("00000000-0000-0000-0000-000000000000")
 
 
+@pytest.mark.parametrize("guru_emulator", [{"client_id": "by-param"}], indirect=True)
+def test_indirect_parameter(guru_emulator):
+    assert guru_emulator.client_id == "by-param"
+
+
 def test_sync(guru_emulator):
     assert guru_emulator.base_url.startswith("http://127.0.0.1:")
     assert threading.active_count() >= 2  # the emulator serves from its own thread
@@ -152,7 +157,14 @@ def make_project(root: Path, config: str, tests: str, mark: str = "asyncio") -> 
     return root
 
 
-ALL = {"test_analyze", "test_marker", "test_analysis_delay", "test_not_found", "test_sync"}
+ALL = {
+    "test_analyze",
+    "test_marker",
+    "test_analysis_delay",
+    "test_not_found",
+    "test_indirect_parameter",
+    "test_sync",
+}
 
 
 def test_pytest_asyncio_strict_mode(tmp_path: Path) -> None:

@@ -19,6 +19,10 @@ The ``guru_emulator`` marker configures the emulator of one test: ``faults=`` ta
 :class:`~guru_async.testing.FaultRule` objects, any other keyword is a ``GuruEmulator`` option::
 
     @pytest.mark.guru_emulator(analysis_delay=0.5, faults=[FaultRule(route="*", rate=0.1)])
+
+The same keywords can come from indirect parametrization, one emulator per parameter set::
+
+    @pytest.mark.parametrize("guru_emulator", [{"token_lifetime": 1.0}], indirect=True)
 """
 
 from __future__ import annotations
