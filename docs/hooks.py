@@ -32,7 +32,7 @@ SECTION = re.compile(
     r"^<!-- readme-section: (?P<heading>[^|]+?)(?P<optional> \| optional)? -->$", re.M
 )
 INCLUDE = re.compile(r"^<!-- include: (?P<path>\S+) -->$", re.M)
-RENDERED_MODULE = re.compile(r"^::: (?P<module>[\w.]+)\s*$", re.M)
+RENDERED = re.compile(r"^::: (?P<identifier>[\w.]+)\s*$", re.M)
 # A Markdown link whose target is a repository path: on the site it points at GitHub instead.
 RELATIVE_LINK = re.compile(r"\]\((?!https?:|mailto:|#)(?P<target>[^)\s]+)\)")
 ANCHOR_LINK = re.compile(r"\]\(#(?P<slug>[^)\s]+)\)")
@@ -119,31 +119,53 @@ def on_page_markdown(markdown: str, page: Any, config: Any, **_: Any) -> str:
     return INCLUDE.sub(include, SECTION.sub(section, markdown))
 
 
-def undocumented(module_name: str) -> list[str]:
-    """The public names of a module (its ``__all__``) and their public members with no
-    docstring of their own."""
-    module = importlib.import_module(module_name)
-    missing: list[str] = []
-    public = getattr(module, "__all__", None)
-    if public is None:  # no __all__: what the module defines under a public name
-        public = [
-            n for n, o in vars(module).items() if not n.startswith("_") and _defined_in(o, module)
-        ]
-    for name in public:
-        obj = getattr(module, name)
-        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
-            continue  # constants and type aliases are described where they are used
-        if not (vars(obj).get("__doc__") if inspect.isclass(obj) else obj.__doc__):
-            missing.append(f"{module_name}.{name}")
-        if not inspect.isclass(obj):
+def _resolve(identifier: str) -> Any:
+    """The object an API page's ``::: identifier`` names: a module, or a member of one."""
+    parts = identifier.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
             continue
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(identifier)
+
+
+def undocumented(identifier: str) -> list[str]:
+    """The public names (a module's ``__all__``, or what it defines) and their public
+    methods and properties, with no docstring of their own."""
+    obj = _resolve(identifier)
+    if inspect.ismodule(obj):
+        public = getattr(obj, "__all__", None)
+        if public is None:  # no __all__: what the module defines under a public name
+            public = [
+                n for n, o in vars(obj).items() if not n.startswith("_") and _defined_in(o, obj)
+            ]
+        named = [(f"{identifier}.{name}", getattr(obj, name)) for name in public]
+    else:
+        named = [(identifier, obj)]
+    missing: list[str] = []
+    for name, member in named:
+        missing += _undocumented_object(name, member)
+    return missing
+
+
+def _undocumented_object(name: str, obj: Any) -> list[str]:
+    if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+        return []  # constants and type aliases are described where they are used
+    missing: list[str] = []
+    if not (vars(obj).get("__doc__") if inspect.isclass(obj) else obj.__doc__):
+        missing.append(name)
+    if inspect.isclass(obj):
         for member_name, member in vars(obj).items():
             if member_name.startswith("_"):
                 continue
             if isinstance(member, (staticmethod, classmethod)):
                 member = member.__func__
             if (inspect.isfunction(member) or isinstance(member, property)) and not member.__doc__:
-                missing.append(f"{module_name}.{name}.{member_name}")
+                missing.append(f"{name}.{member_name}")
     return missing
 
 
@@ -152,11 +174,15 @@ def _defined_in(obj: object, module: Any) -> bool:
 
 
 def on_files(files: Any, config: Any) -> Any:
-    """Warn about every undocumented public name of the modules the API pages render."""
-    modules: set[str] = set()
+    """Warn about every undocumented public name of what the API pages render."""
+    identifiers: set[str] = set()
     for path in Path(config["docs_dir"]).rglob("*.md"):
-        modules.update(RENDERED_MODULE.findall(path.read_text(encoding="utf-8")))
-    for module_name in sorted(modules):
-        for name in undocumented(module_name):
+        identifiers.update(RENDERED.findall(path.read_text(encoding="utf-8")))
+    for identifier in sorted(identifiers):
+        try:
+            missing = undocumented(identifier)
+        except (ImportError, AttributeError):
+            continue  # mkdocstrings reports the broken reference itself
+        for name in missing:
             log.warning("%s has no docstring", name)
     return files

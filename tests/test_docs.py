@@ -97,7 +97,7 @@ def test_undocumented_public_names_are_warned(
             '''
         )
     )
-    (tmp_path / "api.md").write_text("::: docpkg\n")
+    (tmp_path / "api.md").write_text("::: docpkg\n::: docpkg.Missing\n")  # mkdocstrings' error
     monkeypatch.syspath_prepend(str(tmp_path))
     caplog.set_level(logging.WARNING, logger="mkdocs")
     try:
