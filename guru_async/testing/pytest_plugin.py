@@ -169,7 +169,7 @@ def _test_options(request: pytest.FixtureRequest) -> tuple[dict[str, Any], list[
     options: dict[str, Any] = {}
     for marker in reversed(list(request.node.iter_markers("guru_emulator"))):
         if marker.args:
-            raise pytest.UsageError("the guru_emulator marker takes keyword arguments only")
+            raise TypeError("the guru_emulator marker takes keyword arguments only")
         options.update(marker.kwargs)
     # Indirect parametrization: @pytest.mark.parametrize("guru_emulator", [{...}], indirect=True)
     options.update(getattr(request, "param", None) or {})
