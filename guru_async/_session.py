@@ -953,7 +953,10 @@ class GuruSession:
             poll_rate: The most Get Analysis requests per second the batch makes.
             max_in_flight: The most items between being read from ``items`` and being
                 reported (uploading or awaiting analysis); bounds memory for any input.
-            domain, activity, rep_count, source: Defaults for items that do not set them.
+            domain: The default domain of items that do not set one.
+            activity: The default activity of items that do not set one.
+            rep_count: The default rep count of items that do not set one.
+            source: The default source of items that do not set one.
 
         Returns:
             A BatchUpload: an async iterator of BatchResult, and an async context manager.
