@@ -47,7 +47,7 @@ def test_included_section_is_readme_text_with_repo_links() -> None:
     out = hooks.on_page_markdown(
         "<!-- readme-section: Testing your own app -->\n", Page(), {"docs_dir": str(DOCS)}
     )
-    assert "async def test_counts_reps(guru, guru_emulator, tmp_path):" in out
+    assert "async def test_counts_reps(guru: GuruSession, guru_emulator: GuruEmulator" in out
     assert "## Testing your own app" not in out
     assert hooks._from_repository("see [results](benchmarks/RESULTS.md)") == (
         "see [results](https://github.com/guru-async/guru_async/blob/main/benchmarks/RESULTS.md)"

@@ -79,7 +79,7 @@ seen = []
 
 
 @pytest.mark.asyncio
-@pytest.mark.guru_emulator(faults=[FaultRule(route="POST /videos", status=503, times=1)])
+@pytest.mark.guru_emulator(faults=[FaultRule(route="POST /videos", status=429, times=1)])
 async def test_first(guru, guru_emulator):
     await guru.create_video("clip.mp4", size=10, activity="squat")  # retried once
     assert guru_emulator.faults.fired["POST /videos"] == 1
