@@ -226,7 +226,7 @@ async def test_a_maintenance_window_longer_than_the_deadline_leaves_the_budget_w
         (FaultRule(route=CREATE, kind="drop"), GuruConnectionError, "disconnected"),
         (FaultRule(route=CREATE, kind="truncate"), GuruConnectionError, "payload"),
         (FaultRule(route=CREATE, kind="malformed"), ResponseDecodeError, "not JSON"),
-        (FaultRule(route=CREATE, kind="delay", delay=1.0), GuruConnectionError, "timed out"),
+        (FaultRule(route=CREATE, kind="delay", delay=0.6), GuruConnectionError, "timed out"),
         (FaultRule(route=CREATE, status=500), ServerError, "HTTP 500"),
         (FaultRule(route=CREATE, status=502), ServerError, "HTTP 502"),
         (FaultRule(route=CREATE, status=503), ServerError, "HTTP 503"),
