@@ -53,8 +53,9 @@ class RetryBudget:
     """A token bucket shared by a session's requests, so a dead service is not hammered.
 
     botocore's standard mode: each retry takes ``retry_cost`` (``timeout_cost`` after a
-    timeout or dropped connection); a request that succeeds gives back what its last retry
-    took, or ``refund`` if it needed none. Transient faults that retries overcome cost nothing
+    timeout or dropped connection), when it is sure to happen (a retry the call's deadline rules
+    out costs nothing); a request that succeeds gives back what its last retry took, or
+    ``refund`` if it needed none. Transient faults that retries overcome cost nothing
     in the long run; a service that keeps failing drains the bucket, and then failures are
     raised at once instead of retried.
     """

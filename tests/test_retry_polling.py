@@ -101,7 +101,7 @@ async def test_a_zero_polling_hint_does_not_make_a_busy_loop(crafted: CraftedSer
     assert info.value.last is not None
     assert info.value.last.status is AnalysisStatus.PENDING
     # Polls at 0, 0.05, ... 0.5 s: 11 at most, fewer when the machine is busy.
-    assert 2 <= len(crafted.hits) <= 12
+    assert 1 <= len(crafted.hits) <= 12
 
 
 # -- item 15: a wait on an API that has gone away ------------------------------------------------
@@ -226,7 +226,7 @@ async def test_a_maintenance_window_longer_than_the_deadline_leaves_the_budget_w
         (FaultRule(route=CREATE, kind="drop"), GuruConnectionError, "disconnected"),
         (FaultRule(route=CREATE, kind="truncate"), GuruConnectionError, "payload"),
         (FaultRule(route=CREATE, kind="malformed"), ResponseDecodeError, "not JSON"),
-        (FaultRule(route=CREATE, kind="delay", delay=1.0), GuruConnectionError, "timed out"),
+        (FaultRule(route=CREATE, kind="delay", delay=0.6), GuruConnectionError, "timed out"),
         (FaultRule(route=CREATE, status=500), ServerError, "HTTP 500"),
         (FaultRule(route=CREATE, status=502), ServerError, "HTTP 502"),
         (FaultRule(route=CREATE, status=503), ServerError, "HTTP 503"),
@@ -302,7 +302,8 @@ async def test_create_is_retried_when_the_request_surely_was_not_sent(
     makes exactly one video."""
     caplog.set_level(logging.DEBUG, logger="guru_async")
     emu = await start_emulator(port=free_port(), storage_port=free_port())
-    policy = RetryPolicy(max_retries=50, wait_initial=0.02, wait_max=0.05)
+    # Up to 40 retries 0.05-0.2 s apart: seconds for the restart below, within the budget.
+    policy = RetryPolicy(max_retries=40, wait_initial=0.05, wait_max=0.2)
     async with session_for(emu, retry_policy=policy) as guru:
         with pytest.raises(NotFoundError):
             await guru.get_video("no-such-video")  # fetches the token before the outage
