@@ -2,8 +2,14 @@
 
 aiohttp's ``FormData`` cannot give a streamed file an exact ``Content-Length`` (aio-libs/aiohttp
 #7174) and falls back to chunked encoding, which S3-style storage rejects. So the body is
-written here: the signed fields first and unchanged, then the ``file`` part streamed from disk
-in chunks, then the closing boundary, with its length computed up front.
+written here: the signed fields first and unchanged, then the ``file`` part streamed in chunks,
+then the closing boundary, with its length computed up front.
+
+The content comes from an UploadSource: a local file (a path or a file object), an http(s) URL
+(its response body piped through, its size from Content-Length), or a StreamSource (an async
+stream with a declared size, sent once). Each yields exactly its announced size or fails:
+SourceError for a URL or stream, UploadError("FileChanged") for a file, and a local OSError as
+it is.
 """
 
 from __future__ import annotations
