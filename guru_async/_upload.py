@@ -419,6 +419,56 @@ async def _read_stream(stream: object, chunk_size: int) -> AsyncIterator[bytes]:
             yield chunk
 
 
+async def fetch_source(
+    http: aiohttp.ClientSession,
+    url: URL,
+    *,
+    timeout: aiohttp.ClientTimeout,
+    check: Callable[[str, str], None],
+) -> aiohttp.ClientResponse:
+    """GET a source URL, following redirects only to URLs that ``check`` accepts (the rules of
+    ``base_url``). No token goes to the source; its failures are SourceError, never retried as
+    Guru errors."""
+    described = public_url(url)
+    for hop in range(MAX_REDIRECTS + 1):
+        if hop:
+            try:
+                check(str(url), "source redirect")
+            except ValueError as exc:
+                raise SourceError(
+                    f"the source {described} redirected to a refused URL: {exc}", url=described
+                ) from None
+        try:
+            # identity: Content-Length must count the bytes storage will receive.
+            resp = await http.get(
+                url,
+                headers={"Accept-Encoding": "identity"},
+                allow_redirects=False,
+                timeout=timeout,
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise SourceError(
+                f"the source {described} could not be fetched: {describe_network_error(exc)}",
+                url=described,
+            ) from None
+        if resp.status in REDIRECT_STATUSES and resp.headers.get("Location"):
+            resp.close()
+            url = url.join(URL(resp.headers["Location"], encoded=True))
+            continue
+        if resp.status != 200:
+            resp.close()
+            raise SourceError(
+                f"the source {described} answered HTTP {resp.status}"
+                + (f" {resp.reason}" if resp.reason else ""),
+                status=resp.status,
+                url=described,
+            )
+        return resp
+    raise SourceError(
+        f"the source {described} redirected more than {MAX_REDIRECTS} times", url=described
+    )
+
+
 def _quote(value: str) -> str:
     # The HTML form encoding of names in Content-Disposition, as browsers and S3 expect.
     return value.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
