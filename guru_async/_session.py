@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
@@ -40,7 +39,6 @@ from ._errors import (
     GuruError,
     ResponseDecodeError,
     SessionClosedError,
-    SourceError,
     UploadError,
     error_for_status,
 )
@@ -53,7 +51,6 @@ from ._transport import (
     Response,
     Timeouts,
     Transport,
-    describe_network_error,
     json_error_body,
     redact,
 )
@@ -65,9 +62,9 @@ from ._upload import (
     UploadSource,
     check_not_expired,
     download_error,
+    fetch_source,
     is_url,
     presign_expired,
-    public_url,
     storage_error,
 )
 from ._validation import (
@@ -480,68 +477,23 @@ class GuruSession:
 
     async def _source(self, file: FileSource, filename: str | None) -> UploadSource:
         """Check and measure what to upload (a URL source is fetched to learn its size)."""
-        src = UploadSource(file, filename=filename, fetch=self._fetch_source)
-        if src.url is not None:
-            # Refused before anything is sent, like a bad base_url.
-            checked_url(
-                str(src.url), name="source URL", allow_insecure_http=self._allow_insecure_http
-            )
-        await src.measure()
-        return src
 
-    async def _fetch_source(self, url: URL) -> aiohttp.ClientResponse:
-        """GET a source URL, following redirects only to URLs that pass the base_url rules.
+        def check(url: str, name: str) -> None:
+            checked_url(url, name=name, allow_insecure_http=self._allow_insecure_http)
 
-        No token or session header goes to the source; its failures are SourceError, never
-        retried as Guru errors."""
-        described = public_url(url)
         timeouts = self._transport.timeouts
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
-        for hop in range(MAX_REDIRECTS + 1):
-            if hop:
-                try:
-                    checked_url(
-                        str(url),
-                        name="source redirect",
-                        allow_insecure_http=self._allow_insecure_http,
-                    )
-                except ValueError as exc:
-                    raise SourceError(
-                        f"the source {described} redirected to a refused URL: {exc}",
-                        url=described,
-                    ) from None
-            try:
-                # identity: Content-Length must count the bytes storage will receive.
-                resp = await self._http().get(
-                    url,
-                    headers={"Accept-Encoding": "identity"},
-                    allow_redirects=False,
-                    timeout=timeout,
-                )
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise SourceError(
-                    f"the source {described} could not be fetched: {describe_network_error(exc)}",
-                    url=described,
-                ) from None
-            redirect = redirect_target(url, resp.status, resp.headers.get("Location"))
-            if redirect is not None:
-                resp.close()
-                url = redirect.location
-                continue
-            if resp.status != 200:
-                resp.close()
-                raise SourceError(
-                    f"the source {described} answered HTTP {resp.status}"
-                    + (f" {resp.reason}" if resp.reason else ""),
-                    status=resp.status,
-                    url=described,
-                )
-            return resp
-        raise SourceError(
-            f"the source {described} redirected more than {MAX_REDIRECTS} times", url=described
+        src = UploadSource(
+            file,
+            filename=filename,
+            fetch=lambda url: fetch_source(self._http(), url, timeout=timeout, check=check),
         )
+        if src.url is not None:
+            check(str(src.url), "source URL")  # refused before anything is sent
+        await src.measure()
+        return src
 
     async def _upload(
         self,

@@ -2,8 +2,14 @@
 
 aiohttp's ``FormData`` cannot give a streamed file an exact ``Content-Length`` (aio-libs/aiohttp
 #7174) and falls back to chunked encoding, which S3-style storage rejects. So the body is
-written here: the signed fields first and unchanged, then the ``file`` part streamed from disk
-in chunks, then the closing boundary, with its length computed up front.
+written here: the signed fields first and unchanged, then the ``file`` part streamed in chunks,
+then the closing boundary, with its length computed up front.
+
+The content comes from an UploadSource: a local file (a path or a file object), an http(s) URL
+(its response body piped through, its size from Content-Length), or a StreamSource (an async
+stream with a declared size, sent once). Each yields exactly its announced size or fails:
+SourceError for a URL or stream, UploadError("FileChanged") for a file, and a local OSError as
+it is.
 """
 
 from __future__ import annotations
@@ -411,6 +417,56 @@ async def _read_stream(stream: object, chunk_size: int) -> AsyncIterator[bytes]:
     else:
         async for chunk in stream:  # type: ignore[attr-defined]
             yield chunk
+
+
+async def fetch_source(
+    http: aiohttp.ClientSession,
+    url: URL,
+    *,
+    timeout: aiohttp.ClientTimeout,
+    check: Callable[[str, str], None],
+) -> aiohttp.ClientResponse:
+    """GET a source URL, following redirects only to URLs that ``check`` accepts (the rules of
+    ``base_url``). No token goes to the source; its failures are SourceError, never retried as
+    Guru errors."""
+    described = public_url(url)
+    for hop in range(MAX_REDIRECTS + 1):
+        if hop:
+            try:
+                check(str(url), "source redirect")
+            except ValueError as exc:
+                raise SourceError(
+                    f"the source {described} redirected to a refused URL: {exc}", url=described
+                ) from None
+        try:
+            # identity: Content-Length must count the bytes storage will receive.
+            resp = await http.get(
+                url,
+                headers={"Accept-Encoding": "identity"},
+                allow_redirects=False,
+                timeout=timeout,
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise SourceError(
+                f"the source {described} could not be fetched: {describe_network_error(exc)}",
+                url=described,
+            ) from None
+        if resp.status in REDIRECT_STATUSES and resp.headers.get("Location"):
+            resp.close()
+            url = url.join(URL(resp.headers["Location"], encoded=True))
+            continue
+        if resp.status != 200:
+            resp.close()
+            raise SourceError(
+                f"the source {described} answered HTTP {resp.status}"
+                + (f" {resp.reason}" if resp.reason else ""),
+                status=resp.status,
+                url=described,
+            )
+        return resp
+    raise SourceError(
+        f"the source {described} redirected more than {MAX_REDIRECTS} times", url=described
+    )
 
 
 def _quote(value: str) -> str:

@@ -361,3 +361,22 @@ def create_id(emu: GuruEmulator) -> str:
     """The id of the one video the emulator created."""
     (video_id,) = emu.upload_attempts
     return video_id
+
+
+async def test_the_step_by_step_calls_take_a_url(
+    emulator: GuruEmulator, guru: GuruSession, source: SourceServer
+) -> None:
+    """create_video names a URL's video by its last segment (size= required), and upload
+    streams it; analyze takes a URL too and returns the finished analysis."""
+    url = f"{source.url}/video.mp4?{SECRET}"
+    with pytest.raises(ValueError, match="needs size= for a URL"):
+        await guru.create_video(url)
+    created = await guru.create_video(url, size=MIB, activity="squat")
+    await guru.upload(created, url)
+    assert emulator.stored_path(created.id).read_bytes() == source.content
+    create = recorded_on(emulator, CREATE)[0]
+    assert create.json is not None
+    assert create.json["filename"] == "video.mp4"
+    analysis = await guru.analyze(URL(url), activity="squat", timeout=10)
+    assert analysis.status == "Complete"
+    assert source.hits == ["video.mp4", "video.mp4"]
