@@ -79,7 +79,7 @@ class AccessToken(Protocol):
 
     async def get(self) -> str: ...
 
-    def invalidate(self, access_token: str) -> None: ...
+    async def invalidate(self, access_token: str) -> None: ...
 
 
 @frozen
@@ -221,7 +221,7 @@ class Transport:
                 ):
                     raise
                 assert self.token is not None
-                self.token.invalidate(auth.token)
+                await self.token.invalidate(auth.token)
                 auth.refreshed = True
                 continue
             finally:

@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import stat
+import sys
 import time
+from asyncio.subprocess import Process
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from guru_async import (
     FileTokenStore,
     GuruSession,
     MemoryTokenStore,
+    Token,
     Video,
 )
 from guru_async.testing import FaultRule, GuruEmulator
@@ -28,6 +31,7 @@ ANALYSIS = "GET /videos/{id}/analysis"
 API_ROUTES = {"POST /videos", GET_VIDEO, "PUT /videos/{id}", ANALYSIS, "GET /videos/{id}/j2p"}
 
 MakeSession = Callable[..., GuruSession]
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def _created_video_id(emulator: GuruEmulator) -> str:
@@ -294,3 +298,97 @@ async def test_sessions_sharing_a_store_share_one_refresh(
             return_exceptions=True,
         )
     assert emulator.token_requests == 1
+
+
+async def test_concurrent_saves_of_different_keys_all_survive(tmp_path: Path) -> None:
+    """20 concurrent saves of different keys to one FileTokenStore leave all 20 in the file."""
+    store = FileTokenStore(tmp_path / "tokens.json")
+    expires = time.time() + 3600
+    await asyncio.gather(*(store.save(f"key-{i}", Token(f"token-{i}", expires)) for i in range(20)))
+    reader = FileTokenStore(tmp_path / "tokens.json")
+    loaded = [await reader.load(f"key-{i}") for i in range(20)]
+    assert [t.access_token if t else None for t in loaded] == [f"token-{i}" for i in range(20)]
+    assert stat.S_IMODE(os.stat(tmp_path / "tokens.json.lock").st_mode) == 0o600
+
+
+async def test_file_store_discard_drops_only_the_rejected_token(tmp_path: Path) -> None:
+    """discard() deletes a stored token only while it is still the rejected one."""
+    store = FileTokenStore(tmp_path / "tokens.json")
+    expires = time.time() + 3600
+    await store.save("a", Token("replacement", expires))
+    await store.save("b", Token("other", expires))
+    await store.discard("a", "rejected-earlier")
+    assert (await store.load("a")) == Token("replacement", expires)
+    await store.discard("a", "replacement")
+    assert await store.load("a") is None
+    assert (await store.load("b")) == Token("other", expires)
+
+
+async def test_file_store_fetch_once_reuses_a_fresh_token_unless_stale(tmp_path: Path) -> None:
+    """fetch_once() returns the stored fresh token without fetching, and fetches (and saves)
+    when the stored token is the stale one."""
+    store = FileTokenStore(tmp_path / "tokens.json")
+    stored = Token("stored", time.time() + 3600)
+    await store.save("k", stored)
+    fetched: list[Token] = []
+
+    async def fetch() -> Token:
+        fetched.append(Token(f"new-{len(fetched)}", time.time() + 3600))
+        return fetched[-1]
+
+    assert await store.fetch_once("k", fetch, stale=None) == stored
+    assert fetched == []
+    new = await store.fetch_once("k", fetch, stale="stored")
+    assert new.access_token == "new-0"
+    assert await FileTokenStore(tmp_path / "tokens.json").load("k") == new
+
+
+async def _start_token_worker(emulator: GuruEmulator, token_file: Path) -> Process:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "GURU_BASE_URL": emulator.base_url,
+        "GURU_TOKEN_URL": emulator.token_url,
+        "GURU_CLIENT_ID": emulator.client_id,
+        "GURU_CLIENT_SECRET": emulator.client_secret,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(REPO / "tests" / "token_worker.py"),
+        str(token_file),
+        cwd=REPO,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_processes_starting_together_make_one_token_request(
+    emulator: GuruEmulator, tmp_path: Path
+) -> None:
+    """Four processes sharing a token file, released at once against a slow token endpoint,
+    make one token request and all call the API with that token."""
+    emulator.faults.add(FaultRule(route="POST /oauth2/token", kind="delay", delay=0.3))
+    token_file = tmp_path / "cache" / "tokens.json"
+    workers = [await _start_token_worker(emulator, token_file) for _ in range(4)]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert await asyncio.wait_for(worker.stdout.readline(), timeout=30) == b"ready\n"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+            await worker.stdin.drain()
+        outputs = [await asyncio.wait_for(w.communicate(), timeout=30) for w in workers]
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+    assert [out for out, _ in outputs] == [b"done\n"] * 4
+    assert [w.returncode for w in workers] == [0] * 4
+    assert emulator.token_requests == 1
+    tokens = {headers_of(r)["authorization"] for r in recorded_on(emulator, GET_VIDEO)}
+    assert len(tokens) == 1
+    (entry,) = json.loads(token_file.read_text()).values()
+    assert tokens == {entry["access_token"]}
