@@ -17,10 +17,12 @@ except ImportError as exc:  # pragma: no cover - exercised with the extra uninst
         f"(missing: {exc.name})"
     ) from exc
 
+from ._rate import RedisRateLimiter
 from ._redis import RedisUnavailableError
 from ._tokens import RedisTokenStore
 
 __all__ = [
+    "RedisRateLimiter",
     "RedisTokenStore",
     "RedisUnavailableError",
 ]
