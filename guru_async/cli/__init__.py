@@ -37,6 +37,7 @@ from ._commands import (
 from ._config import UsageError
 from ._constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, log
 from ._demo import cmd_demo
+from ._fleet import add_worker_command
 from ._output import Output
 
 # -- the parser and main ---------------------------------------------------------------------
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", "run a batch against a local emulator: table, journal, plot")
     p.add_argument("--out", default="guru-demo", metavar="DIR", help="default: ./guru-demo")
     p.set_defaults(handler=cmd_demo)
+
+    add_worker_command(
+        command("worker", "run a fleet worker: upload the videos a Redis queue holds")
+    )
 
     # add_help=False: --help and every option belong to the emulator's own parser.
     p = sub.add_parser(
