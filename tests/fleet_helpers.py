@@ -76,6 +76,7 @@ def start_worker(
         "--poll-interval", "0.05",
         "--sweep-interval", "1",
         "--grace", "5",
+        *(["-v"] if os.environ.get("GURU_FLEET_TEST_VERBOSE") else []),
         *extra,
     ]  # fmt: skip
     with log.open("wb") as sink:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -38,6 +39,9 @@ def add_worker_command(sub: argparse.ArgumentParser) -> None:
         metavar="R",
         help="the whole fleet's ceiling on API requests per second (shared in Redis)",
     )
+    sub.add_argument(
+        "--max-waiting", type=int, default=32, metavar="N", help="analyses awaited at once (32)"
+    )
     sub.add_argument("--queue", default=None, metavar="NAME", help="the fleet's queue name")
     sub.add_argument(
         "--grace",
@@ -58,6 +62,9 @@ async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         from ..fleet._protocol import DEFAULT_QUEUE
     except ImportError as exc:
         raise UsageError(str(exc)) from None
+    if args.verbose:
+        logging.getLogger("saq").setLevel(logging.INFO)
+        logging.getLogger("guru_async.fleet").setLevel(logging.INFO)
     url = fleet_url(args.redis, option="--redis")
     client_id, client_secret = _credentials()
     store = RedisTokenStore(url)
@@ -80,6 +87,7 @@ async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         ),
         queue=args.queue or DEFAULT_QUEUE,
         concurrency=args.concurrency,
+        max_waiting=args.max_waiting,
         grace=args.grace,
         sweep_interval=args.sweep_interval,
     )

@@ -59,7 +59,9 @@ from ._redis import RedisUnavailableError, check_url, describe_url
 log = logging.getLogger("guru_async.fleet")
 
 DEFAULT_CONCURRENCY = 4
-DEFAULT_MAX_WAITING = 500
+# Each slot is a saq task with its own blocking dequeue (and Redis connection): enough for
+# the analyses a few uploads at a time keep waiting, not hundreds.
+DEFAULT_MAX_WAITING = 32
 
 
 def redis_client(url: str) -> redis_async.Redis:
@@ -357,17 +359,23 @@ class FleetWorker:
             # Upkeep loops notice a stop only between sleeps: keep them short, so a SIGTERM
             # is not held up by them.
             timers = {"sweep": self._sweep, "schedule": 1, "abort": 1, "worker_info": 5}
-            # A dequeue gives up after 1 s, so a stopping worker's idle slots end promptly.
-            common: dict[str, Any] = {"timers": timers, "dequeue_timeout": 1.0}
+            common: dict[str, Any] = {"timers": timers}
             upload_worker = Worker(
                 uploads,
                 [(UPLOAD_FUNCTION, _upload_job)],
                 concurrency=self._concurrency,
+                # A dequeue gives up after 1 s, so a stopping worker's idle slots end promptly
+                # instead of taking a job they would only hand back.
+                dequeue_timeout=1.0,
                 shutdown_grace_period_s=int(self._grace) or None,
                 **common,
             )
             poll_worker = Worker(
-                polls, [(POLL_FUNCTION, _poll_job)], concurrency=self._max_waiting, **common
+                polls,
+                [(POLL_FUNCTION, _poll_job)],
+                concurrency=self._max_waiting,
+                dequeue_timeout=5.0,
+                **common,
             )
             for worker in (upload_worker, poll_worker):
                 # Signals are this object's: one SIGTERM must stop both, in order.
