@@ -81,6 +81,10 @@ def start_worker(
     ]  # fmt: skip
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=worker_env(emu)
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=worker_env(emu),
         )
     return WorkerProcess(process, log)

@@ -64,7 +64,6 @@ async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(str(exc)) from None
     if args.verbose:
         logging.getLogger("saq").setLevel(logging.INFO)
-        logging.getLogger("guru_async.fleet").setLevel(logging.INFO)
     url = fleet_url(args.redis, option="--redis")
     client_id, client_secret = _credentials()
     store = RedisTokenStore(url)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,6 +34,9 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
 from ._protocol import item_record_key, lease_key
+
+
+log = logging.getLogger("guru_async.fleet")
 
 
 class LeaseLostError(Exception):
@@ -108,7 +112,10 @@ class Claims:
             sleep=min(0.2, seconds / 4),
             thread_local=False,  # one event loop, many jobs: the token belongs to this object
         )
-        await lock.acquire()
+        if not await lock.acquire(blocking=False):
+            log.debug("item %s: waiting for its lease (another job holds it)", item[:12])
+            await lock.acquire()
+        log.debug("item %s: lease taken", item[:12])
         body = asyncio.current_task()
         assert body is not None
         lost: list[BaseException] = []
@@ -147,3 +154,4 @@ class Claims:
                 # Released for the next job at once; if Redis is down it expires by itself.
                 with contextlib.suppress(LockError, RedisError, OSError):
                     await lock.release()
+                log.debug("item %s: lease released", item[:12])

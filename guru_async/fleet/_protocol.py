@@ -15,7 +15,6 @@ Redis keys (``Q`` is the fleet's queue name, default ``guru-fleet``):
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from .._converter import decode_json, structure, to_json
@@ -117,9 +116,6 @@ def encode_error(error: BaseException) -> dict[str, Any]:
     body = getattr(error, "body", None)
     if isinstance(body, (str, int, float, bool, dict, list)):
         state["body"] = body
-    if isinstance(error, OSError):
-        state["errno"] = error.errno
-        state["filename"] = None if error.filename is None else os.fsdecode(error.filename)
     return {"type": type(error).__name__, "message": str(error), "state": state}
 
 
@@ -156,10 +152,9 @@ def decode_error(data: dict[str, Any]) -> BaseException:
     message = str(data.get("message", ""))
     state = dict(data.get("state") or {})
     if name in _OS_ERRORS:
-        os_error = _OS_ERRORS[name](message)
-        os_error.errno = state.get("errno")
-        os_error.filename = state.get("filename")
-        return os_error
+        # The message alone: it already names the file, and errno/filename set on an OSError
+        # would rewrite its str() as "[Errno ...]".
+        return _OS_ERRORS[name](message)
     if name in _VALUE_ERRORS:
         return _VALUE_ERRORS[name](message)
     guru_type = _guru_error_types().get(name)
