@@ -264,3 +264,35 @@ def test_worker_with_unreachable_redis_exits_with_a_clear_message() -> None:
     assert done.returncode == 1
     assert b"Redis at redis://127.0.0.1" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+async def test_cli_batch_on_the_fleet_prints_the_table(
+    tmp_path: Path,
+    redis_url: str,
+    fleet_emulator: GuruEmulator,
+    workers: Callable[..., Awaitable[list[WorkerProcess]]],
+) -> None:
+    """``guru-async batch --fleet URL`` runs on the workers and prints the usual table."""
+    files = make_clips(tmp_path / "clips", 3)
+    await workers(redis_url, 1)
+    env = {k: v for k, v in worker_env(fleet_emulator).items() if not k.startswith("GURU_CLIENT")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "guru_async",
+        "batch",
+        "--fleet",
+        redis_url,
+        *map(str, files),
+        "--activity",
+        "squat",
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0
+    text = out.decode()
+    for path in files:
+        assert str(path) in text
+    assert text.count("Complete") == 3
+    assert_stored_once(fleet_emulator, files)

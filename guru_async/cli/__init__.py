@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--journal", metavar="F", help="SQLite journal: rerun to resume, never redo")
     p.add_argument("--out", metavar="F", help="write one JSON line per video to F")
     p.add_argument("--no-wait", action="store_true", help="do not wait for analyses")
+    p.add_argument(
+        "--fleet",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="run on a fleet's workers through this Redis (default: $GURU_REDIS_URL)",
+    )
     _timeout_option(p, "seconds to wait for each analysis")
     _video_options(p)
     p.set_defaults(handler=cmd_batch)

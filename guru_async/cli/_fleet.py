@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 
+from .._batch import BatchProgress, BatchResult
 from .._polling import PollPolicy
 from .._session import GuruSession
-from ._config import UsageError, _credentials
+from ._config import UsageError, _credentials, _video_fields, open_session
 from ._constants import EXIT_OK
 from ._output import Output
 
@@ -53,6 +56,42 @@ def add_worker_command(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--poll-interval", type=float, default=None, help=argparse.SUPPRESS)
     sub.add_argument("--sweep-interval", type=int, default=5, help=argparse.SUPPRESS)
     sub.set_defaults(handler=cmd_worker)
+
+
+async def open_batch(
+    stack: contextlib.AsyncExitStack,
+    args: argparse.Namespace,
+    items: Iterator[str],
+    progress: Callable[[BatchProgress], None],
+) -> AsyncIterator[BatchResult]:
+    """The ``batch`` command's results: from this process, or with ``--fleet`` from the
+    fleet's workers (this process then only enqueues and reads results)."""
+    fields = _video_fields(args)
+    fleet_option = getattr(args, "fleet", None)
+    if fleet_option is None:
+        guru = await stack.enter_async_context(open_session(args))
+        return guru.batch_upload(
+            items,
+            upload_concurrency=args.upload_concurrency,
+            wait=not args.no_wait,
+            journal=args.journal,
+            progress=progress,
+            timeout=args.timeout,
+            **fields,
+        )
+    try:
+        from ..fleet import Fleet
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    fleet = await stack.enter_async_context(Fleet(fleet_url(fleet_option, option="--fleet")))
+    return fleet.batch_upload(
+        items,
+        wait=not args.no_wait,
+        journal=args.journal,
+        progress=progress,
+        timeout=args.timeout,
+        **fields,
+    )
 
 
 async def cmd_worker(args: argparse.Namespace, out: Output) -> int:

@@ -35,7 +35,6 @@ from redis.exceptions import LockError, RedisError
 
 from ._protocol import item_record_key, lease_key
 
-
 log = logging.getLogger("guru_async.fleet")
 
 

@@ -128,7 +128,7 @@ class Fleet:
             self._client = redis_client(self._url)
         assert self._client is not None
         try:
-            await ping(self._client, self.where)
+            await ping(self._client, self.where, url=self._url)
         except BaseException:
             await self._close_own()
             raise

@@ -28,7 +28,8 @@ from typing import Any
 
 import redis.asyncio as redis_async
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import AuthenticationError as RedisAuthError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -76,14 +77,29 @@ def redis_client(url: str) -> redis_async.Redis:
     )
 
 
-async def ping(client: redis_async.Redis, where: str) -> None:
-    """Raise RedisUnavailableError (no password in it) unless Redis answers now."""
+async def ping(client: redis_async.Redis, where: str, *, url: str | None = None) -> None:
+    """Raise RedisUnavailableError (no password in it) unless Redis answers now.
+
+    Given the URL, the check uses a client without retries, so a wrong address or password
+    fails at once instead of after the long client's retries.
+    """
+    probe = client
+    if url is not None:
+        probe = redis_async.Redis.from_url(
+            url, socket_connect_timeout=5.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
+        )
     try:
-        await asyncio.wait_for(client.ping(), 10.0)  # type: ignore[arg-type]
+        await asyncio.wait_for(probe.ping(), 10.0)  # type: ignore[arg-type]
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        reason = "it refused the password or user" if "auth" in str(exc).lower() else None
-        detail = reason or type(exc).__name__
+        if isinstance(exc, RedisAuthError) or "auth" in str(exc).lower():
+            detail = "it refused the password or user"
+        else:
+            detail = type(exc).__name__
         raise RedisUnavailableError(f"Redis at {where} is unavailable: {detail}") from None
+    finally:
+        if probe is not client:
+            with contextlib.suppress(RedisError, OSError):
+                await probe.aclose()
 
 
 class _FleetQueue(RedisQueue):
@@ -365,7 +381,7 @@ class FleetWorker:
         """
         clients = [redis_client(self._url) for _ in range(3)]
         try:
-            await ping(clients[0], self.where)
+            await ping(clients[0], self.where, url=self._url)
             uploads = _FleetQueue(clients[0], name=self._queue)
             polls = _FleetQueue(clients[1], name=poll_queue_name(self._queue))
             fleet = _Context(self._session, clients[2], self._queue, polls)
