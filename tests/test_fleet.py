@@ -296,3 +296,23 @@ async def test_cli_batch_on_the_fleet_prints_the_table(
         assert str(path) in text
     assert text.count("Complete") == 3
     assert_stored_once(fleet_emulator, files)
+
+
+async def test_demo_on_a_local_fleet_completes_every_video_once(tmp_path: Path) -> None:
+    """``guru-async demo --fleet`` kills a worker mid-run and still stores every clip once."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "guru_async",
+        "demo",
+        "--fleet",
+        "--out",
+        str(tmp_path / "demo"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    text = out.decode() + err.decode()
+    assert process.returncode == 0, text
+    assert "SIGKILLed mid-run" in text
+    assert "6 results for 6 clips, 6 videos stored, 0 uploaded twice" in text

@@ -36,8 +36,8 @@ from ._commands import (
 )
 from ._config import UsageError
 from ._constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PROG, log
-from ._demo import cmd_demo
 from ._fleet import add_worker_command
+from ._fleet_demo import cmd_demo_any
 from ._output import Output
 
 # -- the parser and main ---------------------------------------------------------------------
@@ -195,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", "run a batch against a local emulator: table, journal, plot")
     p.add_argument("--out", default="guru-demo", metavar="DIR", help="default: ./guru-demo")
-    p.set_defaults(handler=cmd_demo)
+    p.add_argument(
+        "--fleet",
+        action="store_true",
+        help="run it on a local fleet: redis-server, 2 workers, one killed mid-run",
+    )
+    p.set_defaults(handler=cmd_demo_any)
 
     add_worker_command(
         command("worker", "run a fleet worker: upload the videos a Redis queue holds")
