@@ -316,3 +316,33 @@ async def test_demo_on_a_local_fleet_completes_every_video_once(tmp_path: Path) 
     assert process.returncode == 0, text
     assert "SIGKILLed mid-run" in text
     assert "6 results for 6 clips, 6 videos stored, 0 uploaded twice" in text
+
+
+async def test_sigterm_finishes_uploads_in_flight_and_hands_back_the_rest(
+    tmp_path: Path,
+    redis_url: str,
+    fleet_emulator: GuruEmulator,
+    workers: Callable[..., Awaitable[list[WorkerProcess]]],
+) -> None:
+    """A worker stopped with SIGTERM mid-batch exits 0 without cutting an upload short, and a
+    worker started later finishes the rest: every item complete, each file stored once."""
+    emu = fleet_emulator
+    files = make_clips(tmp_path / "clips", 16)
+    (first,) = await workers(redis_url, 1)
+    results: list[BatchResult] = []
+
+    async def stop_then_replace() -> None:
+        await wait_until(lambda: sum(emu.uploads_completed.values()) >= 2, timeout=30)
+        assert await asyncio.to_thread(first.terminate) == 0
+        await workers(redis_url, 1)
+
+    swap = asyncio.create_task(stop_then_replace())
+    async with Fleet(redis_url, heartbeat=2, check_interval=1.0) as fleet:
+        async for r in fleet.batch_upload(files, activity="squat"):
+            results.append(r)
+    await swap
+
+    assert_all_complete(results, files)
+    assert_stored_once(emu, files)
+    assert emu.upload_attempts == emu.uploads_completed  # no upload was cut short
+    assert b"worker stopped" in first.log.read_bytes()
