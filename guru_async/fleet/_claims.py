@@ -62,10 +62,9 @@ def item_hash(service: str, path: Path, fields: dict[str, Any]) -> str:
 class Claims:
     """Item records and leases of one fleet queue in Redis."""
 
-    def __init__(self, redis: redis_async.Redis, *, queue: str, retention: int) -> None:
+    def __init__(self, redis: redis_async.Redis, *, queue: str) -> None:
         self._redis = redis
         self._queue = queue
-        self.retention = retention
 
     async def read(self, item: str) -> ItemRecord:
         """The item's record (all None when it was never claimed or has expired)."""
@@ -80,7 +79,13 @@ class Claims:
         return ItemRecord(text(b"state"), text(b"video_id"), text(b"analysis"))
 
     async def record(
-        self, item: str, state: str, *, video_id: str, analysis: str | None = None
+        self,
+        item: str,
+        state: str,
+        *,
+        video_id: str,
+        retention: int,
+        analysis: str | None = None,
     ) -> None:
         """Move the item to ``state``; the record expires ``retention`` s after this."""
         key = item_record_key(self._queue, item)
@@ -93,7 +98,7 @@ class Claims:
             mapping["analysis"] = analysis
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, self.retention)
+            pipe.expire(key, retention)
             await pipe.execute()
 
     @contextlib.asynccontextmanager

@@ -447,6 +447,10 @@ class _FleetRun:
                 if not pending.uploaded:
                     pending.uploaded = True
                     self.progress.uploaded += 1
+                    size = message.get("size")
+                    if isinstance(size, int):
+                        self.progress.bytes_total += size
+                        self.progress.bytes_sent += size
                     self._report()
                 continue
             await self._finish(message["key"], self._decode(pending, message))

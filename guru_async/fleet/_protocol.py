@@ -93,12 +93,14 @@ def encode_result(
     analysis: Analysis | str | None = None,
     error: BaseException | None = None,
     uploaded: bool = False,
+    size: int | None = None,
 ) -> str:
     """One message about an item (its job key): its final result, or with ``uploaded`` the
     news that its content is stored (for the producer's progress counters)."""
     message: dict[str, Any] = {"key": key, "video_id": video_id}
     if uploaded:
         message["uploaded"] = True
+        message["size"] = size
     if analysis is not None:
         message["analysis"] = analysis if isinstance(analysis, str) else to_json(analysis).decode()
     if error is not None:

@@ -125,7 +125,7 @@ class _Context:
         self.redis = redis
         self.queue = queue
         self.poll = poll
-        self.claims = Claims(redis, queue=queue, retention=DEFAULT_RETENTION)
+        self.claims = Claims(redis, queue=queue)
         self.service = f"{session.base_url} {session.client_id or ''}"
 
     async def push(self, batch: str, message: str, retention: int) -> None:
@@ -203,9 +203,9 @@ async def _upload_item(
     created_ids: list[str] = []
     try:
         file = check_file(path)
+        size = file.stat().st_size
         item = item_hash(fleet.service, file, fields)
         sent_fields = _sendable(fields)
-        fleet.claims.retention = retention
         lease = max(float(job.heartbeat or 10), 1.0)
         async with fleet.claims.lease(item, seconds=lease):
             record = await fleet.claims.read(item)
@@ -222,13 +222,15 @@ async def _upload_item(
 
                 async def on_created(created: CreatedVideo) -> None:
                     created_ids.append(created.id)
-                    await fleet.claims.record(item, "created", video_id=created.id)
+                    await fleet.claims.record(
+                        item, "created", video_id=created.id, retention=retention
+                    )
 
                 video_id = await session._create_and_upload(
                     source, sent_fields, on_created=on_created
                 )
             if record.state != "uploaded" or record.video_id != video_id:
-                await fleet.claims.record(item, "uploaded", video_id=video_id)
+                await fleet.claims.record(item, "uploaded", video_id=video_id, retention=retention)
     except (RedisError, LeaseLostError):
         raise
     except (GuruError, OSError, ValueError, TypeError) as exc:
@@ -237,7 +239,8 @@ async def _upload_item(
         video = created_ids[-1] if created_ids else None
         await fleet.push(batch, encode_result(key, video_id=video, error=exc), retention)
         return
-    await fleet.push(batch, encode_result(key, video_id=video_id, uploaded=True), retention)
+    message = encode_result(key, video_id=video_id, uploaded=True, size=size)
+    await fleet.push(batch, message, retention)
     if not wait:
         await fleet.push(batch, encode_result(key, video_id=video_id), retention)
         return
@@ -302,7 +305,11 @@ async def _poll_job(
                 else:
                     message = encode_result(result_key, video_id=video_id, analysis=analysis)
                     await fleet.claims.record(
-                        item, "done", video_id=video_id, analysis=to_json(analysis).decode()
+                        item,
+                        "done",
+                        video_id=video_id,
+                        analysis=to_json(analysis).decode(),
+                        retention=retention,
                     )
             await fleet.push(batch, message, retention)
         except (RedisError, ConnectionError) as exc:
