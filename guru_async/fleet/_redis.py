@@ -45,8 +45,13 @@ def describe_url(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        host = f"{host}:?"
+    if port is not None:
+        host = f"{host}:{port}"
     user = ""
     if parts.username or parts.password:
         user = f"{parts.username or ''}:***@" if parts.password else f"{parts.username}@"
