@@ -284,3 +284,19 @@ async def test_a_failed_fetch_releases_the_lock(redis_url: str) -> None:
         assert await client.keys("*") == []
     finally:
         await client.aclose()
+
+
+def test_importing_fleet_without_the_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without redis-py installed, importing guru_async.fleet says which extra to install."""
+    import importlib
+    import sys
+
+    for name in [
+        n for n in sys.modules if n == "redis" or n.startswith(("redis.", "guru_async.fleet"))
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "redis", None)  # what an uninstalled package looks like
+    with pytest.raises(
+        ImportError, match=r'needs the "fleet" extra: pip install "guru-async\[fleet\]"'
+    ):
+        importlib.import_module("guru_async.fleet")
