@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -128,6 +130,29 @@ async def test_redis_down_warns_once_and_never_shows_the_password(
     assert len(warnings) == 1
     assert f"redis://:***@127.0.0.1:{server.port}/0" in warnings[0].getMessage()
     assert all("hunter2" not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_redis_that_stops_answering_costs_one_timeout_then_falls_back(
+    emulator: GuruEmulator,
+    start_redis: Callable[..., RedisServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis that accepts connections but never answers (SIGSTOP) is given up on after
+    ``timeout``: every call succeeds on one token request, with one WARNING saying why."""
+    server = start_redis()
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        async with (
+            RedisTokenStore(server.url, timeout=0.2) as store,
+            emulator.session(token_store=store) as guru,
+        ):
+            await asyncio.gather(*(authorized_call(guru) for _ in range(10)))
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert emulator.token_requests == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "no answer within 0.2 s" in warnings[0]
 
 
 async def test_a_wrong_password_falls_back_and_check_raises_a_typed_error(
