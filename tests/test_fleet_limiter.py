@@ -138,7 +138,7 @@ async def test_redis_down_paces_each_process_at_its_share(
     assert max(arrivals) - min(arrivals) >= 5 * 0.1 * 0.95
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "rate limits fall back to this process alone" in warnings[0]
+    assert "this process paces its API requests at its own share of the rate" in warnings[0]
 
 
 async def test_never_reached_redis_assumes_a_fleet_of_four() -> None:

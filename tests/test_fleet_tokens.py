@@ -347,3 +347,28 @@ async def test_rediss_urls_and_clients_are_described_without_secrets(redis_url: 
             await tls.check()
     assert f"rediss://:***@127.0.0.1:{plain_port}/0" in str(raised.value)
     assert "pw-secret" not in str(raised.value)
+
+
+async def test_the_store_returns_to_redis_after_the_cooldown(
+    start_redis: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an outage, the first operation past ``cooldown`` uses Redis again, and an INFO
+    line says so."""
+    caplog.set_level(logging.INFO, logger="guru_async.fleet")
+    server = start_redis()
+    now = time.time()
+    async with RedisTokenStore(server.url, cooldown=0.1) as store:
+        server.stop()
+        await store.save("k", Token("while-down", now + 600, issued_at=now))
+        assert (await store.load("k")) is not None  # this process's copy
+        server.start()
+        await asyncio.sleep(0.15)  # the documented cool-down, not a race
+        await store.save("k", Token("after", now + 600, issued_at=now))
+    client = redis_async.Redis.from_url(server.url)
+    try:
+        assert await client.hget("guru_async:token:k", "access_token") == b"after"
+    finally:
+        await client.aclose()
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in messages] == [logging.WARNING, logging.INFO]
+    assert "answers again" in messages[1][1]

@@ -105,7 +105,13 @@ class RedisRateLimiter:
             None if fallback_rate is None else _positive(fallback_rate, "fallback_rate")
         )
         self.key = key
-        self._link = RedisLink(redis, what="rate limits", timeout=timeout, cooldown=cooldown)
+        self._link = RedisLink(
+            redis,
+            what="its rate ceiling",
+            fallback="this process paces its API requests at its own share of the rate",
+            timeout=timeout,
+            cooldown=cooldown,
+        )
         self._member = secrets.token_hex(8)
         self._interval_us = 1e6 / self.rate
         self._tolerance_us = (self.burst - 1) * self._interval_us
