@@ -372,3 +372,31 @@ async def test_the_store_returns_to_redis_after_the_cooldown(
     messages = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert [level for level, _ in messages] == [logging.WARNING, logging.INFO]
     assert "answers again" in messages[1][1]
+
+
+async def test_a_waiter_fetches_for_itself_when_the_lock_never_frees(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lock that outlives twice ``lock_timeout`` (a holder stuck, or a foreign lock) does not
+    hold a call forever: the waiter fetches its own token, saves it, and says so."""
+    fetched: list[str] = []
+
+    async def fetch() -> Token:
+        fetched.append("own")
+        now = time.time()
+        return Token("own", now + 600, issued_at=now)
+
+    client = redis_async.Redis.from_url(redis_url)
+    try:
+        await client.set("guru_async:token:k:lock", "someone-else", px=60_000)
+        async with RedisTokenStore(redis_url, lock_timeout=0.1) as store:
+            token = await store.fetch_once("k", fetch, stale=None)
+        assert token.access_token == "own"
+        assert fetched == ["own"]
+        assert await client.hget("guru_async:token:k", "access_token") == b"own"
+        assert await client.get("guru_async:token:k:lock") == b"someone-else"  # not ours
+    finally:
+        await client.aclose()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "no token appeared in Redis" in warnings[0]
