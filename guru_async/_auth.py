@@ -1,16 +1,19 @@
-"""OAuth client-credentials tokens: the token, where it is kept, and how it is refreshed.
+"""OAuth client-credentials tokens, the whole story: the exchange with the token endpoint,
+the token, where it is kept, and how it is refreshed.
 
 The API reference asks clients to store a token with its expiry and reuse it until it runs
-out, since fetching one per call gets an account rate limited. ``TokenProvider`` does that:
-one token per credentials, reused until shortly before it expires, refreshed by exactly one
-caller at a time however many are waiting, and kept in a ``TokenStore`` so other sessions (and,
-with ``FileTokenStore``, other processes and restarts) reuse it too.
+out, since fetching one per call gets an account rate limited. ``ClientCredentials`` is the
+exchange (one form POST, decoded into a ``Token``); ``TokenProvider`` hands tokens out: one
+token per credentials, reused until shortly before it expires, refreshed by exactly one caller
+at a time however many are waiting, and kept in a ``TokenStore`` so other sessions (and, with
+``FileTokenStore``, other processes and restarts) reuse it too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -20,9 +23,26 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlencode
 
 from attrs import field, frozen
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from ._converter import decode_json
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    GuruConnectionError,
+    GuruError,
+    ResponseDecodeError,
+    SessionClosedError,
+    error_for_status,
+)
+from ._retry import parse_retry_after
+from ._transport import Request, Response, json_error_body
 
 if sys.platform != "win32":
     import fcntl
@@ -316,84 +336,312 @@ def credentials_key(token_url: str, client_id: str, client_secret: str, scope: s
 
 FetchToken = Callable[[], Awaitable[Token]]
 
-# Held only while some provider holds them (weak values), so locks of finished loops go away.
-_REFRESH_LOCKS: weakref.WeakValueDictionary[tuple[int, int, str], asyncio.Lock] = (
-    weakref.WeakValueDictionary()
-)
+
+class ClientCredentials:
+    """The OAuth 2.0 client-credentials exchange: calling it gets a new token.
+
+    One ``application/x-www-form-urlencoded`` POST of ``grant_type=client_credentials``,
+    ``client_id``, ``client_secret`` and ``scope`` to the token endpoint, sent through ``send``
+    (the session's transport, so it has the session's retries and timeouts), its answer decoded
+    into a ``Token``. Rejected credentials raise ``AuthenticationError``; the secret never
+    appears in a repr, an error or a log line.
+
+    Args:
+        token_url: The token endpoint.
+        client_id: The OAuth client id.
+        client_secret: The OAuth client secret.
+        scope: The scope requested.
+        send: Sends a request and returns its decoded result.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_url: URL,
+        client_id: str,
+        client_secret: str,
+        scope: str,
+        send: Callable[[Request[Token]], Awaitable[Token]],
+    ) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.scope = scope
+        self._send = send
+        self.key = credentials_key(str(token_url), client_id, client_secret, scope)
+
+    async def __call__(self) -> Token:
+        """Ask the token endpoint for a new token."""
+        form = urlencode(
+            {
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self._client_secret,
+                "scope": self.scope,
+            }
+        ).encode()
+        return await self._send(
+            Request(
+                method="POST",
+                url=self.token_url,
+                what="Token request",
+                errors=_token_error,
+                decode=_decode_token,
+                body=lambda: form,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"ClientCredentials(token_url={str(self.token_url)!r}, client_id={self.client_id!r})"
+
+
+def _decode_token(resp: Response) -> Token:
+    data = decode_json(resp.body, what="Token request", status=resp.status, echo=False)
+    token = data.get("access_token") if isinstance(data, dict) else None
+    expires_in = data.get("expires_in") if isinstance(data, dict) else None
+    if (
+        not isinstance(token, str)
+        or not token
+        or isinstance(expires_in, bool)
+        or not isinstance(expires_in, (int, float))
+    ):
+        # Never echo this body: it may hold a token.
+        raise ResponseDecodeError(
+            "Token request: response lacks access_token or a numeric expires_in",
+            status=resp.status,
+        )
+    now = time.time()
+    token_type = data.get("token_type")
+    return Token(
+        access_token=token,
+        expires_at=now + float(expires_in),
+        token_type=token_type if isinstance(token_type, str) else "Bearer",
+        issued_at=now,
+    )
+
+
+def _token_error(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> GuruError:
+    body = json_error_body(raw)
+    if isinstance(body, dict):
+        # Keep only OAuth's error fields: never echo anything else a token endpoint sent.
+        body = {k: v for k, v in body.items() if k in ("error", "error_description", "message")}
+    if status in (400, 401, 403):
+        code = body.get("error") if isinstance(body, dict) else None
+        return AuthenticationError(
+            f"the token endpoint rejected the client credentials (HTTP {status}"
+            f"{': ' + str(code) if code else ''}); check GURU_CLIENT_ID and GURU_CLIENT_SECRET",
+            status=status,
+            body=body,
+        )
+    error: APIError = error_for_status(
+        status,
+        body,
+        context="Token request",
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+    )
+    return error
+
+
+FAILED_FETCH_MEMORY = 1.0
+"""Seconds a failed token fetch is remembered and shared: every call that needs a token in
+that time gets the same error at once instead of asking the token endpoint again. A failure
+that carried ``Retry-After`` is remembered that long instead (at most
+``MAX_FAILED_FETCH_MEMORY``)."""
+
+MAX_FAILED_FETCH_MEMORY = 60.0
+
+REJECTED_TOKEN_COOLDOWN = 60.0
+"""Seconds during which a 401 is raised as it is, with no refresh, after a freshly fetched token
+was rejected too: a new token would not help, and fetching one per call gets an account rate
+limited. After the cool-down, the next 401 refreshes once again."""
+
+
+class _Shared:
+    """The token state every provider of one event loop with the same store and credentials
+    shares: sessions sharing a token store share one refresh, its failure and its cool-down."""
+
+    __slots__ = (
+        "__weakref__",
+        "cool_until",
+        "failed_until",
+        "failure",
+        "failure_tb",
+        "flight",
+        "flight_owner",
+        "rejected",
+        "token",
+        "waiters",
+    )
+
+    def __init__(self) -> None:
+        self.token: Token | None = None
+        # The refresh in flight, awaited by every caller that needs a token meanwhile.
+        self.flight: asyncio.Task[Token] | None = None
+        self.flight_owner: TokenProvider | None = None  # whose fetch the flight sends
+        self.waiters = 0
+        self.failure: BaseException | None = None
+        self.failure_tb: TracebackType | None = None
+        self.failed_until = 0.0
+        self.rejected: str | None = None  # the latest token the API answered 401 to
+        self.cool_until = 0.0  # until then, 401s stand without refresh
+
+
+# Held only while some provider holds them (weak values), so states of finished loops go away.
+_SHARED: weakref.WeakValueDictionary[tuple[int, int, str], _Shared] = weakref.WeakValueDictionary()
 
 
 class TokenProvider:
-    """Hands out a fresh token, refreshing it single-flight through ``fetch``."""
+    """Hands out a fresh token, refreshing it single-flight through ``fetch``.
 
-    refreshable = True
+    Every caller that needs a token while a refresh is in flight awaits that one refresh, each
+    for no longer than its own deadline; a failed refresh is shared with all of them and
+    remembered for ``FAILED_FETCH_MEMORY`` seconds (or the ``Retry-After`` it carried). A 401
+    refreshes once, however many calls got it on the same token; when a call's retry with the
+    fresh token is rejected too, 401s stand without refresh for ``REJECTED_TOKEN_COOLDOWN``
+    seconds.
+    """
 
     def __init__(self, *, key: str, store: TokenStore, fetch: FetchToken) -> None:
         self._key = key
         self._store = store
         self._fetch = fetch
-        self._token: Token | None = None
-        self._rejected: str | None = None
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._shared: _Shared | None = None
+        self._shared_loop: asyncio.AbstractEventLoop | None = None
 
-    async def get(self) -> str:
-        """Return a usable access token, fetching one only when none is fresh."""
-        token = self._token
+    async def get(self, deadline: float | None = None) -> str:
+        """Return a usable access token, fetching one only when none is fresh.
+
+        Args:
+            deadline: The caller's deadline (``time.monotonic()``); waiting for a refresh in
+                flight ends there with ``GuruConnectionError``, the refresh going on for others.
+        """
+        shared = self._state()
+        token = shared.token
         if token is not None and token.is_fresh():
             return token.access_token
-        # One refresh at a time: everyone else waits here and then reuses its result.
-        async with self._refresh_lock():
-            token = self._token
-            if token is not None and token.is_fresh():
-                return token.access_token
-            stored = await self._store.load(self._key)
-            if stored is not None and stored.is_fresh() and stored.access_token != self._rejected:
-                self._token = stored
-                return stored.access_token
-            fetch_once = getattr(self._store, "fetch_once", None)
-            if fetch_once is not None:
-                # The store coordinates processes: the first one's fetch serves the others.
-                token = await fetch_once(self._key, self._fetch, stale=self._rejected)
-            else:
-                token = await self._fetch()
-                await self._store.save(self._key, token)
-            self._token = token
-            return token.access_token
+        while True:
+            if shared.failure is not None and time.monotonic() < shared.failed_until:
+                # Like a Future's result: the same error for everyone, its traceback not growing.
+                raise shared.failure.with_traceback(shared.failure_tb)
+            flight = shared.flight
+            if flight is None:
+                flight = shared.flight = asyncio.ensure_future(self._refresh(shared))
+                flight.add_done_callback(functools.partial(_landed, shared))
+                shared.flight_owner = self
+            owner = shared.flight_owner
+            shared.waiters += 1
+            try:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, _ = await asyncio.wait({flight}, timeout=timeout)
+            finally:
+                shared.waiters -= 1
+                if shared.waiters == 0 and not flight.done():
+                    flight.cancel()  # nobody wants it any more
+            if not done:
+                raise GuruConnectionError(
+                    "Token request: timed out waiting for a token (the call's Timeouts.total "
+                    "ran out)"
+                )
+            if owner is not self and isinstance(flight.exception(), SessionClosedError):
+                continue  # another session, closed meanwhile, sent it: this one is open
+            return flight.result().access_token
 
-    def _refresh_lock(self) -> asyncio.Lock:
-        # Shared by every provider of this event loop with the same store and credentials, so
-        # sessions that share a token store also share a single refresh in flight.
+    async def _refresh(self, shared: _Shared) -> Token:
+        stale = shared.rejected
+        stored = await self._store.load(self._key)
+        if stored is not None and stored.is_fresh() and stored.access_token != stale:
+            return stored
+        fetch_once = getattr(self._store, "fetch_once", None)
+        if fetch_once is not None:
+            # The store coordinates processes: the first one's fetch serves the others.
+            token: Token = await fetch_once(self._key, self._fetch, stale=stale)
+            return token
+        token = await self._fetch()
+        await self._store.save(self._key, token)
+        return token
+
+    def _state(self) -> _Shared:
         loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
+        if self._shared is None or self._shared_loop is not loop:
             key = (id(loop), id(self._store), self._key)
-            lock = _REFRESH_LOCKS.get(key)
-            if lock is None:
-                lock = _REFRESH_LOCKS[key] = asyncio.Lock()
-            self._lock, self._lock_loop = lock, loop
-        return self._lock
+            shared = _SHARED.get(key)
+            if shared is None:
+                shared = _SHARED[key] = _Shared()
+            self._shared, self._shared_loop = shared, loop
+        return self._shared
 
-    async def invalidate(self, access_token: str) -> None:
-        """Forget ``access_token`` after the API rejected it, so the next get() refreshes; a
-        store with ``discard`` drops it too, unless another token replaced it meanwhile."""
-        self._rejected = access_token
-        if self._token is not None and self._token.access_token == access_token:
-            self._token = None
+    async def invalidate(self, access_token: str, *, refreshed: bool = False) -> bool:
+        """Handle a 401 the API answered to ``access_token``.
+
+        Args:
+            access_token: The rejected token.
+            refreshed: The call already refreshed once: ``access_token`` is the fresh token
+                that was to cure its first 401.
+
+        Returns:
+            True when the call should be retried with a fresh token (the next get() refreshes,
+            once for every call rejected on this token); False when the 401 stands: a fresh
+            token was rejected too (which starts the cool-down), or the cool-down is running.
+            When it refreshes, a store with ``discard`` drops the rejected token too, unless
+            another token replaced it meanwhile.
+        """
+        shared = self._state()
+        now = time.monotonic()
+        if now < shared.cool_until:
+            return False
+        current = shared.token
+        if refreshed:
+            if current is not None and current.access_token == access_token:
+                # A new token did not help: more would not either, and fetching one per call
+                # gets the account rate limited. Keep this one (other routes may take it).
+                shared.cool_until = now + REJECTED_TOKEN_COOLDOWN
+            return False
+        if access_token == shared.rejected or (
+            current is not None and current.access_token != access_token
+        ):
+            return True  # already being replaced, or replaced: the next get() has the new one
+        shared.rejected = access_token
+        shared.token = None
         discard = getattr(self._store, "discard", None)
         if discard is not None:
             await discard(self._key, access_token)
+        return True
+
+    def __repr__(self) -> str:
+        return f"TokenProvider(store={self._store!r})"
+
+
+def _landed(shared: _Shared, flight: asyncio.Task[Token]) -> None:
+    """Record how a refresh ended, for the callers that come after it."""
+    if shared.flight is flight:
+        shared.flight = shared.flight_owner = None
+    if flight.cancelled():
+        return
+    error = flight.exception()
+    if error is None:
+        token = flight.result()
+        shared.token = token
+        shared.failure = shared.failure_tb = None
+    elif isinstance(error, GuruError) and not isinstance(error, SessionClosedError):
+        shared.failure, shared.failure_tb = error, error.__traceback__
+        wait = getattr(error, "retry_after", None)
+        memory = FAILED_FETCH_MEMORY
+        if isinstance(wait, (int, float)):
+            memory = min(max(float(wait), memory), MAX_FAILED_FETCH_MEMORY)
+        shared.failed_until = time.monotonic() + memory
 
 
 class StaticTokenProvider:
     """A ready token given by the caller: never refreshed, so a 401 is final."""
 
-    refreshable = False
-
     def __init__(self, access_token: str) -> None:
         self._access_token = access_token
 
-    async def get(self) -> str:
+    async def get(self, deadline: float | None = None) -> str:
         """Return the caller's token."""
         return self._access_token
 
-    async def invalidate(self, access_token: str) -> None:
-        """Nothing to refresh: the caller owns this token."""
+    async def invalidate(self, access_token: str, *, refreshed: bool = False) -> bool:
+        """Nothing to refresh (the caller owns this token): the 401 stands."""
+        return False

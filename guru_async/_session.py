@@ -6,12 +6,10 @@ import ipaddress
 import json
 import os
 import platform
-import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
-from urllib.parse import urlencode
 
 import aiohttp
 import attrs
@@ -19,11 +17,10 @@ from yarl import URL
 
 from ._auth import (
     DEFAULT_TOKEN_STORE,
+    ClientCredentials,
     StaticTokenProvider,
-    Token,
     TokenProvider,
     TokenStore,
-    credentials_key,
 )
 from ._batch import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -38,8 +35,6 @@ from ._converter import decode_json, decode_model
 from ._download import stream_to_file
 from ._enums import OverlayType
 from ._errors import (
-    APIError,
-    AuthenticationError,
     GuruError,
     ResponseDecodeError,
     SessionClosedError,
@@ -221,12 +216,17 @@ class GuruSession:
                     "no Guru credentials: pass client_id and client_secret, set GURU_CLIENT_ID "
                     "and GURU_CLIENT_SECRET, or pass access_token="
                 )
+            credentials = ClientCredentials(
+                token_url=self.token_url,
+                client_id=self.client_id,
+                client_secret=self._client_secret,
+                scope=scope,
+                send=lambda request: self._transport.send(request),
+            )
             token = TokenProvider(
-                key=credentials_key(
-                    str(self.token_url), self.client_id, self._client_secret, scope
-                ),
+                key=credentials.key,
                 store=token_store if token_store is not None else DEFAULT_TOKEN_STORE,
-                fetch=self._fetch_token,
+                fetch=credentials,
             )
         if limiter is not None and not isinstance(limiter, (AdaptiveLimiter, RateLimiter)):
             raise TypeError(
@@ -302,29 +302,6 @@ class GuruSession:
         raise ResponseDecodeError(f"{what}: the API's {name} is unusable: {reason}")
 
     # -- the request path --------------------------------------------------------------------
-
-    async def _fetch_token(self) -> Token:
-        assert self.client_id is not None
-        assert self._client_secret is not None
-        form = urlencode(
-            {
-                "grant_type": "client_credentials",
-                "client_id": self.client_id,
-                "client_secret": self._client_secret,
-                "scope": self.scope,
-            }
-        ).encode()
-        return await self._transport.send(
-            Request(
-                method="POST",
-                url=self.token_url,
-                what="Token request",
-                errors=_token_error,
-                decode=_decode_token,
-                body=lambda: form,
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-            )
-        )
 
     async def _call(
         self,
@@ -855,50 +832,3 @@ def _video_id_from(video_id: str) -> Callable[[Response], str]:
         )
 
     return decode
-
-
-def _decode_token(resp: Response) -> Token:
-    data = decode_json(resp.body, what="Token request", status=resp.status, echo=False)
-    token = data.get("access_token") if isinstance(data, dict) else None
-    expires_in = data.get("expires_in") if isinstance(data, dict) else None
-    if (
-        not isinstance(token, str)
-        or not token
-        or isinstance(expires_in, bool)
-        or not isinstance(expires_in, (int, float))
-    ):
-        # Never echo this body: it may hold a token.
-        raise ResponseDecodeError(
-            "Token request: response lacks access_token or a numeric expires_in",
-            status=resp.status,
-        )
-    now = time.time()
-    token_type = data.get("token_type")
-    return Token(
-        access_token=token,
-        expires_at=now + float(expires_in),
-        token_type=token_type if isinstance(token_type, str) else "Bearer",
-        issued_at=now,
-    )
-
-
-def _token_error(status: int, headers: Any, raw: bytes) -> GuruError:
-    body = json_error_body(raw)
-    if isinstance(body, dict):
-        # Keep only OAuth's error fields: never echo anything else a token endpoint sent.
-        body = {k: v for k, v in body.items() if k in ("error", "error_description", "message")}
-    if status in (400, 401, 403):
-        code = body.get("error") if isinstance(body, dict) else None
-        return AuthenticationError(
-            f"the token endpoint rejected the client credentials (HTTP {status}"
-            f"{': ' + str(code) if code else ''}); check GURU_CLIENT_ID and GURU_CLIENT_SECRET",
-            status=status,
-            body=body,
-        )
-    error: APIError = error_for_status(
-        status,
-        body,
-        context="Token request",
-        retry_after=parse_retry_after(headers.get("Retry-After")),
-    )
-    return error

@@ -63,8 +63,9 @@ class Timeouts:
     Attributes:
         connect: To open a connection (including waiting for a free one in the pool).
         read: The longest silence while reading a response, and while sending an upload.
-        total: The whole of one API call, retries and their waits included. Uploads and
-            downloads have no total (a large file must not hit it); ``read`` bounds them.
+        total: The whole of one API call, retries, their waits and the wait for a token
+            included. Uploads and downloads have no total (a large file must not hit it);
+            ``read`` bounds them.
     """
 
     connect: float = 10.0
@@ -75,11 +76,14 @@ class Timeouts:
 class AccessToken(Protocol):
     """What the transport needs from a token provider."""
 
-    refreshable: bool
+    async def get(self, deadline: float | None = None) -> str:
+        """A token, waited for no later than ``deadline`` (``time.monotonic()``)."""
+        ...
 
-    async def get(self) -> str: ...
-
-    async def invalidate(self, access_token: str) -> None: ...
+    async def invalidate(self, access_token: str, *, refreshed: bool) -> bool:
+        """The API answered 401 to ``access_token`` (after the call's one refresh if
+        ``refreshed``): True to retry with a fresh token."""
+        ...
 
 
 @frozen
@@ -211,19 +215,19 @@ class Transport:
             try:
                 result: T = await self._retried(call)
             except AuthenticationError as exc:
-                # An expired or revoked token: refresh once and try the call once more.
+                # An expired or revoked token: refresh once and try the call once more. The
+                # provider hears of every 401, also the one after the refresh, so a route that
+                # rejects fresh tokens too stops costing token requests (its cool-down).
                 if not (
                     req.authorized
                     and self.token is not None
-                    and self.token.refreshable
                     and exc.status == 401
-                    and not auth.refreshed
                     and auth.token is not None
                     and not auth.token_failed
                 ):
                     raise
-                assert self.token is not None
-                await self.token.invalidate(auth.token)
+                if not await self.token.invalidate(auth.token, refreshed=auth.refreshed):
+                    raise
                 auth.refreshed = True
                 continue
             finally:
@@ -253,7 +257,7 @@ class Transport:
             assert self.token is not None
             auth.token = None
             try:
-                auth.token = await self.token.get()
+                auth.token = await self.token.get(deadline)
             except GuruError:
                 auth.token_failed = True
                 raise

@@ -14,17 +14,23 @@ from pathlib import Path
 
 import pytest
 
+import guru_async._auth as guru_auth
 from guru_async import (
     AuthenticationError,
     FileTokenStore,
+    GuruConnectionError,
     GuruSession,
     MemoryTokenStore,
+    NotFoundError,
+    ServerError,
+    SessionClosedError,
+    Timeouts,
     Token,
     Video,
 )
 from guru_async.testing import FaultRule, GuruEmulator
 from tests.conftest import FAST_POLLS
-from tests.helpers import headers_of, recorded_on
+from tests.helpers import headers_of, recorded_on, wait_until
 
 GET_VIDEO = "GET /videos/{id}"
 ANALYSIS = "GET /videos/{id}/analysis"
@@ -363,6 +369,7 @@ async def _start_token_worker(emulator: GuruEmulator, token_file: Path) -> Proce
     )
 
 
+@pytest.mark.slow
 async def test_processes_starting_together_make_one_token_request(
     emulator: GuruEmulator, tmp_path: Path
 ) -> None:
@@ -392,3 +399,176 @@ async def test_processes_starting_together_make_one_token_request(
     assert len(tokens) == 1
     (entry,) = json.loads(token_file.read_text()).values()
     assert tokens == {entry["access_token"]}
+
+
+TOKEN_ROUTE = "POST /oauth2/token"
+MISSING_ID = "0b8e4c1e-0000-4000-8000-000000000000"
+
+
+async def test_a_failed_token_fetch_is_shared_by_every_waiting_call(
+    emulator: GuruEmulator, make_session: MakeSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six concurrent calls against a token endpoint answering 503 make one fetch (its own
+    retry included) between them, all raise its error, and a call made just after gets the
+    remembered failure without another token request."""
+    monkeypatch.setattr(guru_auth, "FAILED_FETCH_MEMORY", 60.0)
+    emulator.faults.add(FaultRule(route=TOKEN_ROUTE, status=503, retry_after=0.01))
+    async with make_session(max_retries=1, timeouts=Timeouts(total=5)) as guru:
+        results = await asyncio.gather(
+            *(guru.get_video(MISSING_ID) for _ in range(6)), return_exceptions=True
+        )
+        assert all(isinstance(r, ServerError) and r.status == 503 for r in results)
+        assert emulator.token_requests == 2
+        with pytest.raises(ServerError) as later:
+            await guru.get_video(MISSING_ID)
+    assert later.value is results[0]
+    assert emulator.token_requests == 2
+    assert emulator.requests[GET_VIDEO] == 0
+
+
+async def test_a_remembered_token_failure_expires(
+    emulator: GuruEmulator, make_session: MakeSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the failure's memory has run out, the next call asks the token endpoint again and
+    succeeds when it has recovered."""
+    monkeypatch.setattr(guru_auth, "FAILED_FETCH_MEMORY", 0.0)
+    emulator.faults.add(FaultRule(route=TOKEN_ROUTE, status=503, times=1))
+    async with make_session(max_retries=0) as guru:
+        with pytest.raises(ServerError):
+            await guru.get_video(MISSING_ID)
+        with pytest.raises(NotFoundError):
+            await guru.get_video(MISSING_ID)
+    assert emulator.token_requests == 2
+
+
+async def test_waiting_for_a_token_counts_against_the_calls_own_timeout(
+    emulator: GuruEmulator, make_session: MakeSession
+) -> None:
+    """A call with a short total timeout stops waiting for a slow token request at its own
+    deadline, while the call that started the request still gets the token."""
+    emulator.faults.add(FaultRule(route=TOKEN_ROUTE, kind="delay", delay=0.5))
+    store = MemoryTokenStore()
+    async with (
+        make_session(token_store=store) as patient,
+        make_session(token_store=store, timeouts=Timeouts(total=0.1)) as hurried,
+    ):
+        first = asyncio.ensure_future(patient.get_video(MISSING_ID))
+        await wait_until(lambda: emulator.token_requests == 1)
+        with pytest.raises(GuruConnectionError, match="timed out waiting for a token"):
+            await hurried.get_video(MISSING_ID)
+        with pytest.raises(NotFoundError):
+            await first
+    assert emulator.token_requests == 1
+    assert emulator.requests[GET_VIDEO] == 1
+
+
+async def test_a_route_that_keeps_answering_401_refreshes_once(
+    emulator: GuruEmulator, make_session: MakeSession
+) -> None:
+    """Ten calls to a route that answers 401 to every token cost one refresh: once the fresh
+    token is rejected too, 401s are raised without refreshing, and other routes keep working
+    with that token."""
+    video_id = await _created_video_id(emulator)
+    emulator.faults.add(FaultRule(route=GET_VIDEO, status=401))
+    async with make_session() as guru:
+        for _ in range(10):
+            with pytest.raises(AuthenticationError) as caught:
+                await guru.get_video(video_id)
+            assert caught.value.status == 401
+        analysis = await guru.get_analysis(video_id)
+    assert analysis.status == "Pending"
+    assert emulator.token_requests == 2
+    assert emulator.requests[GET_VIDEO] == 11
+    first, refreshed, *rest = _api_authorizations(emulator)
+    assert first != refreshed
+    assert set(rest) == {refreshed}
+
+
+async def test_concurrent_401s_on_one_token_cause_one_refresh(
+    emulator: GuruEmulator, make_session: MakeSession
+) -> None:
+    """Two waves of 10 concurrent calls to a route answering 401 make one refresh between
+    them."""
+    video_id = await _created_video_id(emulator)
+    emulator.faults.add(FaultRule(route=GET_VIDEO, status=401))
+    async with make_session() as guru:
+        for _ in range(2):
+            results = await asyncio.gather(
+                *(guru.get_video(video_id) for _ in range(10)), return_exceptions=True
+            )
+            assert all(isinstance(r, AuthenticationError) for r in results)
+    assert emulator.token_requests == 2
+
+
+async def test_after_the_cool_down_a_401_refreshes_again(
+    emulator: GuruEmulator, make_session: MakeSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the cool-down over, each 401 refreshes once again (a revoked token still heals)."""
+    monkeypatch.setattr(guru_auth, "REJECTED_TOKEN_COOLDOWN", 0.0)
+    video_id = await _created_video_id(emulator)
+    emulator.faults.add(FaultRule(route=GET_VIDEO, status=401))
+    async with make_session() as guru:
+        for _ in range(3):
+            with pytest.raises(AuthenticationError):
+                await guru.get_video(video_id)
+    assert emulator.token_requests == 4
+
+
+async def test_a_401_discards_the_token_from_a_file_store_only_if_unchanged(
+    emulator: GuruEmulator, make_session: MakeSession, tmp_path: Path
+) -> None:
+    """After a 401, a second session on the same token file finds the token the first one
+    fetched in its place and uses it: two token requests in all, the file holding the new one."""
+    video_id = await _created_video_id(emulator)
+    path = tmp_path / "tokens.json"
+    async with (
+        make_session(token_store=FileTokenStore(path)) as one,
+        make_session(token_store=FileTokenStore(path)) as two,
+    ):
+        await one.get_video(video_id)
+        await two.get_video(video_id)
+        emulator.expire_tokens()
+        await one.get_video(video_id)
+        await two.get_video(video_id)
+    assert emulator.token_requests == 2
+    old, old_again, rejected, fresh, rejected_again, fresh_again = _api_authorizations(emulator)
+    assert old == old_again == rejected == rejected_again
+    assert fresh == fresh_again != old
+    (entry,) = json.loads(path.read_text()).values()
+    assert entry["access_token"] == fresh
+
+
+async def test_a_session_closed_mid_refresh_does_not_fail_another_sessions_call(
+    emulator: GuruEmulator, make_session: MakeSession
+) -> None:
+    """When the session whose token request others wait on is closed, a waiting call of an open
+    session sharing the store fetches its own token and succeeds."""
+    emulator.faults.add(FaultRule(route=TOKEN_ROUTE, kind="delay", delay=0.3, times=1))
+    store = MemoryTokenStore()
+    async with make_session(token_store=store) as staying:
+        leaving = make_session(token_store=store)
+        first = asyncio.ensure_future(leaving.get_video(MISSING_ID))
+        await wait_until(lambda: emulator.token_requests == 1)
+        waiting = asyncio.ensure_future(staying.get_video(MISSING_ID))
+        await asyncio.sleep(0)  # let it join the token request in flight
+        await leaving.close()
+        with pytest.raises(SessionClosedError):
+            await first
+        with pytest.raises(NotFoundError):
+            await waiting
+    assert emulator.token_requests == 2
+    assert emulator.requests[GET_VIDEO] == 1
+
+
+async def test_a_token_that_cured_a_401_is_refreshed_when_it_is_revoked_later(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """A token fetched after a 401 that then worked is itself refreshed after a later 401: the
+    cool-down is only for fresh tokens that are rejected at once."""
+    created = await guru.create_video("clip.mp4", size=10, activity="squat")
+    for _ in range(2):
+        emulator.expire_tokens()
+        video = await guru.get_video(created.id)
+        assert video.status == "Pending"
+    assert emulator.token_requests == 3
+    assert emulator.requests[GET_VIDEO] == 4

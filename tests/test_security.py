@@ -520,17 +520,18 @@ async def test_file_token_store_replaces_a_readable_file_with_a_private_one(
     path.chmod(0o644)
     await FileTokenStore(path).save("key", Token(access_token="tok", expires_at=1e10))
     assert _mode(path) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == ["tokens.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.json", "tokens.json.lock"]
 
 
 async def test_concurrent_saves_leave_a_whole_private_file(tmp_path: Path) -> None:
-    """Many concurrent saves leave one valid 0600 file and no temporary files behind."""
+    """Many concurrent saves leave one valid 0600 file (and its lock file) and no temporary
+    files behind."""
     path = tmp_path / "tokens.json"
     store = FileTokenStore(path)
     tokens = [Token(access_token=f"tok-{i}", expires_at=1e10) for i in range(20)]
     await asyncio.gather(*(store.save(f"key-{i}", t) for i, t in enumerate(tokens)))
     assert _mode(path) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == ["tokens.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.json", "tokens.json.lock"]
     loaded = [await store.load(f"key-{i}") for i in range(20)]
     assert sum(t is not None for t in loaded) >= 1
     assert all(t is None or t in tokens for t in loaded)

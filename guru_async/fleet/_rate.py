@@ -54,7 +54,9 @@ class RedisRateLimiter:
     runs GCRA on Redis's own clock (``TIME``), then waits for its slot: the fleet stays under
     ``rate`` requests in every second, plus ``burst`` after an idle spell, however many
     processes share it and whatever their clocks say. The session's own adaptive limiter still
-    slows down on 429s below this ceiling.
+    slows down on 429s below this ceiling. The wait counts against each call's
+    ``Timeouts.total``; a call cancelled while it waits leaves its slot unused (the fleet then
+    sends less than ``rate``, never more).
 
     Redis down, slow or refusing the password: each process paces itself at a local share,
     never unlimited: ``fallback_rate`` if given, else ``rate`` divided by the number of
@@ -103,7 +105,13 @@ class RedisRateLimiter:
             None if fallback_rate is None else _positive(fallback_rate, "fallback_rate")
         )
         self.key = key
-        self._link = RedisLink(redis, what="rate limits", timeout=timeout, cooldown=cooldown)
+        self._link = RedisLink(
+            redis,
+            what="its rate ceiling",
+            fallback="this process paces its API requests at its own share of the rate",
+            timeout=timeout,
+            cooldown=cooldown,
+        )
         self._member = secrets.token_hex(8)
         self._interval_us = 1e6 / self.rate
         self._tolerance_us = (self.burst - 1) * self._interval_us

@@ -45,8 +45,13 @@ def describe_url(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        host = f"{host}:?"
+    if port is not None:
+        host = f"{host}:{port}"
     user = ""
     if parts.username or parts.password:
         user = f"{parts.username or ''}:***@" if parts.password else f"{parts.username}@"
@@ -105,6 +110,7 @@ class RedisLink:
         redis: str | redis_async.Redis,
         *,
         what: str,
+        fallback: str,
         timeout: float,
         cooldown: float,
     ) -> None:
@@ -128,6 +134,7 @@ class RedisLink:
         _check_seconds(timeout, "timeout")
         _check_seconds(cooldown, "cooldown")
         self._what = what
+        self._fallback = fallback
         self._timeout = timeout
         self._cooldown = cooldown
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,7 +182,7 @@ class RedisLink:
             raise Unavailable from None
         if self.down:
             self.down = False
-            log.info("Redis at %s answers again; %s use it again", self.where, self._what)
+            log.info("Redis at %s answers again; the fleet shares %s again", self.where, self._what)
         return result
 
     def _failed(self, exc: BaseException) -> None:
@@ -184,11 +191,10 @@ class RedisLink:
             return
         self.down = True
         log.warning(
-            "Redis at %s is unavailable (%s); %s fall back to this process alone, "
-            "retrying Redis every %g s",
+            "Redis at %s is unavailable (%s); until it answers, %s (retrying every %g s)",
             self.where,
             self.reason(exc),
-            self._what,
+            self._fallback,
             self._cooldown,
         )
 

@@ -100,7 +100,13 @@ class RedisTokenStore:
     ) -> None:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-        self._link = RedisLink(redis, what="tokens", timeout=timeout, cooldown=cooldown)
+        self._link = RedisLink(
+            redis,
+            what="its token",
+            fallback="this process fetches and keeps its own token",
+            timeout=timeout,
+            cooldown=cooldown,
+        )
         if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)):
             raise ValueError(f"lock_timeout must be a number of seconds, got {lock_timeout!r}")
         if not 0.01 <= lock_timeout <= 3600:
