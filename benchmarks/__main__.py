@@ -3,7 +3,7 @@
 Options:
     --quick       small sizes, for a smoke run in well under a minute
     --only NAME   run only this figure group (repeatable): upload, memory, tokens, polling,
-                  overhead, decode, scale, soak
+                  overhead, decode, scale, soak, fleet_limits, fleet
     --output PATH where to write the results; a full run of every figure writes
                   benchmarks/RESULTS.md by default, a --quick or --only run prints the table and
                   writes a file only when given --output (so it never replaces the full results)
@@ -24,12 +24,34 @@ from pathlib import Path
 from types import ModuleType
 
 import benchmarks
-from benchmarks import decode, memory, overhead, polling, scale, soak, tokens, upload
+from benchmarks import (
+    decode,
+    fleet,
+    fleet_limits,
+    memory,
+    overhead,
+    polling,
+    scale,
+    soak,
+    tokens,
+    upload,
+)
 from benchmarks._harness import Figure, log, render, scratch_root
 
 GROUPS: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (upload, memory, tokens, polling, overhead, decode, scale, soak)
+    for module in (
+        upload,
+        memory,
+        tokens,
+        polling,
+        overhead,
+        decode,
+        scale,
+        soak,
+        fleet_limits,
+        fleet,
+    )
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Protocol, runtime_checkable
 
 _BETA = 0.7  # multiplicative decrease on throttle
 _SCALE = 0.4  # cubic growth constant (botocore's)
@@ -128,3 +129,17 @@ class AdaptiveLimiter:
     def __repr__(self) -> str:
         state = f"rate={self.rate:.1f}/s" if self.enabled else "not throttled"
         return f"<AdaptiveLimiter {state}>"
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """A ceiling on API requests that a session obeys besides its own adaptive limiter, such as
+    ``guru_async.fleet.RedisRateLimiter`` (one ceiling for many processes).
+
+    The session awaits ``acquire()`` before every attempt of every API request (retries and
+    polls included; not storage transfers nor token requests), then sends it at once.
+    """
+
+    async def acquire(self) -> None:
+        """Return when one more API request may be sent (wait, never fail, to pace)."""
+        ...

@@ -42,7 +42,7 @@ from ._errors import (
     UploadError,
     error_for_status,
 )
-from ._limiter import AdaptiveLimiter
+from ._limiter import AdaptiveLimiter, RateLimiter
 from ._models import Analysis, CreatedVideo, JointData, Video
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
 from ._retry import RetryBudget, RetryPolicy, parse_retry_after
@@ -172,6 +172,9 @@ class GuruSession:
         poll_policy: The default schedule of await_analysis.
         limiter: Client-side flow control that slows every call down together when the
             service throttles (429); pass one AdaptiveLimiter to several sessions to share it.
+            Or a ceiling shared wider (a ``RateLimiter`` such as
+            ``guru_async.fleet.RedisRateLimiter``), awaited before every API request attempt;
+            the session then keeps its own AdaptiveLimiter below it.
         allow_insecure_http: Allow plain http to hosts other than this machine.
     """
 
@@ -191,7 +194,7 @@ class GuruSession:
         retry_budget: RetryBudget | None = None,
         timeouts: Timeouts | None = None,
         poll_policy: PollPolicy | None = None,
-        limiter: AdaptiveLimiter | None = None,
+        limiter: AdaptiveLimiter | RateLimiter | None = None,
         allow_insecure_http: bool = False,
     ) -> None:
         self._allow_insecure_http = allow_insecure_http
@@ -239,13 +242,19 @@ class GuruSession:
                 store=token_store if token_store is not None else DEFAULT_TOKEN_STORE,
                 fetch=credentials,
             )
+        if limiter is not None and not isinstance(limiter, (AdaptiveLimiter, RateLimiter)):
+            raise TypeError(
+                "limiter must be an AdaptiveLimiter or a RateLimiter (an object with "
+                f"async acquire()), got {type(limiter).__name__}"
+            )
         self._transport = Transport(
             http=self._http,
             token=token,
             policy=_retry_policy(retry_policy, max_retries),
             timeouts=timeouts or Timeouts(),
             budget=retry_budget if retry_budget is not None else RetryBudget(),
-            limiter=limiter,
+            limiter=limiter if isinstance(limiter, AdaptiveLimiter) else None,
+            ceiling=None if limiter is None or isinstance(limiter, AdaptiveLimiter) else limiter,
             is_closed=lambda: self._closed,
         )
 

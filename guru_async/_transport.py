@@ -31,7 +31,7 @@ from ._errors import (
     ResponseDecodeError,
     SessionClosedError,
 )
-from ._limiter import AdaptiveLimiter
+from ._limiter import AdaptiveLimiter, RateLimiter
 from ._retry import RetryBudget, RetryPolicy, is_retryable, is_safe_to_repeat, wait_times
 
 log = logging.getLogger("guru_async")
@@ -202,6 +202,7 @@ class Transport:
         timeouts: Timeouts,
         budget: RetryBudget | None = None,
         limiter: AdaptiveLimiter | None = None,
+        ceiling: RateLimiter | None = None,
         is_closed: Callable[[], bool] = lambda: False,
     ) -> None:
         self._http = http
@@ -210,6 +211,7 @@ class Transport:
         self.timeouts = timeouts
         self.budget = budget if budget is not None else RetryBudget()
         self.limiter = limiter if limiter is not None else AdaptiveLimiter()
+        self.ceiling = ceiling
         self._is_closed = is_closed
         # Built once: wrapping per call costs more than the rest of a loopback request. What
         # differs per call (tries, deadline, auth state) is read from the _CALL context variable,
@@ -297,6 +299,9 @@ class Transport:
                 auth.token_failed = True
                 raise
             headers["Authorization"] = auth.token  # the raw token: the API takes no "Bearer"
+        if req.authorized and self.ceiling is not None:
+            # Before the deadline is read: a wait for a slot counts against the call's total.
+            await self.ceiling.acquire()
         remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
         timeout = aiohttp.ClientTimeout(
             total=remaining, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read

@@ -11,6 +11,7 @@ from pathlib import Path
 from benchmarks import (
     _baselines,
     decode,
+    fleet_limits,
     memory,
     overhead,
     polling,
@@ -79,6 +80,17 @@ async def test_tokens_counts_token_requests(tmp_path: Path) -> None:
     assert figures["3a"].baselines.endswith(": 20")
     if tokens.cli_available():
         assert figures["3b"].value == "1", figures["3b"].details
+
+
+async def test_fleet_limits_counts_tokens_and_arrivals(tmp_path: Path) -> None:
+    """Figures F1-F2 run real processes on a real Redis: one token request for the fleet (one
+    per process without Redis) and measured window and mean ratios under the ceiling."""
+    size = fleet_limits.Size(token_processes=2, calls=5, rate_processes=2, rate=20, seconds=1.5)
+    figures = _by_number(await fleet_limits.run(size, tmp_path))
+    assert figures["F1"].value == "1"
+    assert figures["F1"].baselines.endswith(": 2")
+    _measured(figures["F2a"])
+    _measured(figures["F2b"])
 
 
 async def test_polling_sees_every_analysis_after_it_is_ready(tmp_path: Path) -> None:

@@ -46,7 +46,8 @@ from ._commands import (
 )
 from ._config import UsageError
 from ._constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, PROG, log
-from ._demo import cmd_demo
+from ._fleet import add_worker_command
+from ._fleet_demo import cmd_demo_any
 from ._output import Output
 
 # -- the parser and main ---------------------------------------------------------------------
@@ -153,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--journal", metavar="F", help="SQLite journal: rerun to resume, never redo")
     p.add_argument("--out", metavar="F", help="write one JSON line per video to F")
     p.add_argument("--no-wait", action="store_true", help="do not wait for analyses")
+    p.add_argument(
+        "--fleet",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="run on a fleet's workers through this Redis (default: $GURU_REDIS_URL)",
+    )
     _timeout_option(p, "seconds to wait for each analysis")
     _video_options(p)
     p.set_defaults(handler=cmd_batch)
@@ -203,7 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", "run a batch against a local emulator: table, journal, plot")
     p.add_argument("--out", default="guru-demo", metavar="DIR", help="default: ./guru-demo")
-    p.set_defaults(handler=cmd_demo)
+    p.add_argument(
+        "--fleet",
+        action="store_true",
+        help="run it on a local fleet: redis-server, 2 workers, one killed mid-run",
+    )
+    p.set_defaults(handler=cmd_demo_any)
+
+    add_worker_command(
+        command("worker", "run a fleet worker: upload the videos a Redis queue holds")
+    )
 
     # add_help=False: --help and every option belong to the emulator's own parser.
     p = sub.add_parser(

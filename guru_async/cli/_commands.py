@@ -26,6 +26,7 @@ from .._session import UNSET
 from .._upload import check_file
 from ._config import UsageError, _video_fields, open_session
 from ._constants import EXIT_FAILED, EXIT_OK, PROG, VIDEO_SUFFIXES
+from ._fleet import open_batch
 from ._output import (
     RESULT_HEADER,
     Output,
@@ -230,15 +231,13 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
         if args.out is not None:
             # Opened once; each line written is a few hundred bytes, no reason for a thread.
             results_file = files.enter_context(open(args.out, "w", encoding="utf-8"))  # noqa: ASYNC230
-        async with open_session(args) as guru:
-            batch = guru.batch_upload(
+        async with contextlib.AsyncExitStack() as stack:
+            # One or the other: this process's session, or the fleet's workers (--fleet).
+            batch = await open_batch(
+                stack,
+                args,
                 _batch_items(args.paths, found, recursive=args.recursive, skipped=skipped),
-                upload_concurrency=args.upload_concurrency,
-                wait=not args.no_wait,
-                journal=args.journal,
-                progress=on_progress,
-                timeout=args.timeout,
-                **fields,
+                on_progress,
             )
             async with ProgressLine(render):
                 async for raw in batch:

@@ -313,8 +313,12 @@ class GuruEmulator:
         return app
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
-        """The counters as JSON, for tests that drive a standalone emulator from outside."""
-        return _json_response(self.stats(), 200, None)
+        """The counters as JSON, for tests that drive a standalone emulator from outside;
+        ``?arrivals=1`` adds ``arrivals``: ``[route, received_at]`` of each recorded request."""
+        stats = self.stats()
+        if request.query.get("arrivals"):
+            stats["arrivals"] = [[r.route, r.received_at] for r in self.recorded]
+        return _json_response(stats, 200, None)
 
     def stats(self) -> dict[str, Any]:
         """The counters: token requests, requests per route, uploads per video id."""

@@ -82,6 +82,8 @@ class RecordedRequest:
         headers: A plain copy of the request headers.
         json: The parsed JSON body for the API's JSON routes, else None.
         part_names: For storage uploads, the multipart part names in the order received.
+        received_at: When the request arrived, on the emulator's ``time.monotonic()`` clock
+            (one clock for every process of the machine).
     """
 
     route: str
@@ -91,6 +93,7 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any | None = None
     part_names: list[str] = Factory(list)
+    received_at: float = Factory(time.monotonic)
 
 
 def _check_rate(_: object, __: object, value: float) -> None:

@@ -1,0 +1,144 @@
+"""The fleet's commands: ``worker`` (one worker process) and ``batch --fleet`` (a producer)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from .._batch import BatchProgress, BatchResult
+from .._polling import PollPolicy
+from .._session import GuruSession
+from ._config import UsageError, _credentials, _video_fields, open_session
+from ._constants import EXIT_OK
+from ._output import Output
+
+REDIS_ENV = "GURU_REDIS_URL"
+
+
+def fleet_url(value: str | None, *, option: str) -> str:
+    """The fleet's Redis URL from an option or ``$GURU_REDIS_URL`` (kept out of ``ps``)."""
+    url = value or os.environ.get(REDIS_ENV)
+    if not url:
+        raise UsageError(f"{option} URL (or {REDIS_ENV} in the environment) is required")
+    return url
+
+
+def add_worker_command(sub: argparse.ArgumentParser) -> None:
+    """The ``worker`` subcommand's options."""
+    sub.add_argument(
+        "--redis",
+        metavar="URL",
+        help=f"the fleet's Redis, e.g. redis://host:6379/0 (default: ${REDIS_ENV})",
+    )
+    sub.add_argument("--concurrency", type=int, default=4, metavar="N", help="uploads at once (4)")
+    sub.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="the whole fleet's ceiling on API requests per second (shared in Redis)",
+    )
+    sub.add_argument(
+        "--max-waiting", type=int, default=32, metavar="N", help="analyses awaited at once (32)"
+    )
+    sub.add_argument("--queue", default=None, metavar="NAME", help="the fleet's queue name")
+    sub.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds uploads in flight may take before being handed back (30)",
+    )
+    sub.add_argument("--poll-interval", type=float, default=None, help=argparse.SUPPRESS)
+    sub.add_argument("--sweep-interval", type=int, default=5, help=argparse.SUPPRESS)
+    sub.set_defaults(handler=cmd_worker)
+
+
+async def open_batch(
+    stack: contextlib.AsyncExitStack,
+    args: argparse.Namespace,
+    items: Iterator[str],
+    progress: Callable[[BatchProgress], None],
+) -> AsyncIterator[BatchResult]:
+    """The ``batch`` command's results: from this process, or with ``--fleet`` from the
+    fleet's workers (this process then only enqueues and reads results)."""
+    fields = _video_fields(args)
+    fleet_option = getattr(args, "fleet", None)
+    if fleet_option is None:
+        guru = await stack.enter_async_context(open_session(args))
+        return guru.batch_upload(
+            items,
+            upload_concurrency=args.upload_concurrency,
+            wait=not args.no_wait,
+            journal=args.journal,
+            progress=progress,
+            timeout=args.timeout,
+            **fields,
+        )
+    try:
+        from ..fleet import Fleet
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    fleet = await stack.enter_async_context(Fleet(fleet_url(fleet_option, option="--fleet")))
+    return fleet.batch_upload(
+        items,
+        wait=not args.no_wait,
+        journal=args.journal,
+        progress=progress,
+        timeout=args.timeout,
+        **fields,
+    )
+
+
+async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
+    """``worker --redis URL``: take the fleet's items and upload them until SIGTERM."""
+    try:
+        from ..fleet import FleetWorker, RedisRateLimiter, RedisTokenStore
+        from ..fleet._protocol import DEFAULT_QUEUE
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    if args.verbose:
+        logging.getLogger("saq").setLevel(logging.INFO)
+    url = fleet_url(args.redis, option="--redis")
+    client_id, client_secret = _credentials()
+    store = RedisTokenStore(url)
+    limiter = None if args.rate is None else RedisRateLimiter(url, rate=args.rate)
+    poll_policy = None
+    if args.poll_interval is not None:
+        poll_policy = PollPolicy(
+            interval=args.poll_interval,
+            max_interval=max(args.poll_interval, 5 * args.poll_interval),
+        )
+    worker = FleetWorker(
+        url,
+        session=GuruSession(
+            client_id,
+            client_secret,
+            base_url=args.base_url,
+            token_store=store,
+            limiter=limiter,
+            poll_policy=poll_policy,
+        ),
+        queue=args.queue or DEFAULT_QUEUE,
+        concurrency=args.concurrency,
+        max_waiting=args.max_waiting,
+        grace=args.grace,
+        sweep_interval=args.sweep_interval,
+    )
+
+    async def ready() -> None:
+        print(f"worker ready: pid {os.getpid()}, {worker.where}", file=sys.stderr, flush=True)
+
+    try:
+        async with worker._session:
+            await worker.run(on_ready=ready)
+    finally:
+        await store.aclose()
+        if limiter is not None:
+            await limiter.aclose()
+    print(f"worker stopped: pid {os.getpid()}", file=sys.stderr, flush=True)
+    return EXIT_OK

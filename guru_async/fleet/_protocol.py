@@ -1,0 +1,178 @@
+"""What the producer and the workers agree on: queue and key names, the job arguments, and
+the result message a worker pushes back for each item.
+
+Redis keys (``Q`` is the fleet's queue name, default ``guru-fleet``):
+
+    saq:Q:*, saq:job:Q:*         saq's own upload queue and its job records
+    saq:Q-poll:*, saq:job:Q-poll:*  saq's queue of videos waiting for their analysis
+    guru:fleet:Q:item:<sha256>   hash: one claimed item (state, video_id, analysis, error);
+                                 expires ``retention`` seconds after its last change
+    guru:fleet:Q:lease:<sha256>  string: the claim's lease (a redis-py Lock), a few seconds
+    guru:fleet:Q:results:<batch> list: result messages for one producer's batch; expires
+                                 ``retention`` seconds after its last push
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .._converter import decode_json, structure, to_json
+from .._errors import (
+    AnalysisTimeoutError,
+    APIError,
+    GuruError,
+    ResponseDecodeError,
+    UploadError,
+    _rebuild,
+)
+from .._models import Analysis
+
+
+class FleetError(GuruError):
+    """Base class of the fleet's own errors."""
+
+
+class FleetItemError(FleetError):
+    """An item failed on a worker with an error of a type this process does not know.
+
+    Attributes:
+        type_name: The name of the error's type on the worker.
+    """
+
+    def __init__(self, message: str, *, type_name: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+class FleetJobError(FleetError):
+    """The fleet gave up on an item without a result: its job failed or was aborted in saq
+    (every attempt's worker died, for instance). Rerun the batch with its journal to retry it.
+
+    Attributes:
+        status: saq's status of the job (``failed`` or ``aborted``).
+    """
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+DEFAULT_QUEUE = "guru-fleet"
+# Finished claims and undelivered results are kept this long: a rerun of a journaled batch
+# within it restores finished items instead of uploading them again.
+DEFAULT_RETENTION = 7 * 24 * 3600
+UPLOAD_FUNCTION = "guru_fleet_upload"
+POLL_FUNCTION = "guru_fleet_await"
+
+
+def poll_queue_name(queue: str) -> str:
+    """The name of the saq queue that holds videos waiting for their analysis."""
+    return f"{queue}-poll"
+
+
+def item_record_key(queue: str, item_hash: str) -> str:
+    return f"guru:fleet:{queue}:item:{item_hash}"
+
+
+def lease_key(queue: str, item_hash: str) -> str:
+    return f"guru:fleet:{queue}:lease:{item_hash}"
+
+
+def results_key(queue: str, batch: str) -> str:
+    return f"guru:fleet:{queue}:results:{batch}"
+
+
+# -- result messages -------------------------------------------------------------------------
+
+
+def encode_result(
+    key: str,
+    *,
+    video_id: str | None,
+    analysis: Analysis | str | None = None,
+    error: BaseException | None = None,
+    uploaded: bool = False,
+    size: int | None = None,
+) -> str:
+    """One message about an item (its job key): its final result, or with ``uploaded`` the
+    news that its content is stored (for the producer's progress counters)."""
+    message: dict[str, Any] = {"key": key, "video_id": video_id}
+    if uploaded:
+        message["uploaded"] = True
+        message["size"] = size
+    if analysis is not None:
+        message["analysis"] = analysis if isinstance(analysis, str) else to_json(analysis).decode()
+    if error is not None:
+        message["error"] = encode_error(error)
+    return json.dumps(message, separators=(",", ":"))
+
+
+def encode_error(error: BaseException) -> dict[str, Any]:
+    """An error as its type name, message and the attributes a caller reads."""
+    state: dict[str, Any] = {}
+    for name in ("status", "code", "retry_after", "video_id", "not_json"):
+        value = getattr(error, name, None)
+        if isinstance(value, (str, int, float, bool)):
+            state[name] = value
+    body = getattr(error, "body", None)
+    if isinstance(body, (str, int, float, bool, dict, list)):
+        state["body"] = body
+    return {"type": type(error).__name__, "message": str(error), "state": state}
+
+
+# The types a worker's error is rebuilt as on the producer, so ``except FileNotFoundError``
+# and ``isinstance(r.error, UploadError)`` work the same as in a one-process batch.
+_OS_ERRORS: dict[str, type[OSError]] = {
+    cls.__name__: cls
+    for cls in (
+        OSError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        TimeoutError,
+        ConnectionError,
+    )
+}
+_VALUE_ERRORS: dict[str, type[Exception]] = {"ValueError": ValueError, "TypeError": TypeError}
+
+
+def _guru_error_types() -> dict[str, type[GuruError]]:
+    found: dict[str, type[GuruError]] = {}
+    pending: list[type[GuruError]] = [GuruError]
+    while pending:
+        cls = pending.pop()
+        found[cls.__name__] = cls
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def decode_error(data: dict[str, Any]) -> BaseException:
+    """Rebuild a worker's error as the same type where it is one of ours or a built-in."""
+    name = str(data.get("type", "Exception"))
+    message = str(data.get("message", ""))
+    state = dict(data.get("state") or {})
+    if name in _OS_ERRORS:
+        # The message alone: it already names the file, and errno/filename set on an OSError
+        # would rewrite its str() as "[Errno ...]".
+        return _OS_ERRORS[name](message)
+    if name in _VALUE_ERRORS:
+        return _VALUE_ERRORS[name](message)
+    guru_type = _guru_error_types().get(name)
+    if guru_type is not None:
+        defaults: dict[str, Any] = {}
+        if issubclass(guru_type, APIError):
+            defaults = {"status": 0, "body": None, "retry_after": None}
+        elif issubclass(guru_type, UploadError):
+            defaults = {"status": None, "code": "", "retry_after": None}
+        elif issubclass(guru_type, AnalysisTimeoutError):
+            defaults = {"video_id": "", "last": None}
+        elif issubclass(guru_type, ResponseDecodeError):
+            defaults = {"status": None, "body": "", "not_json": False}
+        return _rebuild(guru_type, message, {**defaults, **state})
+    return FleetItemError(f"{name}: {message}", type_name=name)
+
+
+def decode_analysis(text: str) -> Analysis:
+    return structure(decode_json(text.encode(), what="fleet result"), Analysis, what="fleet result")

@@ -1,0 +1,188 @@
+"""One ceiling on the fleet's API requests per second, kept in Redis on Redis's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import time
+from types import TracebackType
+
+import redis.asyncio as redis_async
+
+from ._redis import RedisLink, Unavailable
+
+DEFAULT_KEY = "guru_async:rate"
+# Processes that reserved a slot within this window count as sharing the ceiling, for the
+# fallback share while Redis is down.
+_MEMBER_WINDOW = 60.0
+# The share assumed before this process ever reached Redis: it cannot know the fleet's size.
+_UNKNOWN_FLEET = 4
+
+# GCRA (the generic cell rate algorithm) as reservations: every call books the next slot and
+# is told how long to wait for it, so callers pace instead of failing. KEYS[1] holds the
+# theoretical arrival time (TAT) in microseconds of Redis's clock, KEYS[2] the processes seen.
+# ARGV: the interval between requests (µs), the burst tolerance (µs), this process's id, the
+# member window (µs). Numbers go back to Redis through '%.0f': Lua's default formatting keeps
+# only 14 digits, and microseconds since 1970 have 16.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', tat),
+           'PX', string.format('%.0f', math.floor((tat - now) / 1000) + 1000))
+local window = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], string.format('%.0f', now), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now - window))
+redis.call('PEXPIRE', KEYS[2], string.format('%.0f', window / 1000))
+return {string.format('%.0f', wait), redis.call('ZCARD', KEYS[2])}
+"""
+
+
+class RedisRateLimiter:
+    """A ceiling on the whole fleet's API requests per second, shared through Redis.
+
+    Pass it to every session of the fleet: ``GuruSession(limiter=RedisRateLimiter(url,
+    rate=50))``. Each API request (every route, polls included; uploads to storage and token
+    requests are not API requests) first books the next free slot with one Lua script that
+    runs GCRA on Redis's own clock (``TIME``), then waits for its slot: the fleet stays under
+    ``rate`` requests in every second, plus ``burst`` after an idle spell, however many
+    processes share it and whatever their clocks say. The session's own adaptive limiter still
+    slows down on 429s below this ceiling. The wait counts against each call's
+    ``Timeouts.total``; a call cancelled while it waits leaves its slot unused (the fleet then
+    sends less than ``rate``, never more).
+
+    Redis down, slow or refusing the password: each process paces itself at a local share,
+    never unlimited: ``fallback_rate`` if given, else ``rate`` divided by the number of
+    processes that used this limiter in the last minute as last counted in Redis (``rate / 4``
+    if this process never reached Redis). It logs one WARNING per outage and tries Redis again
+    every ``cooldown`` seconds.
+
+    Keys written: ``{key}`` (a string: the next free slot, in microseconds of Redis's clock;
+    expires a second after the booked slots) and ``{key}:members`` (a sorted set of the
+    processes seen in the last minute; expires a minute after the last request).
+
+    Args:
+        redis: A ``redis://``, ``rediss://`` or ``unix://`` URL (the limiter then owns its
+            connections: close it with ``aclose()`` or ``async with``), or a
+            ``redis.asyncio.Redis`` that the caller owns and closes.
+        rate: Requests per second for the whole fleet.
+        burst: How many requests may go at once after an idle spell; default a tenth of a
+            second's worth (at least 1).
+        key: The Redis key; limiters with the same key share one ceiling.
+        fallback_rate: Requests per second for this process while Redis is unavailable.
+        timeout: The longest one Redis operation may take before Redis counts as down.
+        cooldown: How long to pace locally after Redis failed before trying it again.
+    """
+
+    def __init__(
+        self,
+        redis: str | redis_async.Redis,
+        *,
+        rate: float,
+        burst: float | None = None,
+        key: str = DEFAULT_KEY,
+        fallback_rate: float | None = None,
+        timeout: float = 0.5,
+        cooldown: float = 5.0,
+    ) -> None:
+        self.rate = _positive(rate, "rate")
+        if burst is None:
+            self.burst = max(1.0, math.ceil(self.rate / 10))
+        elif _positive(burst, "burst") < 1:
+            raise ValueError(f"burst must be at least 1 request, got {burst!r}")
+        else:
+            self.burst = float(burst)
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty str, got {key!r}")
+        self.fallback_rate = (
+            None if fallback_rate is None else _positive(fallback_rate, "fallback_rate")
+        )
+        self.key = key
+        self._link = RedisLink(
+            redis,
+            what="its rate ceiling",
+            fallback="this process paces its API requests at its own share of the rate",
+            timeout=timeout,
+            cooldown=cooldown,
+        )
+        self._member = secrets.token_hex(8)
+        self._interval_us = 1e6 / self.rate
+        self._tolerance_us = (self.burst - 1) * self._interval_us
+        self._members = 0  # processes sharing the ceiling, as last counted in Redis
+        self._local_next = 0.0  # the local fallback's next free slot (time.monotonic())
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisRateLimiter({self._link.where!r}, rate={self.rate:g}, burst={self.burst:g}, "
+            f"key={self.key!r})"
+        )
+
+    async def __aenter__(self) -> RedisRateLimiter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections this limiter opened (not a caller's client). It can still
+        be used afterwards: it reconnects when needed."""
+        await self._link.aclose()
+
+    async def check(self) -> None:
+        """Raise ``RedisUnavailableError`` (naming the server, never its password) unless Redis
+        answers now."""
+        await self._link.check()
+
+    @property
+    def local_rate(self) -> float:
+        """The requests per second this process allows itself while Redis is unavailable."""
+        if self.fallback_rate is not None:
+            return self.fallback_rate
+        return self.rate / (self._members or _UNKNOWN_FLEET)
+
+    async def acquire(self) -> None:
+        """Wait until the fleet may send one more API request."""
+        try:
+            wait = await self._reserve()
+        except Unavailable:
+            wait = self._reserve_locally()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _reserve(self) -> float:
+        args = (self._interval_us, self._tolerance_us, self._member, _MEMBER_WINDOW * 1e6)
+        keys = (self.key, self.key + ":members")
+        wait_us, members = await self._link.run(
+            lambda r: r.eval(_RESERVE, 2, *keys, *(_number(a) for a in args))
+        )
+        self._members = max(1, int(members))
+        return int(wait_us) / 1e6
+
+    def _reserve_locally(self) -> float:
+        # The same reservation, on this process's clock, at its share of the rate, no burst.
+        now = time.monotonic()
+        slot = max(self._local_next, now)
+        self._local_next = slot + 1.0 / self.local_rate
+        return slot - now
+
+
+def _number(value: float | str) -> str:
+    return value if isinstance(value, str) else repr(float(value))
+
+
+def _positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)

@@ -1,0 +1,326 @@
+"""One token for the whole fleet: a TokenStore in Redis with a fleet-wide single-flight refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+import redis.asyncio as redis_async
+
+from .._auth import Token
+from ._redis import RedisLink, Unavailable, log
+
+DEFAULT_PREFIX = "guru_async:token:"
+
+# The token's key expires on Redis's clock this long before the token does (a tenth of the
+# lifetime for short-lived tokens), so no process is ever handed a token about to run out;
+# processes refresh earlier still, by Token.is_fresh's own margin.
+_KEY_MARGIN = 30.0
+_KEY_FRACTION = 0.1
+# Waiters re-read the token this often (growing), while another process fetches it.
+_POLL_FIRST = 0.02
+_POLL_MAX = 0.2
+
+# Compare-and-delete: only the owner of the lock (its random value) may release it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# Drop the stored token only if it is still the one that failed, so a 401 on an old token
+# never deletes the fresh one another process has just saved.
+_DISCARD = """
+if redis.call('HGET', KEYS[1], 'access_token') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+FetchToken = Callable[[], Awaitable[Token]]
+
+
+class RedisTokenStore:
+    """Tokens in Redis, shared by every process of a fleet, with one refresh for all of them.
+
+    A ``TokenStore`` (``load``/``save``), plus what a session uses to refresh a token once for
+    the whole fleet (``fetch_once``) and to drop one the API rejected (``discard``)::
+
+        async with RedisTokenStore("redis://cache:6379/0") as store:
+            async with GuruSession(token_store=store) as guru:
+                ...
+
+    How a refresh goes: the process that needs a token takes a short lock (``SET NX PX`` with
+    a random value, released by compare-and-delete), re-reads the token, and fetches one only if
+    none is there; the others poll the token's key and use what it saved. If the lock's holder
+    dies, its lock expires after ``lock_timeout`` and the next process takes over; a process
+    that waited twice that long fetches for itself. The token's key expires on Redis's clock a
+    margin before the token does, and a token read back takes its lifetime from that key's TTL,
+    so the machines' clocks never matter.
+
+    Redis down, slow or refusing the password never fails a call: the process keeps its own
+    copy of the token, fetches for itself when it needs one (still one fetch at a time within
+    the process), logs one WARNING per outage, and tries Redis again every ``cooldown``
+    seconds. Call ``check()`` to fail fast instead.
+
+    Security: the stored token is a bearer secret: anyone who can read this Redis can call the
+    Guru API as your account until the token expires (an hour). Keep Redis private, require a
+    password (``redis://:PASSWORD@host:6379/0``) or an ACL user, and use ``rediss://`` (TLS)
+    across networks. The client secret never goes to Redis (keys hold a hash of the
+    credentials), and neither the token nor the Redis password reaches logs, reprs or errors.
+
+    Keys written (``KEY`` is the session's credentials hash, ``guru:<sha256>``): the token as a
+    hash at ``{prefix}KEY`` (fields ``access_token``, ``token_type``, ``lifetime``,
+    ``margin``; expires with the token), and the refresh lock as a string at
+    ``{prefix}KEY:lock`` (expires after ``lock_timeout``).
+
+    Args:
+        redis: A ``redis://``, ``rediss://`` or ``unix://`` URL (the store then owns its
+            connections: close it with ``aclose()`` or ``async with``), or a
+            ``redis.asyncio.Redis`` that the caller owns and closes.
+        prefix: Put before every key this store writes.
+        lock_timeout: How long the refresh lock lives in Redis, in seconds: how long the
+            others wait for a process that died while fetching. Longer than a token request.
+        timeout: The longest one Redis operation may take before Redis counts as down.
+        cooldown: How long to use the local fallback after Redis failed before trying again.
+    """
+
+    def __init__(
+        self,
+        redis: str | redis_async.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        lock_timeout: float = 10.0,
+        timeout: float = 1.0,
+        cooldown: float = 5.0,
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        self._link = RedisLink(
+            redis,
+            what="its token",
+            fallback="this process fetches and keeps its own token",
+            timeout=timeout,
+            cooldown=cooldown,
+        )
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)):
+            raise ValueError(f"lock_timeout must be a number of seconds, got {lock_timeout!r}")
+        if not 0.01 <= lock_timeout <= 3600:
+            raise ValueError(f"lock_timeout must be between 0.01 and 3600 s, got {lock_timeout!r}")
+        self.prefix = prefix
+        self.lock_timeout = float(lock_timeout)
+        # This process's copy of each token: what calls use while Redis is unavailable.
+        self._local: dict[str, Token] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisTokenStore({self._link.where!r}, prefix={self.prefix!r})"
+
+    async def __aenter__(self) -> RedisTokenStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections this store opened (not a caller's client). It can still be
+        used afterwards: it reconnects when needed."""
+        await self._link.aclose()
+
+    async def check(self) -> None:
+        """Raise ``RedisUnavailableError`` (naming the server, never its password) unless Redis
+        answers now: for a worker that should refuse to start without its fleet's Redis."""
+        await self._link.check()
+
+    # -- TokenStore ------------------------------------------------------------------------
+
+    async def load(self, key: str) -> Token | None:
+        """Return the token stored for ``key`` (this process's copy while Redis is down)."""
+        try:
+            token = await self._read(key)
+        except Unavailable:
+            return self._local.get(key)
+        if token is not None:
+            self._local[key] = token
+        return token
+
+    async def save(self, key: str, token: Token) -> None:
+        """Store ``token`` for ``key`` until shortly before it expires."""
+        self._local[key] = token
+        with contextlib.suppress(Unavailable):
+            await self._write(key, token)
+
+    # -- fleet-wide refresh ----------------------------------------------------------------
+
+    async def fetch_once(self, key: str, fetch: FetchToken, *, stale: str | None) -> Token:
+        """Return a fresh token for ``key``, calling ``fetch`` only if no process has one.
+
+        Under the fleet's lock for ``key``: re-read the stored token and return it if it is
+        fresh and not ``stale`` (the token the API just rejected); else fetch one, save it,
+        release the lock and return it. Redis unavailable: fetch for this process.
+
+        Args:
+            key: The credentials' store key.
+            fetch: Requests a new token from the token endpoint; its errors propagate.
+            stale: An access token known to be rejected, never to be returned; or None.
+        """
+        async with self._local_lock(key):
+            # Callers of this process queue here; the ones after the first reuse its token.
+            token = self._local.get(key)
+            if _usable(token, stale):
+                assert token is not None
+                return token
+            try:
+                return await self._fetch_fleet_wide(key, fetch, stale)
+            except Unavailable:
+                pass
+            token = self._local.get(key)
+            if _usable(token, stale):
+                assert token is not None
+                return token
+            token = await fetch()
+            self._local[key] = token
+            return token
+
+    async def discard(self, key: str, access_token: str) -> None:
+        """Drop the token stored for ``key`` if it is still ``access_token`` (after a 401)."""
+        local = self._local.get(key)
+        if local is not None and local.access_token == access_token:
+            del self._local[key]
+        with contextlib.suppress(Unavailable):
+            await self._link.run(lambda r: r.eval(_DISCARD, 1, self._token_key(key), access_token))
+
+    async def _fetch_fleet_wide(self, key: str, fetch: FetchToken, stale: str | None) -> Token:
+        lock_key = self._token_key(key) + ":lock"
+        lock_ms = max(1, round(self.lock_timeout * 1000))
+        give_up_at = time.monotonic() + 2 * self.lock_timeout
+        delay = _POLL_FIRST
+        while True:
+            token = await self._read(key)
+            if _usable(token, stale):
+                assert token is not None
+                self._local[key] = token
+                return token
+            owner = secrets.token_hex(16)
+            if await self._take_lock(lock_key, owner, lock_ms):
+                try:
+                    # Re-read: the previous holder may have saved a token just before releasing.
+                    token = await self._read(key)
+                    if _usable(token, stale):
+                        assert token is not None
+                        self._local[key] = token
+                        return token
+                    return await self._fetch_and_save(key, fetch)
+                finally:
+                    with contextlib.suppress(Unavailable):
+                        await self._release_lock(lock_key, owner)
+            if time.monotonic() >= give_up_at:
+                # Locks keep being held but no token appears (holders stuck in long fetches):
+                # better one extra token request than a call that waits on and on.
+                log.warning(
+                    "no token appeared in Redis at %s within %g s; fetching one for this process",
+                    self._link.where,
+                    2 * self.lock_timeout,
+                )
+                return await self._fetch_and_save(key, fetch)
+            await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+            delay = min(delay * 1.5, _POLL_MAX)
+
+    async def _take_lock(self, lock_key: str, owner: str, lock_ms: int) -> bool:
+        return bool(await self._link.run(lambda r: r.set(lock_key, owner, nx=True, px=lock_ms)))
+
+    async def _release_lock(self, lock_key: str, owner: str) -> None:
+        await self._link.run(lambda r: r.eval(_RELEASE, 1, lock_key, owner))
+
+    async def _fetch_and_save(self, key: str, fetch: FetchToken) -> Token:
+        token = await fetch()
+        self._local[key] = token
+        with contextlib.suppress(Unavailable):
+            await self._write(key, token)
+        return token
+
+    async def _read(self, key: str) -> Token | None:
+        def read(r: redis_async.Redis) -> Awaitable[list[object]]:
+            # One transaction, so the fields and the TTL belong to the same token.
+            pipe = r.pipeline(transaction=True)
+            pipe.hgetall(self._token_key(key))
+            pipe.pttl(self._token_key(key))
+            return pipe.execute()
+
+        fields, pttl = await self._link.run(read)
+        assert isinstance(fields, dict)
+        assert isinstance(pttl, int)
+        return _decode(fields, pttl)
+
+    async def _write(self, key: str, token: Token) -> None:
+        now = time.time()
+        remaining = token.expires_at - now
+        lifetime = None if token.issued_at is None else token.expires_at - token.issued_at
+        margin = min(_KEY_MARGIN, _KEY_FRACTION * (lifetime if lifetime else remaining))
+        ttl_ms = round((remaining - margin) * 1000)
+        if ttl_ms <= 0:
+            return  # too close to expiry to be worth sharing
+        mapping = {
+            "access_token": token.access_token,
+            "token_type": token.token_type,
+            "lifetime": "" if lifetime is None else repr(lifetime),
+            "margin": repr(margin),
+        }
+
+        def write(r: redis_async.Redis) -> Awaitable[list[object]]:
+            pipe = r.pipeline(transaction=True)
+            pipe.delete(self._token_key(key))
+            pipe.hset(self._token_key(key), mapping=mapping)
+            pipe.pexpire(self._token_key(key), ttl_ms)
+            return pipe.execute()
+
+        await self._link.run(write)
+
+    def _token_key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _local_lock(self, key: str) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._locks_loop is not loop:
+            self._locks, self._locks_loop = {}, loop
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+
+def _usable(token: Token | None, stale: str | None) -> bool:
+    return token is not None and token.is_fresh() and token.access_token != stale
+
+
+def _decode(fields: dict[object, object], pttl: int) -> Token | None:
+    """A stored token, its expiry taken from the key's TTL (Redis's clock), or None."""
+    if pttl <= 0 or not fields:
+        return None
+    try:
+        text = {_text(k): _text(v) for k, v in fields.items()}
+        margin = float(text["margin"])
+        expires_at = time.time() + pttl / 1000 + margin
+        lifetime = float(text["lifetime"]) if text.get("lifetime") else None
+        return Token(
+            access_token=text["access_token"],
+            expires_at=expires_at,
+            token_type=text.get("token_type", "Bearer"),
+            issued_at=None if lifetime is None else expires_at - lifetime,
+        )
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None  # a foreign or damaged value: fetch a fresh token rather than fail
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,446 @@
+"""A fleet worker: two saq workers in one process, sharing one GuruSession.
+
+- The upload queue (``Q``) runs ``concurrency`` jobs at once; each claims its item, creates
+  the video, records its id, uploads, and records the upload (see ``_claims``). With
+  ``wait`` it then hands the video to the poll queue, so upload slots never sit waiting.
+- The poll queue (``Q-poll``) runs many cheap jobs at once, each awaiting one analysis with
+  the session's poll schedule; every poll goes through the session's limiter, so with
+  ``rate`` the fleet's polls share the fleet's one ceiling.
+
+Every job keeps saq's heartbeat, so a job whose worker died is swept and retried elsewhere
+after ``heartbeat`` seconds; results go back to the producer on its batch's Redis list.
+
+SIGTERM (or SIGINT): stop taking jobs, let uploads in flight finish for ``grace`` seconds,
+then hand back what is left (saq re-queues a cancelled job at once); analyses being awaited
+are handed back at once. SIGKILL loses nothing either: the jobs are swept and retried, and
+their claims keep the content from being uploaded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as redis_async
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import AuthenticationError as RedisAuthError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from saq.job import Job
+from saq.queue.redis import RedisQueue
+from saq.worker import Worker
+
+from .._converter import to_json
+from .._enums import VideoStatus
+from .._errors import GuruError
+from .._models import CreatedVideo
+from .._polling import DEFAULT_TIMEOUT
+from .._session import GuruSession
+from .._upload import UploadSource, check_file
+from .._validation import Unvalidated
+from ._claims import Claims, LeaseLostError, item_hash
+from ._protocol import (
+    DEFAULT_QUEUE,
+    DEFAULT_RETENTION,
+    POLL_FUNCTION,
+    UPLOAD_FUNCTION,
+    encode_result,
+    poll_queue_name,
+    results_key,
+)
+from ._redis import RedisUnavailableError, check_url, describe_url
+
+log = logging.getLogger("guru_async.fleet")
+
+DEFAULT_CONCURRENCY = 4
+# Each slot is a saq task with its own blocking dequeue (and Redis connection): enough for
+# the analyses a few uploads at a time keep waiting, not hundreds.
+DEFAULT_MAX_WAITING = 32
+
+
+def redis_client(url: str) -> redis_async.Redis:
+    """A client that rides out a Redis restart: redis-py's own retries, for about 15 s."""
+    check_url(url)
+    return redis_async.Redis.from_url(
+        url,
+        socket_connect_timeout=5.0,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 20),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionResetError],
+    )
+
+
+async def ping(client: redis_async.Redis, where: str, *, url: str | None = None) -> None:
+    """Raise RedisUnavailableError (no password in it) unless Redis answers now.
+
+    Given the URL, the check uses a client without retries, so a wrong address or password
+    fails at once instead of after the long client's retries.
+    """
+    probe = client
+    if url is not None:
+        probe = redis_async.Redis.from_url(
+            url, socket_connect_timeout=5.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
+        )
+    try:
+        await asyncio.wait_for(probe.ping(), 10.0)  # type: ignore[arg-type]
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        if isinstance(exc, RedisAuthError) or "auth" in str(exc).lower():
+            detail = "it refused the password or user"
+        else:
+            detail = type(exc).__name__
+        raise RedisUnavailableError(f"Redis at {where} is unavailable: {detail}") from None
+    finally:
+        if probe is not client:
+            with contextlib.suppress(RedisError, OSError):
+                await probe.aclose()
+
+
+class _FleetQueue(RedisQueue):
+    """saq's Redis queue with a short abort wait in its sweep.
+
+    saq's sweep aborts each stuck job and then waits up to ``abort`` seconds (default 5) for
+    its worker to acknowledge, one job after another. The worker of a swept job is usually
+    dead and never answers, so a killed worker's ten jobs would take 50 s to hand over. The
+    claims make a job that still runs somewhere harmless, so the wait is cut to a moment.
+    """
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        return await super().sweep(lock, abort=min(abort, 0.2))
+
+
+class _Context:
+    """What every job of one worker process shares."""
+
+    def __init__(
+        self, session: GuruSession, redis: redis_async.Redis, queue: str, poll: RedisQueue
+    ) -> None:
+        self.session = session
+        self.redis = redis
+        self.queue = queue
+        self.poll = poll
+        self.claims = Claims(redis, queue=queue)
+        self.service = f"{session.base_url} {session.client_id or ''}"
+
+    async def push(self, batch: str, message: str, retention: int) -> None:
+        key = results_key(self.queue, batch)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, message)
+            pipe.expire(key, retention)
+            await pipe.execute()
+
+
+def _is_last_attempt(job: Job) -> bool:
+    return job.attempts >= job.retries
+
+
+@contextlib.asynccontextmanager
+async def _heartbeat(job: Job) -> Any:
+    """Touch the job every third of its heartbeat so saq's sweep leaves it alone."""
+    interval = max(job.heartbeat / 3, 0.2) if job.heartbeat else None
+
+    async def beat() -> None:
+        assert interval is not None
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(RedisError, OSError):
+                await job.update()
+
+    task = asyncio.create_task(beat()) if interval is not None else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _upload_job(
+    ctx: dict[str, Any],
+    *,
+    batch: str,
+    path: str,
+    fields: dict[str, Any],
+    wait: bool,
+    analysis_timeout: float = DEFAULT_TIMEOUT,
+    retention: int = DEFAULT_RETENTION,
+) -> None:
+    job: Job = ctx["job"]
+    fleet: _Context = ctx["fleet"]
+    key = job.key
+    async with _heartbeat(job):
+        try:
+            await _upload_item(
+                fleet, job, batch, key, path, fields, wait, analysis_timeout, retention
+            )
+        except (LeaseLostError, RedisError, ConnectionError) as exc:
+            # The infrastructure failed, not the item: let saq retry the job, unless this was
+            # its last attempt, which must still report something.
+            if not _is_last_attempt(job):
+                raise
+            await fleet.push(batch, encode_result(key, video_id=None, error=exc), retention)
+
+
+async def _upload_item(
+    fleet: _Context,
+    job: Job,
+    batch: str,
+    key: str,
+    path: str,
+    fields: dict[str, Any],
+    wait: bool,
+    analysis_timeout: float,
+    retention: int,
+) -> None:
+    session = fleet.session
+    created_ids: list[str] = []
+    try:
+        file = check_file(path)
+        size = file.stat().st_size
+        item = item_hash(fleet.service, file, fields)
+        sent_fields = _sendable(fields)
+        lease = max(float(job.heartbeat or 10), 1.0)
+        async with fleet.claims.lease(item, seconds=lease):
+            record = await fleet.claims.read(item)
+            if record.state == "done" and record.video_id and record.analysis:
+                message = encode_result(key, video_id=record.video_id, analysis=record.analysis)
+                await fleet.push(batch, message, retention)
+                return
+            video_id = record.video_id
+            if not (
+                video_id is not None
+                and (record.state == "uploaded" or await _arrived(session, video_id))
+            ):
+                source = UploadSource(file)
+
+                async def on_created(created: CreatedVideo) -> None:
+                    created_ids.append(created.id)
+                    await fleet.claims.record(
+                        item, "created", video_id=created.id, retention=retention
+                    )
+
+                video_id = await session._create_and_upload(
+                    source, sent_fields, on_created=on_created
+                )
+            if record.state != "uploaded" or record.video_id != video_id:
+                await fleet.claims.record(item, "uploaded", video_id=video_id, retention=retention)
+    except (RedisError, LeaseLostError):
+        raise
+    except (GuruError, OSError, ValueError, TypeError) as exc:
+        if isinstance(exc, ConnectionError):
+            raise
+        video = created_ids[-1] if created_ids else None
+        await fleet.push(batch, encode_result(key, video_id=video, error=exc), retention)
+        return
+    message = encode_result(key, video_id=video_id, uploaded=True, size=size)
+    await fleet.push(batch, message, retention)
+    if not wait:
+        await fleet.push(batch, encode_result(key, video_id=video_id), retention)
+        return
+    await fleet.poll.enqueue(
+        POLL_FUNCTION,
+        key=f"{key}:poll",
+        timeout=0,
+        heartbeat=job.heartbeat,
+        retries=job.retries,
+        retry_delay=1.0,
+        ttl=job.ttl,
+        batch=batch,
+        result_key=key,
+        item=item,
+        video_id=video_id,
+        deadline=time.time() + analysis_timeout,
+        retention=retention,
+    )
+
+
+def _sendable(fields: dict[str, Any]) -> dict[str, Any]:
+    # The producer validated these against its own table; a newer value it let through with
+    # Unvalidated must not be refused here.
+    out = dict(fields)
+    for name in ("domain", "activity"):
+        if out.get(name) is not None:
+            out[name] = Unvalidated(out[name])
+    return out
+
+
+async def _arrived(session: GuruSession, video_id: str) -> bool:
+    # A worker killed between the upload and its record leaves "created": ask the API whether
+    # the content arrived, so it is never sent twice.
+    video = await session.get_video(video_id)
+    return video.status == VideoStatus.SUCCESS
+
+
+async def _poll_job(
+    ctx: dict[str, Any],
+    *,
+    batch: str,
+    result_key: str,
+    item: str,
+    video_id: str,
+    deadline: float,
+    retention: int = DEFAULT_RETENTION,
+) -> None:
+    job: Job = ctx["job"]
+    fleet: _Context = ctx["fleet"]
+    async with _heartbeat(job):
+        try:
+            record = await fleet.claims.read(item)
+            if record.state == "done" and record.video_id == video_id and record.analysis:
+                message = encode_result(result_key, video_id=video_id, analysis=record.analysis)
+            else:
+                try:
+                    analysis = await fleet.session.await_analysis(
+                        video_id, timeout=max(deadline - time.time(), 0.001)
+                    )
+                except GuruError as exc:
+                    message = encode_result(result_key, video_id=video_id, error=exc)
+                else:
+                    message = encode_result(result_key, video_id=video_id, analysis=analysis)
+                    await fleet.claims.record(
+                        item,
+                        "done",
+                        video_id=video_id,
+                        analysis=to_json(analysis).decode(),
+                        retention=retention,
+                    )
+            await fleet.push(batch, message, retention)
+        except (RedisError, ConnectionError) as exc:
+            if not _is_last_attempt(job):
+                raise
+            await fleet.push(
+                batch, encode_result(result_key, video_id=video_id, error=exc), retention
+            )
+
+
+class FleetWorker:
+    """One worker process of a fleet: takes items from the fleet's queue and uploads them.
+
+    ``guru-async worker --redis URL`` runs one; in Python::
+
+        async with GuruSession() as guru:
+            await FleetWorker("redis://cache:6379/0", session=guru).run()
+
+    Args:
+        redis: The fleet's Redis, a ``redis://`` or ``rediss://`` URL.
+        session: The session to call the API with (its token store and limiter are the
+            fleet's: pass RedisTokenStore and RedisRateLimiter on the same Redis).
+        queue: The fleet's queue name; producer and workers must agree.
+        concurrency: Uploads at once in this process.
+        max_waiting: Analyses awaited at once in this process.
+        grace: Seconds uploads in flight may take to finish after SIGTERM before they are
+            handed back.
+        sweep_interval: How often (seconds) saq looks for jobs whose worker died.
+    """
+
+    def __init__(
+        self,
+        redis: str,
+        *,
+        session: GuruSession,
+        queue: str = DEFAULT_QUEUE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        grace: float = 30.0,
+        sweep_interval: int = 5,
+    ) -> None:
+        if not isinstance(redis, str):
+            raise TypeError(f"redis must be a redis:// URL, got {type(redis).__name__}")
+        check_url(redis)
+        for name, value in (("concurrency", concurrency), ("max_waiting", max_waiting)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(sweep_interval, bool) or not isinstance(sweep_interval, int):
+            raise TypeError("sweep_interval must be an int (saq counts it in whole seconds)")
+        if sweep_interval < 1:
+            raise ValueError(f"sweep_interval must be >= 1 s, got {sweep_interval}")
+        self._url = redis
+        self.where = describe_url(redis)
+        self._session = session
+        self._queue = queue
+        self._concurrency = concurrency
+        self._max_waiting = max_waiting
+        self._grace = grace
+        self._sweep = sweep_interval
+        self._stop = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"FleetWorker({self.where!r}, queue={self._queue!r})"
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish (what SIGTERM does)."""
+        self._stop.set()
+
+    async def run(
+        self, *, handle_signals: bool = True, on_ready: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Work until stopped (SIGTERM, SIGINT or :meth:`stop`), then shut down cleanly.
+
+        Raises:
+            RedisUnavailableError: Redis could not be reached at start.
+        """
+        clients = [redis_client(self._url) for _ in range(3)]
+        try:
+            await ping(clients[0], self.where, url=self._url)
+            uploads = _FleetQueue(clients[0], name=self._queue)
+            polls = _FleetQueue(clients[1], name=poll_queue_name(self._queue))
+            fleet = _Context(self._session, clients[2], self._queue, polls)
+            # Upkeep loops notice a stop only between sleeps: keep them short, so a SIGTERM
+            # is not held up by them.
+            timers = {"sweep": self._sweep, "schedule": 1, "abort": 1, "worker_info": 5}
+            common: dict[str, Any] = {"timers": timers}
+            upload_worker = Worker(
+                uploads,
+                [(UPLOAD_FUNCTION, _upload_job)],
+                concurrency=self._concurrency,
+                # A dequeue gives up after 1 s, so a stopping worker's idle slots end promptly
+                # instead of taking a job they would only hand back.
+                dequeue_timeout=1.0,
+                shutdown_grace_period_s=int(self._grace) or None,
+                **common,
+            )
+            poll_worker = Worker(
+                polls,
+                [(POLL_FUNCTION, _poll_job)],
+                concurrency=self._max_waiting,
+                dequeue_timeout=5.0,
+                **common,
+            )
+            for worker in (upload_worker, poll_worker):
+                # Signals are this object's: one SIGTERM must stop both, in order.
+                worker.SIGNALS = []
+                worker.context["fleet"] = fleet
+            loop = asyncio.get_running_loop()
+            if handle_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(signum, self._stop.set)
+            try:
+                for queue in (uploads, polls):
+                    await queue.connect()
+                running = [
+                    asyncio.create_task(upload_worker.start()),
+                    asyncio.create_task(poll_worker.start()),
+                ]
+                log.info("fleet worker on %s, queue %s: ready", self.where, self._queue)
+                if on_ready is not None:
+                    await on_ready()
+                await self._stop.wait()
+                log.info("fleet worker: stopping (uploads in flight get %g s)", self._grace)
+                await upload_worker.stop()
+                await poll_worker.stop()
+                await asyncio.gather(*running, return_exceptions=True)
+            finally:
+                if handle_signals:
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(signum)
+        finally:
+            for client in clients:
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
