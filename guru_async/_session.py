@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
 import platform
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -16,6 +18,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from . import _routes as routes
 from ._auth import (
     DEFAULT_TOKEN_STORE,
     ClientCredentials,
@@ -43,7 +46,9 @@ from ._errors import (
     SourceError,
     UploadError,
     error_for_status,
+    redact,
 )
+from ._instrumentation import Hooks, InstrumentationHook, TraceScope
 from ._limiter import AdaptiveLimiter
 from ._models import Analysis, CreatedVideo, JointData, Video
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
@@ -55,7 +60,6 @@ from ._transport import (
     Transport,
     describe_network_error,
     json_error_body,
-    redact,
 )
 from ._upload import (
     MAX_REDIRECTS,
@@ -176,6 +180,10 @@ class GuruSession:
         limiter: Client-side flow control that slows every call down together when the
             service throttles (429); pass one AdaptiveLimiter to several sessions to share it.
         allow_insecure_http: Allow plain http to hosts other than this machine.
+        hooks: Instrumentation hooks, told of every request and retry (see
+            InstrumentationHook; a TracingHook such as ``guru_async.otel``'s also wraps each
+            call and video). None (the default) means ``[LoggingHook()]``; a sequence replaces
+            it, so include a LoggingHook to keep the log lines.
     """
 
     def __init__(
@@ -196,8 +204,10 @@ class GuruSession:
         poll_policy: PollPolicy | None = None,
         limiter: AdaptiveLimiter | None = None,
         allow_insecure_http: bool = False,
+        hooks: Sequence[InstrumentationHook] | None = None,
     ) -> None:
         self._allow_insecure_http = allow_insecure_http
+        self._hooks = Hooks(hooks)
         self.base_url = checked_url(
             base_url or os.environ.get("GURU_BASE_URL") or DEFAULT_BASE_URL,
             name="base_url",
@@ -250,6 +260,7 @@ class GuruSession:
             budget=retry_budget if retry_budget is not None else RetryBudget(),
             limiter=limiter,
             is_closed=lambda: self._closed,
+            hooks=self._hooks,
         )
 
     def __repr__(self) -> str:
@@ -322,6 +333,8 @@ class GuruSession:
         params: dict[str, str] | None = None,
         max_retries: int | None = None,
         repeat_risk: str | None = None,
+        route: str = "",
+        video_id: str | None = None,
     ) -> T:
         """Send one API request through the transport, with auth, retries and decoding."""
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -347,6 +360,8 @@ class GuruSession:
                 params=params,
                 authorized=True,
                 repeat_risk=repeat_risk,
+                route=route,
+                video_id=video_id,
             ),
             max_retries=max_retries,
         )
@@ -420,6 +435,7 @@ class GuruSession:
             body=body,
             max_retries=max_retries,
             repeat_risk=CREATE_REPEAT_RISK,
+            route=routes.CREATE_VIDEO,
         )
         # The upload goes wherever the API says; it must not downgrade to plain http.
         self._check_server_url(created.url, name="upload url", what="Create video")
@@ -572,6 +588,8 @@ class GuruSession:
                 total=None,
                 cleanup=multipart.close_files,
                 idle_since=multipart.idle_since,
+                route=routes.UPLOAD,
+                video_id=created.id,
             ),
             # A stream cannot be rewound: its one attempt is all there is.
             max_retries=max_retries if source.resendable else 0,
@@ -607,12 +625,19 @@ class GuruSession:
             UploadError, SourceError, OSError: As for upload.
         """
         src = await self._source(file, filename)
-        return await self._create_and_upload(
-            src,
-            {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
-            progress=progress,
-            max_retries=max_retries,
-        )
+        with self._video_scope("upload_video", src.name):
+            return await self._create_and_upload(
+                src,
+                {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
+                progress=progress,
+                max_retries=max_retries,
+            )
+
+    def _video_scope(self, name: str, filename: str) -> AbstractContextManager[None]:
+        """One video's whole journey, for tracing hooks (nothing to do without one)."""
+        if not self._hooks.tracers:
+            return contextlib.nullcontext()
+        return self._hooks.scope(TraceScope("video", name, filename=filename))
 
     async def _create_and_upload(
         self,
@@ -665,6 +690,8 @@ class GuruSession:
             decode=_model(Video, f"Get video {video_id}"),
             params=None if joined is None else {"include": joined},
             max_retries=max_retries,
+            route=routes.GET_VIDEO,
+            video_id=video_id,
         )
 
     async def update_video(
@@ -704,6 +731,8 @@ class GuruSession:
             decode=_video_id_from(video_id),
             body=body,
             max_retries=max_retries,
+            route=routes.UPDATE_VIDEO,
+            video_id=video_id,
         )
 
     async def get_analysis(self, video_id: str, *, max_retries: int | None = None) -> Analysis:
@@ -729,6 +758,8 @@ class GuruSession:
             what=what,
             decode=decode,
             max_retries=max_retries,
+            route=routes.GET_ANALYSIS,
+            video_id=video_id,
         )
 
     async def get_joint_data(self, video_id: str, *, max_retries: int | None = None) -> JointData:
@@ -741,6 +772,8 @@ class GuruSession:
             what=what,
             decode=_model(JointData, what),
             max_retries=max_retries,
+            route=routes.GET_JOINT_DATA,
+            video_id=video_id,
         )
 
     async def await_analysis(
@@ -806,16 +839,14 @@ class GuruSession:
                 ``timeout`` seconds; ``exc.video_id`` can be awaited again.
             UploadError, SourceError, OSError, ValueError: As for upload_video.
         """
-        video_id = await self.upload_video(
-            file,
-            filename=filename,
-            domain=domain,
-            activity=activity,
-            rep_count=rep_count,
-            source=source,
-            progress=progress,
-        )
-        return await self.await_analysis(video_id, timeout=timeout)
+        src = await self._source(file, filename)
+        with self._video_scope("analyze", src.name):
+            video_id = await self._create_and_upload(
+                src,
+                {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
+                progress=progress,
+            )
+            return await self.await_analysis(video_id, timeout=timeout)
 
     async def download(
         self,
@@ -895,6 +926,8 @@ class GuruSession:
                         errors=errors,
                         stream=handler,
                         total=None,
+                        route=routes.DOWNLOAD,
+                        video_id=video_id,
                     ),
                     max_retries=max_retries,
                 )
