@@ -1,0 +1,237 @@
+"""guru_async.otel: spans from a real TracerProvider (in-memory exporter) against the emulator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from guru_async import GuruSession, NotFoundError, RetryPolicy
+from guru_async.otel import OpenTelemetryHooks
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    CREATE_ROUTE,
+    TOKEN_ROUTE,
+    UPLOAD_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
+
+MakeSession = Callable[..., GuruSession]
+VideoFile = Callable[..., Path]
+QUICK = RetryPolicy(max_retries=3, wait_initial=0.01, wait_max=0.02)
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    """Finished spans, kept in memory."""
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    """A real SDK TracerProvider exporting every span to ``exporter`` as it ends."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider
+    provider.shutdown()
+
+
+def by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
+    """The spans called ``name``, in the order they ended."""
+    return [s for s in spans if s.name == name]
+
+
+def scope_of(span: ReadableSpan) -> str:
+    """The name of the instrumentation that made ``span``."""
+    return span.instrumentation_scope.name if span.instrumentation_scope else ""
+
+
+def leaks(spans: tuple[ReadableSpan, ...], secrets: set[str]) -> list[str]:
+    """Every attribute or event value of ``spans`` that contains one of ``secrets``."""
+    found = []
+    for span in spans:
+        values = [*dict(span.attributes or {}).values()]
+        for event in span.events:
+            values += [*dict(event.attributes or {}).values()]
+        for value in values:
+            found += [f"{span.name}: {value}" for s in secrets if s in str(value)]
+    return found
+
+
+async def test_analyze_is_one_video_span_over_its_call_spans(
+    emulator: GuruEmulator,
+    make_session: MakeSession,
+    video_file: VideoFile,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    """One analyze call is a 'guru_async analyze' span with the video id and file name, whose
+    children are one CLIENT span per API call (route template as name, method, status,
+    attempts, video id) with the token request inside the first call; a retry is an event."""
+    emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="status", status=503, times=1))
+    hooks = OpenTelemetryHooks(tracer_provider=provider)
+    async with make_session(hooks=[hooks], retry_policy=QUICK) as guru:
+        analysis = await guru.analyze(video_file("squat.mp4"), activity="squat")
+    assert analysis.status == "Complete"
+    spans = exporter.get_finished_spans()
+    (video,) = by_name(spans, "guru_async analyze")
+    video_id = dict(video.attributes or {})["guru.video_id"]
+    assert isinstance(video_id, str)
+    assert video_id in emulator.videos
+    assert dict(video.attributes or {}) == {
+        "guru.operation": "analyze",
+        "guru.filename": "squat.mp4",
+        "guru.video_id": video_id,
+    }
+    assert video.kind is SpanKind.INTERNAL
+    assert video.parent is None
+    (token,) = by_name(spans, TOKEN_ROUTE)
+    (create,) = by_name(spans, CREATE_ROUTE)
+    (upload,) = by_name(spans, UPLOAD_ROUTE)
+    polls = by_name(spans, ANALYSIS_ROUTE)
+    assert len(polls) == emulator.requests[ANALYSIS_ROUTE] - 1  # one poll was retried
+    assert len(spans) == 4 + len(polls)
+    assert video.context is not None
+    assert create.context is not None
+    assert token.parent is not None
+    assert token.parent.span_id == create.context.span_id
+    for call in (create, upload, *polls):
+        assert call.kind is SpanKind.CLIENT
+        assert call.parent is not None
+        assert call.parent.span_id == video.context.span_id
+        assert call.context is not None
+        assert call.context.trace_id == video.context.trace_id
+    assert dict(create.attributes or {}) == {
+        "guru.route": CREATE_ROUTE,
+        "http.request.method": "POST",
+        "http.response.status_code": 200,
+        "guru.attempts": 1,
+    }
+    assert dict(upload.attributes or {}) == {
+        "guru.route": UPLOAD_ROUTE,
+        "http.request.method": "POST",
+        "http.response.status_code": 204,
+        "guru.attempts": 1,
+        "guru.video_id": video_id,
+    }
+    first = polls[0]
+    assert dict(first.attributes or {}) == {
+        "guru.route": ANALYSIS_ROUTE,
+        "http.request.method": "GET",
+        "guru.video_id": video_id,
+        "http.response.status_code": 200,
+        "guru.attempts": 2,
+    }
+    (retry,) = first.events
+    assert retry.name == "guru.retry"
+    event = dict(retry.attributes or {})
+    assert (event["guru.attempt"], event["error.type"]) == (1, "503")
+    assert 0 <= float(event["guru.retry.wait"]) <= 0.02  # type: ignore[arg-type]
+    assert all(s.status.status_code is StatusCode.UNSET for s in spans)
+    created = emulator.videos[video_id]
+    secrets = {emulator.client_secret, created.fields["x-amz-signature"], created.fields["policy"]}
+    secrets |= {r.headers.get("Authorization", "") for r in emulator.recorded} - {""}
+    assert not leaks(spans, secrets)
+    assert not [s for s in spans if any("://" in str(v) for v in (s.attributes or {}).values())]
+
+
+async def test_a_failed_call_is_an_error_span(
+    emulator: GuruEmulator,
+    make_session: MakeSession,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    """A call that fails is a span with status ERROR, error.type set to the HTTP status and the
+    exception recorded as an event."""
+    async with make_session(hooks=[OpenTelemetryHooks(tracer_provider=provider)]) as guru:
+        with pytest.raises(NotFoundError):
+            await guru.get_analysis("no-such-video")
+    (span,) = by_name(exporter.get_finished_spans(), ANALYSIS_ROUTE)
+    assert span.status.status_code is StatusCode.ERROR
+    attributes = dict(span.attributes or {})
+    assert attributes["error.type"] == "404"
+    assert attributes["http.response.status_code"] == 404
+    assert attributes["guru.video_id"] == "no-such-video"
+    assert [e.name for e in span.events] == ["exception"]
+
+
+async def test_aiohttp_instrumentation_adds_no_duplicate_span_and_no_url(
+    emulator: GuruEmulator,
+    make_session: MakeSession,
+    video_file: VideoFile,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    """With opentelemetry-instrumentation-aiohttp-client on, the SDK's requests are still one
+    span each (the instrumentation is suppressed inside call spans, so no presigned URL is
+    recorded), while the app's own aiohttp requests are still traced."""
+    stats_url = f"{emulator.base_url}/_emulator/stats"
+    instrumentor = AioHttpClientInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        async with make_session(hooks=[OpenTelemetryHooks(tracer_provider=provider)]) as guru:
+            video_id = await guru.upload_video(video_file(), activity="squat")
+            await guru.await_analysis(video_id, timeout=10)
+            await guru.download(video_id, video_file().with_name("out.mp4"))
+        # The app's own request: still traced.
+        async with aiohttp.ClientSession() as http, http.get(f"{stats_url}") as resp:
+            await resp.read()
+    finally:
+        instrumentor.uninstrument()
+    spans = exporter.get_finished_spans()
+    ours = [s for s in spans if scope_of(s) == "guru_async"]
+    theirs = [s for s in spans if scope_of(s) != "guru_async"]
+    assert sum(emulator.requests.values()) == len(ours) - 1  # + the upload_video span
+    assert len(theirs) == 1
+    assert "/_emulator/stats" in json.dumps(dict(theirs[0].attributes or {}))
+    assert not [s for s in ours if any("://" in str(v) for v in (s.attributes or {}).values())]
+
+
+async def test_without_suppression_aiohttp_spans_nest_under_call_spans(
+    emulator: GuruEmulator,
+    make_session: MakeSession,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    """suppress_http_instrumentation=False lets the aiohttp instrumentation add its span per
+    attempt, as a child of the SDK's call span."""
+    instrumentor = AioHttpClientInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        hooks = OpenTelemetryHooks(tracer_provider=provider, suppress_http_instrumentation=False)
+        async with make_session(hooks=[hooks]) as guru:
+            await guru.create_video("clip.mp4", size=10, activity="squat")
+    finally:
+        instrumentor.uninstrument()
+    spans = exporter.get_finished_spans()
+    (create,) = by_name(spans, CREATE_ROUTE)
+    assert create.context is not None
+    parent = create.context.span_id
+    children = [s for s in spans if s.parent is not None and s.parent.span_id == parent]
+    assert sorted(scope_of(s) for s in children) == [
+        "guru_async",  # the token request it waited for
+        "opentelemetry.instrumentation.aiohttp_client",
+    ]
+
+
+def test_import_guru_async_does_not_import_opentelemetry() -> None:
+    """Without guru_async.otel imported, OpenTelemetry is never loaded: zero cost when unused."""
+    code = (
+        "import sys, guru_async, guru_async.testing\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
