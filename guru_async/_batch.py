@@ -6,6 +6,11 @@ every waiting video at a bounded request rate; results flow back through a bound
 completion order. So tasks and memory stay bounded whatever the input's length, a video is
 created only when a worker is about to upload it (its presign cannot expire in a queue), and
 each input item yields exactly one BatchResult, success or failure.
+
+With a journal, a worker claims its item there before creating the video (see _journal.py), so
+an item listed twice, or shared with another batch, is uploaded once. Stopping the batch
+(``aclose``, leaving ``async with``) cancels every task at once; a video created but neither
+journaled nor reported is then named in a WARNING.
 """
 
 from __future__ import annotations
@@ -603,6 +608,12 @@ class BatchRun:
                     waiting.item, path, fields, waiting.key, []
                 )
                 await self._journal_or_fail().record(waiting.key, "uploaded", video_id=video_id)
+            except JournalError:
+                raise
+            except Exception as exc:
+                # Released with the failure recorded, so a rerun (or another batch) tries again.
+                await self._journal_or_fail().record(waiting.key, "error", error=exc)
+                raise
             finally:
                 self._unclaim(waiting.key)
         else:

@@ -31,6 +31,7 @@ from guru_async import (
     JournalError,
     UploadError,
 )
+from guru_async._journal import Journal
 from guru_async.testing import FaultRule, GuruEmulator
 from tests.helpers import wait_until
 from tests.test_batch import (
@@ -449,3 +450,65 @@ async def test_stopped_batch_names_every_video_the_user_cannot_find(
     assert created == reported | recorded | logged
     if journal is None:
         assert logged == created - reported
+
+
+# -- claims between processes, at the journal's level -----------------------------------------
+
+CLAIMER = """
+import asyncio, os, sys
+from guru_async._journal import Journal
+
+async def main() -> None:
+    journal = Journal(sys.argv[1])
+    await journal.open()
+    assert (await journal.claim("item")).owned
+    print("claimed", flush=True)
+    sys.stdin.readline()  # hold the claim until told to die
+
+asyncio.run(main())
+"""
+
+
+async def test_claim_of_a_live_process_blocks_and_of_a_dead_one_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    """An item claimed by another live process cannot be claimed; once that process is killed
+    (SIGKILL, nothing released) the claim is taken over at once, long before its lease ends;
+    and a claim whose lease ran out is taken over even while its owner lives."""
+    path = tmp_path / "claims.db"
+    other = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CLAIMER,
+        str(path),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert other.stdout is not None
+    assert await asyncio.wait_for(other.stdout.readline(), timeout=20) == b"claimed\n"
+    mine, lapsed = Journal(path), Journal(path)
+    await mine.open()
+    await lapsed.open()
+    try:
+        assert await mine.claim("item") is None
+        other.kill()
+        assert await other.wait() == -9
+
+        taken = await mine.claim("item")
+        assert taken is not None
+        assert taken.owned
+        assert taken.entry is not None
+        assert taken.entry.state == "claimed"
+        # Held by `mine` (alive, this process): blocked until its lease is made to lapse.
+        assert await lapsed.claim("item") is None
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("UPDATE items SET lease_until = 0 WHERE key = 'item'")
+            db.commit()
+        again = await lapsed.claim("item")
+        assert again is not None
+        assert again.owned
+    finally:
+        await mine.close()
+        await lapsed.close()
