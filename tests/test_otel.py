@@ -235,3 +235,73 @@ def test_import_guru_async_does_not_import_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+async def test_batch_has_one_span_per_video_over_its_calls(
+    emulator: GuruEmulator,
+    make_session: MakeSession,
+    video_file: VideoFile,
+    tmp_path: Path,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Each video of a batch is a 'guru_async batch_upload' span from its create to its
+    analysis, parent of that video's create, upload and polls (made by the shared poll loop);
+    an item that fails is an error span."""
+    paths = [video_file(f"v{i}.mp4") for i in range(3)]
+    missing = tmp_path / "missing.mp4"
+    hooks = OpenTelemetryHooks(tracer_provider=provider)
+    async with make_session(hooks=[hooks]) as guru:
+        results = [r async for r in guru.batch_upload([*paths, missing], activity="squat")]
+    assert sorted(r.ok for r in results) == [False, True, True, True]
+    spans = exporter.get_finished_spans()
+    videos = by_name(spans, "guru_async batch_upload")
+    assert sorted(dict(v.attributes or {})["guru.filename"] for v in videos) == [
+        "missing.mp4",
+        "v0.mp4",
+        "v1.mp4",
+        "v2.mp4",
+    ]
+    (failed,) = [v for v in videos if dict(v.attributes or {})["guru.filename"] == "missing.mp4"]
+    assert failed.status.status_code is StatusCode.ERROR
+    assert dict(failed.attributes or {})["error.type"] == "FileNotFoundError"
+    calls = [s for s in spans if s.kind is SpanKind.CLIENT and s.name != TOKEN_ROUTE]
+    parented = 0
+    for video in videos:
+        if video is failed:
+            continue
+        assert video.context is not None
+        video_id = dict(video.attributes or {})["guru.video_id"]
+        children = [c for c in calls if c.parent and c.parent.span_id == video.context.span_id]
+        parented += len(children)
+        names = [c.name for c in children]
+        assert names[:2] == [CREATE_ROUTE, UPLOAD_ROUTE]
+        assert set(names[2:]) == {ANALYSIS_ROUTE}
+        assert len(names) >= 3
+        assert {dict(c.attributes or {}).get("guru.video_id") for c in children[1:]} == {video_id}
+        # The span covers the whole journey: it ends after its last poll.
+        assert video.end_time is not None
+        assert children[-1].end_time is not None
+        assert video.end_time >= children[-1].end_time
+    # Every request but the token's is a call span under its video.
+    assert parented == len(calls) == sum(emulator.requests.values()) - 1
+
+
+async def test_a_stopped_batch_ends_every_video_span(
+    make_session: MakeSession,
+    video_file: VideoFile,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Leaving a batch early ends the span of every video it started (the unfinished ones as
+    errors), so no span is left open and lost."""
+    paths = [video_file(f"v{i}.mp4") for i in range(6)]
+    hooks = OpenTelemetryHooks(tracer_provider=provider)
+    async with make_session(hooks=[hooks]) as guru:
+        async with guru.batch_upload(paths, activity="squat", upload_concurrency=2) as results:
+            first = await anext(results)
+        started = results.progress.started
+    assert first.ok
+    videos = by_name(exporter.get_finished_spans(), "guru_async batch_upload")
+    assert len(videos) == started >= 2
+    assert any(v.status.status_code is StatusCode.UNSET for v in videos)  # the one reported
