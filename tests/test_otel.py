@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -198,23 +199,38 @@ async def test_aiohttp_instrumentation_adds_no_duplicate_span_and_no_url(
     assert not [s for s in ours if any("://" in str(v) for v in (s.attributes or {}).values())]
 
 
-async def test_without_suppression_aiohttp_spans_nest_under_call_spans(
+async def test_without_suppression_aiohttp_spans_nest_and_need_a_url_filter(
     emulator: GuruEmulator,
     make_session: MakeSession,
+    video_file: VideoFile,
     provider: TracerProvider,
     exporter: InMemorySpanExporter,
 ) -> None:
     """suppress_http_instrumentation=False lets the aiohttp instrumentation add its span per
-    attempt, as a child of the SDK's call span."""
-    instrumentor = AioHttpClientInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
-    try:
-        hooks = OpenTelemetryHooks(tracer_provider=provider, suppress_http_instrumentation=False)
-        async with make_session(hooks=[hooks]) as guru:
-            await guru.create_video("clip.mp4", size=10, activity="squat")
-    finally:
-        instrumentor.uninstrument()
-    spans = exporter.get_finished_spans()
+    attempt as a child of the SDK's call span; it then records a download's presigned
+    signature (X-Amz-Signature is not among the query keys it redacts) unless given a
+    url_filter that drops the query, as README says."""
+
+    async def download_spans(**instrument: Any) -> tuple[ReadableSpan, ...]:
+        exporter.clear()
+        instrumentor = AioHttpClientInstrumentor()
+        instrumentor.instrument(tracer_provider=provider, **instrument)
+        try:
+            hooks = OpenTelemetryHooks(
+                tracer_provider=provider, suppress_http_instrumentation=False
+            )
+            async with make_session(hooks=[hooks]) as guru:
+                video_id = await guru.upload_video(video_file(), activity="squat")
+                await guru.await_analysis(video_id, timeout=10)
+                await guru.download(video_id, video_file().with_name("out.mp4"))
+        finally:
+            instrumentor.uninstrument()
+        return exporter.get_finished_spans()
+
+    def signature_in(spans: tuple[ReadableSpan, ...]) -> bool:
+        return any("X-Amz-Signature" in json.dumps(dict(s.attributes or {})) for s in spans)
+
+    spans = await download_spans()
     (create,) = by_name(spans, CREATE_ROUTE)
     assert create.context is not None
     parent = create.context.span_id
@@ -223,6 +239,8 @@ async def test_without_suppression_aiohttp_spans_nest_under_call_spans(
         "guru_async",  # the token request it waited for
         "opentelemetry.instrumentation.aiohttp_client",
     ]
+    assert signature_in(spans)
+    assert not signature_in(await download_spans(url_filter=lambda url: str(url.with_query(None))))
 
 
 def test_import_guru_async_does_not_import_opentelemetry() -> None:
@@ -256,7 +274,7 @@ async def test_batch_has_one_span_per_video_over_its_calls(
     assert sorted(r.ok for r in results) == [False, True, True, True]
     spans = exporter.get_finished_spans()
     videos = by_name(spans, "guru_async batch_upload")
-    assert sorted(dict(v.attributes or {})["guru.filename"] for v in videos) == [
+    assert sorted(str(dict(v.attributes or {})["guru.filename"]) for v in videos) == [
         "missing.mp4",
         "v0.mp4",
         "v1.mp4",
