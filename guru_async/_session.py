@@ -829,7 +829,11 @@ class GuruSession:
                 StreamSource, as for upload.
             filename: The name sent for the video; defaults to the source's own name.
             timeout: Seconds to wait for the analysis once the upload is done.
-            domain, activity, rep_count, source, progress: As for upload_video.
+            domain: As for upload_video.
+            activity: As for upload_video.
+            rep_count: As for upload_video.
+            source: As for upload_video.
+            progress: As for upload_video.
 
         Returns:
             The Analysis, Complete or Failed (check ``analysis.status``).
