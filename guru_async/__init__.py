@@ -23,6 +23,14 @@ from ._errors import (
     SourceError,
     UploadError,
 )
+from ._instrumentation import (
+    InstrumentationHook,
+    LoggingHook,
+    RequestDetails,
+    RetryDetails,
+    TraceScope,
+    TracingHook,
+)
 from ._limiter import AdaptiveLimiter
 from ._models import (
     Analysis,
@@ -71,9 +79,11 @@ __all__ = [
     "GuruConnectionError",
     "GuruError",
     "GuruSession",
+    "InstrumentationHook",
     "JointData",
     "JointFrame",
     "JournalError",
+    "LoggingHook",
     "MarkerPosition",
     "MemoryTokenStore",
     "NotFoundError",
@@ -85,8 +95,10 @@ __all__ = [
     "RateLimitError",
     "Rep",
     "RepAnalysis",
+    "RequestDetails",
     "ResponseDecodeError",
     "RetryBudget",
+    "RetryDetails",
     "RetryPolicy",
     "RunnerProgress",
     "ServerError",
@@ -96,6 +108,8 @@ __all__ = [
     "Timeouts",
     "Token",
     "TokenStore",
+    "TraceScope",
+    "TracingHook",
     "UnknownValue",
     "Unvalidated",
     "UploadError",

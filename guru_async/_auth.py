@@ -31,6 +31,7 @@ from attrs import field, frozen
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from . import _routes as routes
 from ._converter import decode_json
 from ._errors import (
     APIError,
@@ -389,6 +390,7 @@ class ClientCredentials:
                 decode=_decode_token,
                 body=lambda: form,
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
+                route=routes.TOKEN,
             )
         )
 

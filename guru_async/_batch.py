@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
@@ -27,6 +28,7 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Callable,
+    Coroutine,
     Iterable,
     Iterator,
 )
@@ -38,6 +40,7 @@ from attrs import define, field, frozen
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
 from ._errors import AnalysisTimeoutError, GuruError, JournalError, NotFoundError, UploadError
+from ._instrumentation import OpenScope, TraceScope
 from ._journal import LEASE_SECONDS, Claim, Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
 from ._polling import PollPolicy, is_transient_poll_error
@@ -138,6 +141,41 @@ class _Waiting:
     # The video came from the journal (an earlier run, or another batch): if it is gone
     # (404), the item is created and uploaded again, once.
     resumed: bool = False
+    trace: _VideoTrace | None = None
+
+
+class _VideoTrace:
+    """One item's video scope for tracing hooks, from its claim to its result.
+
+    An item's work spans tasks (its worker creates and uploads it, the shared poll loop polls
+    it), so its scope is entered and exited in a context of its own, and that work runs in
+    tasks started from it: they all see the item's span, and the exit finds what enter set.
+    """
+
+    def __init__(self, run: BatchRun, item: BatchItem) -> None:
+        self._run = run
+        self._scope = OpenScope(run.hooks)
+        self.context = contextvars.copy_context()
+        path = item.path if isinstance(item, VideoSpec) else item
+        name = os.path.basename(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
+        self.context.run(_ITEM_TRACE.set, self)
+        self.context.run(self._scope.enter, TraceScope("video", "batch_upload", filename=name))
+        run.traces.add(self)
+
+    def start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` in a task that sees this item's scope."""
+        return self.context.run(asyncio.ensure_future, work)
+
+    def close(self, error: BaseException | None) -> None:
+        """End the scope (once), with the item's error if it failed."""
+        if self in self._run.traces:
+            self._run.traces.discard(self)
+            self.context.run(self._scope.exit, error)
+
+
+_ITEM_TRACE: contextvars.ContextVar[_VideoTrace | None] = contextvars.ContextVar(
+    "guru_async_batch_item", default=None
+)
 
 
 class BatchRun:
@@ -172,6 +210,8 @@ class BatchRun:
         if poll_rate <= 0:
             raise ValueError(f"poll_rate must be > 0 requests per second, got {poll_rate}")
         self._session = session
+        self.hooks = session._hooks
+        self.traces: set[_VideoTrace] = set()
         self._sync_items: Iterator[BatchItem] | None = None
         self._async_items: AsyncIterator[BatchItem] | None = None
         if isinstance(items, AsyncIterable):
@@ -275,6 +315,8 @@ class BatchRun:
                     where,
                 )
             self._unsafe.clear()
+            for trace in list(self.traces):
+                trace.close(asyncio.CancelledError("batch_upload stopped"))
         finally:
             if self._journal is not None and self._journal_open:
                 try:
@@ -362,6 +404,9 @@ class BatchRun:
 
     async def _emit(self, result: BatchResult) -> None:
         # Called exactly once per item read from the input.
+        trace = _ITEM_TRACE.get()
+        if trace is not None:
+            trace.close(result.error)
         if result.ok:
             self.progress.succeeded += 1
         else:
@@ -394,7 +439,17 @@ class BatchRun:
                 self._in_flight.release()
                 return
             self.progress.started += 1
-            await self._process(item)
+            if not self.hooks.tracers:
+                await self._process(item)
+                continue
+            task = _VideoTrace(self, item).start(self._process(item))
+            try:
+                await asyncio.wait({task})
+            finally:
+                if not task.done():  # this worker is cancelled: the item is, too, at once
+                    task.cancel()
+                    await asyncio.wait({task})
+            task.result()
 
     async def _process(self, item: BatchItem) -> None:
         video_id: str | None = None
@@ -578,6 +633,7 @@ class BatchRun:
             time.monotonic() + self._timeout,
             self._policy.interval,
             resumed=resumed,
+            trace=_ITEM_TRACE.get(),
         )
         heapq.heappush(self._due, (time.monotonic(), number))
         self._report()
@@ -668,7 +724,9 @@ class BatchRun:
                     continue
                 _, number = heapq.heappop(self._due)
                 await slots.acquire()
-                task = asyncio.create_task(self._poll_one(number))
+                trace = self._waiting[number].trace
+                poll = self._poll_one(number)
+                task = asyncio.create_task(poll) if trace is None else trace.start(poll)
                 inflight.add(task)
                 task.add_done_callback(finished)
                 await asyncio.sleep(self._poll_interval)

@@ -24,10 +24,14 @@ Bad arguments raise the built-in ``ValueError``, ``TypeError``, ``FileNotFoundEr
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._models import Analysis
+
+# URLs inside library messages can carry presigned signatures in their query: drop queries.
+_URL_QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*")
 
 # A server body goes into messages for context; a huge HTML page must not flood a log line.
 _BODY_PREVIEW = 300
@@ -37,6 +41,11 @@ def preview(body: Any, limit: int = _BODY_PREVIEW) -> str:
     """The start of a body (text as is, anything else as its repr), for messages."""
     text = body if isinstance(body, str) else repr(body)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def redact(text: str) -> str:
+    """Remove query strings (presigned signatures) from any URL in ``text``."""
+    return _URL_QUERY.sub(r"\1?…", text)
 
 
 class GuruError(Exception):

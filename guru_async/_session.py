@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import platform
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -15,6 +17,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from . import _routes as routes
 from ._auth import (
     DEFAULT_TOKEN_STORE,
     ClientCredentials,
@@ -41,7 +44,9 @@ from ._errors import (
     SessionClosedError,
     UploadError,
     error_for_status,
+    redact,
 )
+from ._instrumentation import Hooks, InstrumentationHook, TraceScope
 from ._limiter import AdaptiveLimiter, RateLimiter
 from ._models import Analysis, CreatedVideo, JointData, Video
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
@@ -52,7 +57,6 @@ from ._transport import (
     Timeouts,
     Transport,
     json_error_body,
-    redact,
 )
 from ._upload import (
     MAX_REDIRECTS,
@@ -176,6 +180,10 @@ class GuruSession:
             ``guru_async.fleet.RedisRateLimiter``), awaited before every API request attempt;
             the session then keeps its own AdaptiveLimiter below it.
         allow_insecure_http: Allow plain http to hosts other than this machine.
+        hooks: Instrumentation hooks, told of every request and retry (see
+            InstrumentationHook; a TracingHook such as ``guru_async.otel``'s also wraps each
+            call and video). None (the default) means ``[LoggingHook()]``; a sequence replaces
+            it, so include a LoggingHook to keep the log lines.
     """
 
     def __init__(
@@ -196,8 +204,10 @@ class GuruSession:
         poll_policy: PollPolicy | None = None,
         limiter: AdaptiveLimiter | RateLimiter | None = None,
         allow_insecure_http: bool = False,
+        hooks: Sequence[InstrumentationHook] | None = None,
     ) -> None:
         self._allow_insecure_http = allow_insecure_http
+        self._hooks = Hooks(hooks)
         self.base_url = checked_url(
             base_url or os.environ.get("GURU_BASE_URL") or DEFAULT_BASE_URL,
             name="base_url",
@@ -256,6 +266,7 @@ class GuruSession:
             limiter=limiter if isinstance(limiter, AdaptiveLimiter) else None,
             ceiling=None if limiter is None or isinstance(limiter, AdaptiveLimiter) else limiter,
             is_closed=lambda: self._closed,
+            hooks=self._hooks,
         )
 
     def __repr__(self) -> str:
@@ -328,6 +339,8 @@ class GuruSession:
         params: dict[str, str] | None = None,
         max_retries: int | None = None,
         repeat_risk: str | None = None,
+        route: str = "",
+        video_id: str | None = None,
     ) -> T:
         """Send one API request through the transport, with auth, retries and decoding."""
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -353,6 +366,8 @@ class GuruSession:
                 params=params,
                 authorized=True,
                 repeat_risk=repeat_risk,
+                route=route,
+                video_id=video_id,
             ),
             max_retries=max_retries,
         )
@@ -426,6 +441,7 @@ class GuruSession:
             body=body,
             max_retries=max_retries,
             repeat_risk=CREATE_REPEAT_RISK,
+            route=routes.CREATE_VIDEO,
         )
         # The upload goes wherever the API says; it must not downgrade to plain http.
         self._check_server_url(created.url, name="upload url", what="Create video")
@@ -533,6 +549,8 @@ class GuruSession:
                 total=None,
                 cleanup=multipart.close_files,
                 idle_since=multipart.idle_since,
+                route=routes.UPLOAD,
+                video_id=created.id,
             ),
             # A stream cannot be rewound: its one attempt is all there is.
             max_retries=max_retries if source.resendable else 0,
@@ -568,12 +586,19 @@ class GuruSession:
             UploadError, SourceError, OSError: As for upload.
         """
         src = await self._source(file, filename)
-        return await self._create_and_upload(
-            src,
-            {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
-            progress=progress,
-            max_retries=max_retries,
-        )
+        with self._video_scope("upload_video", src.name):
+            return await self._create_and_upload(
+                src,
+                {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
+                progress=progress,
+                max_retries=max_retries,
+            )
+
+    def _video_scope(self, name: str, filename: str) -> AbstractContextManager[None]:
+        """One video's whole journey, for tracing hooks (nothing to do without one)."""
+        if not self._hooks.tracers:
+            return contextlib.nullcontext()
+        return self._hooks.scope(TraceScope("video", name, filename=filename))
 
     async def _create_and_upload(
         self,
@@ -626,6 +651,8 @@ class GuruSession:
             decode=_model(Video, f"Get video {video_id}"),
             params=None if joined is None else {"include": joined},
             max_retries=max_retries,
+            route=routes.GET_VIDEO,
+            video_id=video_id,
         )
 
     async def update_video(
@@ -665,6 +692,8 @@ class GuruSession:
             decode=_video_id_from(video_id),
             body=body,
             max_retries=max_retries,
+            route=routes.UPDATE_VIDEO,
+            video_id=video_id,
         )
 
     async def get_analysis(self, video_id: str, *, max_retries: int | None = None) -> Analysis:
@@ -690,6 +719,8 @@ class GuruSession:
             what=what,
             decode=decode,
             max_retries=max_retries,
+            route=routes.GET_ANALYSIS,
+            video_id=video_id,
         )
 
     async def get_joint_data(self, video_id: str, *, max_retries: int | None = None) -> JointData:
@@ -702,6 +733,8 @@ class GuruSession:
             what=what,
             decode=_model(JointData, what),
             max_retries=max_retries,
+            route=routes.GET_JOINT_DATA,
+            video_id=video_id,
         )
 
     async def await_analysis(
@@ -771,16 +804,14 @@ class GuruSession:
                 ``timeout`` seconds; ``exc.video_id`` can be awaited again.
             UploadError, SourceError, OSError, ValueError: As for upload_video.
         """
-        video_id = await self.upload_video(
-            file,
-            filename=filename,
-            domain=domain,
-            activity=activity,
-            rep_count=rep_count,
-            source=source,
-            progress=progress,
-        )
-        return await self.await_analysis(video_id, timeout=timeout)
+        src = await self._source(file, filename)
+        with self._video_scope("analyze", src.name):
+            video_id = await self._create_and_upload(
+                src,
+                {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
+                progress=progress,
+            )
+            return await self.await_analysis(video_id, timeout=timeout)
 
     async def download(
         self,
@@ -860,6 +891,8 @@ class GuruSession:
                         errors=errors,
                         stream=handler,
                         total=None,
+                        route=routes.DOWNLOAD,
+                        video_id=video_id,
                     ),
                     max_retries=max_retries,
                 )

@@ -2,17 +2,15 @@
 
 It owns what no endpoint should re-implement: the Authorization header (API requests only,
 never storage), the single refresh-and-retry after a 401, retries with backoff under one policy
-and a shared budget, timeouts, mapping failures to typed errors, and a DEBUG log line per
-request that never carries a secret.
+and a shared budget, timeouts, mapping failures to typed errors, and instrumentation hooks
+(by default a DEBUG log line per request) that never see a secret.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import math
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Generic, Protocol, TypeVar
@@ -30,17 +28,13 @@ from ._errors import (
     GuruError,
     ResponseDecodeError,
     SessionClosedError,
+    redact,
 )
+from ._instrumentation import Hooks, RequestDetails, RetryDetails, TraceScope
 from ._limiter import AdaptiveLimiter, RateLimiter
 from ._retry import RetryBudget, RetryPolicy, is_retryable, is_safe_to_repeat, wait_times
 
-log = logging.getLogger("guru_async")
-
 T = TypeVar("T")
-
-# URLs inside library messages can carry presigned signatures in their query: drop queries.
-_URL_QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*")
-
 
 # Failures raised before any byte of the request was sent (aiohttp < 3.10 has no
 # ConnectionTimeoutError: its connect timeouts are then treated as ambiguous).
@@ -48,11 +42,6 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
     getattr(aiohttp, "ConnectionTimeoutError", aiohttp.ClientConnectorError),
 )
-
-
-def redact(text: str) -> str:
-    """Remove query strings (presigned signatures) from any URL in ``text``."""
-    return _URL_QUERY.sub(r"\1?…", text)
 
 
 class BodyAbort(Exception):
@@ -131,6 +120,8 @@ class Request(Generic[T]):
             what a repeat could do, e.g. ``"the video may have been created"``. Then only
             failures after which a repeat is surely safe are retried (``is_safe_to_repeat``);
             any other is raised at once, with this said in its message.
+        route: The route template hooks and traces see, e.g. ``"GET /videos/{id}"``.
+        video_id: The video the request is about, when known (for hooks and traces).
     """
 
     method: str
@@ -148,6 +139,8 @@ class Request(Generic[T]):
     cleanup: Callable[[], None] | None = None
     idle_since: Callable[[], float] | None = None
     repeat_risk: str | None = None
+    route: str = ""
+    video_id: str | None = None
 
 
 class _AuthState:
@@ -183,7 +176,7 @@ class _Call(Generic[T]):
         self.max_tries = max_tries
         self.retry_cost = 0  # taken from the budget by the latest retry
         self.attempts = 0
-        self.status: int | str = "error"  # of the latest attempt, for the log line
+        self.status: int | None = None  # of the latest attempt (None: no response), for hooks
         self.unsent = False  # the latest attempt failed before sending anything
 
 
@@ -204,8 +197,10 @@ class Transport:
         limiter: AdaptiveLimiter | None = None,
         ceiling: RateLimiter | None = None,
         is_closed: Callable[[], bool] = lambda: False,
+        hooks: Hooks | None = None,
     ) -> None:
         self._http = http
+        self.hooks = hooks if hooks is not None else Hooks(None)
         self.token = token
         self.policy = policy
         self.timeouts = timeouts
@@ -222,8 +217,8 @@ class Transport:
             max_tries=lambda: _CALL.get().max_tries,
             giveup=self._giveup,
             jitter=None,
-            logger=None,  # _log_backoff logs retries, with secrets redacted
-            on_backoff=(self._charge, _log_backoff),
+            logger=None,  # the hooks hear of retries (LoggingHook logs them, redacted)
+            on_backoff=(self._charge, self._retrying),
             policy=lambda: self.policy,
             deadline=lambda: _CALL.get().deadline,
         )(self._attempt)
@@ -233,6 +228,14 @@ class Transport:
         retries = self.policy.max_retries if max_retries is None else max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if not self.hooks.tracers:
+            return await self._send(req, retries)
+        name = req.route or req.method
+        scope = TraceScope("call", name, method=req.method, video_id=req.video_id)
+        with self.hooks.scope(scope):
+            return await self._send(req, retries)
+
+    async def _send(self, req: Request[T], retries: int) -> T:
         total = self.timeouts.total if req.total == -1.0 else req.total
         deadline = None if total is None else time.monotonic() + total
         call = _Call(req, _AuthState(), deadline, retries + 1)
@@ -284,6 +287,21 @@ class Transport:
         cost = self.budget.cost(details["exception"])
         call.retry_cost = cost if self.budget.take(cost) else 0
 
+    def _retrying(self, details: Any) -> None:
+        # backoff's on_backoff, after _charge: the retry will happen after details["wait"].
+        call: _Call[Any] = details["args"][0]
+        req = call.req
+        self.hooks.retry(
+            RetryDetails(
+                what=req.what,
+                route=req.route,
+                attempt=details.get("tries", call.attempts),
+                wait=details.get("wait") or 0.0,
+                cause=details["exception"],
+                video_id=req.video_id,
+            )
+        )
+
     async def _attempt(self, call: _Call[T]) -> T:
         req, auth, deadline = call.req, call.auth, call.deadline
         call.attempts += 1
@@ -308,9 +326,10 @@ class Transport:
         )
         await self.limiter.acquire()
         started = time.monotonic()
-        call.status = "error"
+        call.status = None
         call.unsent = False
         failure: BaseException | None = None
+        error: BaseException | None = None
         try:
             # The body is built before the watch starts: building it restarts its idle clock.
             body = req.body() if req.body is not None else None
@@ -318,7 +337,8 @@ class Transport:
             if req.idle_since is None:
                 return await exchange
             return await _watched(exchange, req.idle_since, self.timeouts.read, req.what)
-        except GuruError:
+        except GuruError as exc:
+            error = exc
             raise
         except BodyAbort as exc:
             # Raised by a stream handler (a download's file could not be written).
@@ -337,17 +357,25 @@ class Transport:
             else:
                 call.unsent = isinstance(exc, _NOT_SENT)
                 failure = GuruConnectionError(f"{req.what}: {describe_network_error(exc)}")
+        except BaseException as exc:  # cancelled: told to the hooks, raised as it is
+            error = exc
+            raise
         finally:
             if req.cleanup is not None:
                 req.cleanup()
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "%s %s%s -> %s in %.1f ms",
-                    req.method,
-                    req.url.host,
-                    req.url.path,
-                    call.status,
-                    (time.monotonic() - started) * 1000,
+            if self.hooks.wants_requests():
+                self.hooks.request(
+                    RequestDetails(
+                        method=req.method,
+                        route=req.route,
+                        status=call.status,
+                        elapsed=time.monotonic() - started,
+                        attempt=call.attempts,
+                        video_id=req.video_id,
+                        error=failure if failure is not None else error,
+                        host=req.url.host,
+                        path=req.url.path,
+                    )
                 )
         # Raised here, outside the handler, so it carries no __context__: aiohttp's exceptions
         # can hold the full (presigned) URL.
@@ -419,18 +447,6 @@ def describe_network_error(exc: BaseException) -> str:
         return "timed out"
     detail = redact(str(exc))
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-def _log_backoff(details: Any) -> None:
-    exc = details.get("exception")
-    call = details["args"][0]
-    log.info(
-        "%s: retrying in %.2f s after attempt %d failed: %s",
-        call.req.what,
-        details.get("wait", 0.0),
-        details.get("tries", 0),
-        redact(str(exc)) if exc is not None else "?",
-    )
 
 
 def json_error_body(raw: bytes) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from guru_async import _routes as routes
 from guru_async._auth import MemoryTokenStore
 from guru_async._enums import (
     ACTIVITY_DOMAINS,
@@ -43,14 +44,15 @@ SCOPE = "https://api.getguru.fitness/default"
 UNANALYZABLE_MARKER = b"GURU-EMULATOR:UNANALYZABLE"
 FAILURE_REASON = "LOW_QUALITY_POSE_ESTIMATE"
 
-TOKEN_ROUTE = "POST /oauth2/token"  # noqa: S105 - a route name, not a secret
-CREATE_ROUTE = "POST /videos"
-GET_VIDEO_ROUTE = "GET /videos/{id}"
-UPDATE_ROUTE = "PUT /videos/{id}"
-ANALYSIS_ROUTE = "GET /videos/{id}/analysis"
-J2P_ROUTE = "GET /videos/{id}/j2p"
-UPLOAD_ROUTE = "POST /storage"
-DOWNLOAD_ROUTE = "GET /storage"
+# The SDK's own route templates: what its hooks and traces report is what the emulator counts.
+TOKEN_ROUTE = routes.TOKEN
+CREATE_ROUTE = routes.CREATE_VIDEO
+GET_VIDEO_ROUTE = routes.GET_VIDEO
+UPDATE_ROUTE = routes.UPDATE_VIDEO
+ANALYSIS_ROUTE = routes.GET_ANALYSIS
+J2P_ROUTE = routes.GET_JOINT_DATA
+UPLOAD_ROUTE = routes.UPLOAD
+DOWNLOAD_ROUTE = routes.DOWNLOAD
 
 _AUTHENTICATED_ROUTES = frozenset(
     {CREATE_ROUTE, GET_VIDEO_ROUTE, UPDATE_ROUTE, ANALYSIS_ROUTE, J2P_ROUTE}
