@@ -514,6 +514,19 @@ def test_timeout_hint_names_the_cli_command(slow_emulator: GuruEmulator, tmp_pat
     assert "await_analysis" not in error["message"]
 
 
+def stop_with(process: subprocess.Popen[str], signum: int) -> str:
+    """Send ``signum`` and return the process's stderr once it exits; after 60 s it is aborted
+    instead, so with PYTHONFAULTHANDLER set the failure shows where every thread hung."""
+    process.send_signal(signum)
+    try:
+        return process.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired as exc:
+        process.send_signal(signal.SIGABRT)
+        stdout, stderr = process.communicate()
+        message = f"still running 60 s after signal {signum}:\n{stdout}\n{stderr}"
+        raise AssertionError(message) from exc
+
+
 def wait_for(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` until true (an event another process causes), failing after 30 s."""
     deadline = time.monotonic() + 30
@@ -526,7 +539,7 @@ def test_ctrl_c_after_upload_names_ids_and_the_resume_command(
     slow_emulator: GuruEmulator, tmp_path: Path
 ) -> None:
     """Ctrl-C while upload --wait waits prints each uploaded video's id and the resume command."""
-    env = emulator_env(slow_emulator, tmp_path / "cache")
+    env = emulator_env(slow_emulator, tmp_path / "cache") | {"PYTHONFAULTHANDLER": "1"}
     for name in ("a.mp4", "b.mp4"):
         (tmp_path / name).write_bytes(os.urandom(32 * 1024))
     process = subprocess.Popen(
@@ -547,8 +560,7 @@ def test_ctrl_c_after_upload_names_ids_and_the_resume_command(
 
         # A video is polled only after the CLI has its id: both uploads are then recorded.
         wait_for(both_polled, "both analyses to be polled")
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
+        stderr = stop_with(process, signal.SIGINT)
     finally:
         if process.poll() is None:
             process.kill()
@@ -569,7 +581,7 @@ def test_sigterm_on_batch_says_what_ctrl_c_says(
     slow_emulator: GuruEmulator, tmp_path: Path
 ) -> None:
     """SIGTERM during a journaled batch prints the same resume hint as Ctrl-C, not silence."""
-    env = emulator_env(slow_emulator, tmp_path / "cache")
+    env = emulator_env(slow_emulator, tmp_path / "cache") | {"PYTHONFAULTHANDLER": "1"}
     (tmp_path / "a.mp4").write_bytes(os.urandom(32 * 1024))
     process = subprocess.Popen(
         [sys.executable, "-m", "guru_async", "batch", "a.mp4", "--journal", "j.db"],
@@ -581,8 +593,7 @@ def test_sigterm_on_batch_says_what_ctrl_c_says(
     )
     try:
         wait_for(lambda: bool(dict(slow_emulator.uploads_completed)), "the upload")
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        stderr = stop_with(process, signal.SIGTERM)
     finally:
         if process.poll() is None:
             process.kill()

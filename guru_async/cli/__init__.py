@@ -7,7 +7,8 @@ optionally ``GURU_BASE_URL`` / ``GURU_TOKEN_URL``), so they never land in shell 
 
 Exit status: 0 when everything succeeded, 1 when some video failed (analysis Failed, upload
 refused, timeout, an API error), 2 for usage errors and bad input (missing file, unknown
-activity, missing credentials).
+activity, missing credentials, an id the API does not know), 130 after Ctrl-C and 143 after
+SIGTERM; an interrupted command names what it leaves behind and how to resume.
 """
 
 from __future__ import annotations
@@ -120,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
             "from GURU_CLIENT_ID and GURU_CLIENT_SECRET (GURU_BASE_URL, GURU_TOKEN_URL "
             f"optional). Try '{PROG} demo' to see it work offline."
         ),
-        epilog="exit status: 0 all good, 1 some video failed, 2 usage error or bad input",
+        epilog=(
+            "exit status: 0 all good, 1 some video failed, 2 usage error or bad input (an "
+            "unknown id included), 130 Ctrl-C, 143 SIGTERM"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_options(parser, suppress=False)
