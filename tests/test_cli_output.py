@@ -392,7 +392,9 @@ async def test_display_writes_plain_lines_while_the_batch_runs(
     emu = await start_emulator(analysis_delay=0.2)
     (tmp_path / "a.mp4").write_bytes(os.urandom(50_000))
     stream = io.StringIO()
-    display = BatchDisplay(total=1, bytes_total=50_000, stream=stream, log_interval=0.05)
+    display = BatchDisplay(
+        total=1, bytes_total=50_000, stream=stream, tty_interval=0.01, log_interval=0.05
+    )
     async with emu.session(poll_policy=FAST_POLLS) as guru, display:
         batch = guru.batch_upload([str(tmp_path / "a.mp4")], progress=display.update)
         assert [r.ok async for r in batch] == [True]

@@ -68,6 +68,12 @@ def _isatty(stream: IO[Any]) -> bool:
         return False
 
 
+def _draws(stream: IO[Any]) -> bool:
+    # A terminal that can move the cursor and show styles; TERM=dumb (an editor's shell
+    # buffer) gets plain text, like a pipe.
+    return _isatty(stream) and os.environ.get("TERM", "").lower() not in ("dumb", "unknown")
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -119,8 +125,9 @@ class LiveProgress:
         log_interval: float = 5.0,
     ) -> None:
         self._stream = stream if stream is not None else sys.stderr
-        self.tty = _isatty(self._stream)
-        self._interval = tty_interval if self.tty else log_interval
+        self.tty = _draws(self._stream)
+        self._tty_interval = tty_interval
+        self._log_interval = log_interval
         self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._live: Live | None = None
@@ -190,9 +197,18 @@ class LiveProgress:
         self._handlers.clear()
 
     async def _tick(self) -> None:
+        # Wakes at the terminal's pace everywhere, so measures (a batch's sending time) stay
+        # fine-grained even when a log gets a line only every few seconds.
+        written = time.monotonic()
         while True:
-            await asyncio.sleep(self._interval)
-            self.draw()
+            await asyncio.sleep(self._tty_interval)
+            self.sample()
+            if self.tty or time.monotonic() - written >= self._log_interval:
+                written = time.monotonic()
+                self.draw()
+
+    def sample(self) -> None:
+        """Take a measure between drawings (called at the terminal's pace, drawn or not)."""
 
     def draw(self) -> None:
         """Redraw now (a terminal) or write the plain line (anywhere else)."""
@@ -339,10 +355,13 @@ class BatchDisplay(LiveProgress):
                 task.finished_speed = p.bytes_sent / max(self._sending_time(), 1e-3)
         super().draw()
 
-    def _sending_time(self) -> float:
-        # Seconds until the last byte went out (the average speed leaves analysis time out).
+    def sample(self) -> None:
+        """Note when the bytes sent last grew (the average speed leaves analysis time out)."""
         if self.progress.bytes_sent != self._last_sent:
             self._last_sent, self._sent_at = self.progress.bytes_sent, self.elapsed
+
+    def _sending_time(self) -> float:
+        self.sample()
         return self._sent_at if self._sent_at is not None else self.elapsed
 
     def _what(self) -> str:
@@ -646,7 +665,7 @@ class Output:
 
     def __init__(self, json_mode: bool) -> None:
         self.json = json_mode
-        self.terminal = _isatty(sys.stdout)
+        self.terminal = _draws(sys.stdout)
 
     def table(
         self,
