@@ -4,7 +4,7 @@ Start with :class:`GuruSession`; everything else here is what its calls take and
 """
 
 from ._auth import FileTokenStore, MemoryTokenStore, Token, TokenStore
-from ._batch import BatchProgress, BatchResult, BatchUpload, VideoSpec
+from ._batch import BatchProgress, BatchResult, BatchUpload, UploadProgress, VideoSpec
 from ._enums import Activity, AnalysisStatus, Domain, OverlayType, UnknownValue, VideoStatus
 from ._errors import (
     AnalysisTimeoutError,
@@ -113,6 +113,7 @@ __all__ = [
     "UnknownValue",
     "Unvalidated",
     "UploadError",
+    "UploadProgress",
     "Video",
     "VideoSpec",
     "VideoStatus",

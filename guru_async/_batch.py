@@ -35,7 +35,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from attrs import define, field, frozen
+from attrs import Factory, define, field, frozen
 
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
@@ -106,8 +106,36 @@ class BatchResult:
 
 
 @define
+class UploadProgress:
+    """One upload in flight in a batch (see ``BatchProgress.uploading``).
+
+    Attributes:
+        item: The input item being uploaded, exactly as given.
+        bytes_sent: Its bytes sent so far; never goes back when an attempt is retried.
+        bytes_total: Its size in bytes.
+    """
+
+    item: BatchItem
+    bytes_sent: int = 0
+    bytes_total: int = 0
+
+
+@define
 class BatchProgress:
-    """Counters of a running batch, passed to the ``progress`` callback after each change."""
+    """Counters of a running batch, passed to the ``progress`` callback after each change.
+
+    Attributes:
+        started: Items read from the input and being worked on (or done).
+        uploaded: Items whose video is uploaded (or was, by an earlier journaled run).
+        succeeded: Items finished successfully.
+        failed: Items finished with an error or a Failed analysis.
+        waiting: Uploaded videos whose analysis is being awaited.
+        bytes_sent: Bytes uploaded so far, all items together.
+        bytes_total: The size of every item started so far.
+        uploading: The uploads in flight, by a number unique within the batch, each with its
+            own bytes: an entry appears when its content starts to go out and is removed when
+            that upload ends, sent or failed. At most ``upload_concurrency`` entries.
+    """
 
     started: int = 0
     uploaded: int = 0
@@ -116,6 +144,7 @@ class BatchProgress:
     waiting: int = 0
     bytes_sent: int = 0
     bytes_total: int = 0
+    uploading: dict[int, UploadProgress] = Factory(dict)
 
 
 log = logging.getLogger("guru_async")
@@ -246,6 +275,7 @@ class BatchRun:
         self._due: list[tuple[float, int]] = []
         self._crash: BaseException | None = None
         self._seq = itertools.count()
+        self._upload_numbers = itertools.count()
         self._wakeup = asyncio.Event()
         self._uploads_over = False
         self._upload_slots = asyncio.Semaphore(upload_concurrency)
@@ -560,6 +590,8 @@ class BatchRun:
         source = UploadSource(path)
         self.progress.bytes_total += source.size
         counted = 0
+        mine = UploadProgress(item, bytes_total=source.size)
+        number = next(self._upload_numbers)
 
         def on_bytes(sent: int, total: int) -> None:
             # A retried upload restarts from 0: count only bytes beyond what was counted.
@@ -567,6 +599,7 @@ class BatchRun:
             if sent > counted:
                 self.progress.bytes_sent += sent - counted
                 counted = sent
+                mine.bytes_sent = sent
                 self._report()
 
         async def journal_created(created: CreatedVideo) -> None:
@@ -592,12 +625,16 @@ class BatchRun:
             for attempt in (1, 2):
                 created = await self._create(item, source, fields)
                 await journal_created(created)
+                self.progress.uploading[number] = mine
+                self._report()
                 try:
                     await self._session._upload(created, source, on_bytes, None)
                 except UploadError as exc:
                     if attempt == 1 and presign_expired(exc):
                         continue
                     raise
+                finally:
+                    del self.progress.uploading[number]
                 return created.id
             raise AssertionError("unreachable")  # pragma: no cover
 

@@ -48,7 +48,7 @@ from ._config import UsageError
 from ._constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, PROG, log
 from ._fleet import add_worker_command
 from ._fleet_demo import cmd_demo_any
-from ._output import Output
+from ._output import Output, missing_extra
 
 # -- the parser and main ---------------------------------------------------------------------
 
@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
+    missing = missing_extra()
+    if missing is not None:
+        return _fail(missing, EXIT_USAGE)
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.verbose:
         logging.getLogger("guru_async").setLevel(logging.DEBUG)

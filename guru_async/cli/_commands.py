@@ -9,15 +9,16 @@ import contextlib
 import csv
 import io
 import os
+import shutil
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Final, TextIO, TypeVar
 
 import attrs
 
-from .._batch import BatchProgress, BatchResult
+from .._batch import BatchProgress, BatchResult, UploadProgress
 from .._converter import converter
 from .._enums import AnalysisStatus
 from .._errors import AnalysisTimeoutError, AuthenticationError, GuruError
@@ -29,21 +30,22 @@ from ._constants import EXIT_FAILED, EXIT_OK, PROG, VIDEO_SUFFIXES
 from ._fleet import open_batch
 from ._output import (
     RESULT_HEADER,
+    RESULT_WRAP,
+    BatchDisplay,
+    LiveProgress,
     Output,
-    ProgressLine,
-    _bar,
+    TransferDisplay,
+    WaitDisplay,
     _dumps,
     _mb,
     _summary,
     format_table,
-    render_batch,
     result_json,
     result_row,
     result_status,
 )
 
 T = TypeVar("T")
-Render = Callable[[float, bool], str]
 
 # -- commands --------------------------------------------------------------------------------
 
@@ -81,23 +83,29 @@ async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
     paths = [check_file(p) for p in args.files]
     fields = _video_fields(args)
     started = time.monotonic()
-    progress = BatchProgress(bytes_total=sum(p.stat().st_size for p in paths))
+    sizes = [p.stat().st_size for p in paths]
+    progress = BatchProgress(bytes_total=sum(sizes))
     slots = asyncio.Semaphore(4)
 
-    async def one(given: str, path: Path) -> BatchResult:
-        last = 0
+    async def one(number: int, given: str, path: Path) -> BatchResult:
+        mine = UploadProgress(given, bytes_total=sizes[number])
 
         def on_bytes(sent: int, total: int) -> None:
-            nonlocal last
-            progress.bytes_sent += sent - last
-            last = sent
+            # Counted only forward: a retried attempt starts again from 0.
+            if sent > mine.bytes_sent:
+                progress.bytes_sent += sent - mine.bytes_sent
+                mine.bytes_sent = sent
 
         video_id: str | None = None
         result: BatchResult
         try:
             async with slots:
                 progress.started += 1
-                video_id = await guru.upload_video(path, progress=on_bytes, **fields)
+                progress.uploading[number] = mine
+                try:
+                    video_id = await guru.upload_video(path, progress=on_bytes, **fields)
+                finally:
+                    del progress.uploading[number]
             progress.uploaded += 1
             args.created[given] = video_id  # named if the command is interrupted
             analysis: Analysis | None = None
@@ -119,16 +127,16 @@ async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
             progress.failed += 1
         return result
 
-    def render(elapsed: float, tty: bool) -> str:
-        return render_batch(progress, len(paths), elapsed, tty, bytes_bar=True)
-
-    async with open_session(args) as guru, ProgressLine(render):
-        results = await asyncio.gather(*(one(g, p) for g, p in zip(args.files, paths, strict=True)))
+    display = BatchDisplay(progress, total=len(paths), bytes_total=sum(sizes), wait=args.wait)
+    async with open_session(args) as guru, display:
+        results = await asyncio.gather(
+            *(one(n, g, p) for n, (g, p) in enumerate(zip(args.files, paths, strict=True)))
+        )
     if out.json:
         out.result(_dumps([result_json(r) for r in results]))
     else:
         rows = [result_row(r, default_activity=fields["activity"], short_id=False) for r in results]
-        out.result(format_table(RESULT_HEADER, rows, right=4))
+        out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
         out.note(_summary([result_status(r) for r in results], time.monotonic() - started))
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
@@ -216,15 +224,13 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
     skipped = Skipped()
     statuses: list[tuple[str, bool]] = []
     rows: list[list[str]] = []
-    progress = BatchProgress()
+    # The bytes to send are known up front only for listed files in a batch with no journal
+    # (a journal may already hold some of them).
+    bytes_total = None
+    if total is not None and args.journal is None:
+        bytes_total = sum(Path(p).stat().st_size for p in args.paths)
+    display = BatchDisplay(total=total, bytes_total=bytes_total, wait=not args.no_wait)
     started = time.monotonic()
-
-    def on_progress(live: BatchProgress) -> None:
-        nonlocal progress
-        progress = live
-
-    def render(elapsed: float, tty: bool) -> str:
-        return render_batch(progress, total, elapsed, tty, bytes_bar=False)
 
     with contextlib.ExitStack() as files:
         results_file: TextIO | None = None
@@ -237,9 +243,9 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
                 stack,
                 args,
                 _batch_items(args.paths, found, recursive=args.recursive, skipped=skipped),
-                on_progress,
+                display.update,
             )
-            async with ProgressLine(render):
+            async with display:
                 async for raw in batch:
                     result = _cli_timeout(raw)
                     # Written as each result arrives, so an interrupted batch keeps its output.
@@ -257,7 +263,7 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"no video files found in {', '.join(args.paths)}")
     if not out.json:
         rows.sort(key=lambda row: row[0])
-        out.result(format_table(RESULT_HEADER, rows, right=4))
+        out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
         out.note(_summary([s for s, _ in statuses], time.monotonic() - started))
         if args.out is not None:
             out.note(f"results written to {args.out}")
@@ -340,8 +346,11 @@ def _analysis_value(rep: Rep, kind: str) -> str:
     return f"{value} {found.analysis_opinion}" if found.analysis_opinion else value
 
 
-def analysis_text(video_id: str, analysis: Analysis) -> str:
-    """An analysis for humans: status and metadata, then one line per rep."""
+def analysis_text(
+    video_id: str, analysis: Analysis, *, terminal: bool = False, width: int | None = None
+) -> str:
+    """An analysis for humans: status and metadata, then one line per rep (a table drawn for
+    a terminal with ``terminal``, see ``format_table``)."""
     lines: list[tuple[str, object]] = [("video", video_id), ("status", analysis.status)]
     if analysis.reason:
         lines.append(("reason", analysis.reason))
@@ -383,7 +392,7 @@ def analysis_text(video_id: str, analysis: Analysis) -> str:
             for i, r in enumerate(analysis.reps, 1)
         ]
         header = ["#", "START", "MID", "END", *kinds]
-        text += "\n\n" + format_table(header, rows, right=0)
+        text += "\n\n" + format_table(header, rows, right=0, terminal=terminal, width=width)
     return text
 
 
@@ -391,18 +400,15 @@ async def cmd_analysis(args: argparse.Namespace, out: Output) -> int:
     """``analysis ID``: a video's analysis, now or (``--wait``) once it is done."""
     async with open_session(args) as guru:
         if args.wait:
-
-            def render(elapsed: float, tty: bool) -> str:
-                return f"waiting for the analysis of {args.id}: {elapsed:.1f}s"
-
-            async with ProgressLine(render):
+            async with WaitDisplay(f"analysis of {args.id}"):
                 analysis = await guru.await_analysis(args.id, timeout=args.timeout)
         else:
             analysis = await guru.get_analysis(args.id)
     if out.json:
         out.result(_dumps(converter.unstructure(analysis)))
     else:
-        out.result(analysis_text(args.id, analysis))
+        width = shutil.get_terminal_size().columns if out.terminal else None
+        out.result(analysis_text(args.id, analysis, terminal=out.terminal, width=width))
     return EXIT_FAILED if analysis.status == AnalysisStatus.FAILED else EXIT_OK
 
 
@@ -474,7 +480,7 @@ async def cmd_update(args: argparse.Namespace, out: Output) -> int:
 
 
 async def _progress_once_started(
-    work: Coroutine[object, object, T], started: asyncio.Event, render: Render
+    work: Coroutine[object, object, T], started: asyncio.Event, display: LiveProgress
 ) -> T:
     """Await ``work``, drawing a progress line only once ``started`` is set: a call that fails
     before any byte moves (an unknown id) prints its error alone, not "0.0 MB" first."""
@@ -484,7 +490,7 @@ async def _progress_once_started(
         await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             return task.result()
-        async with ProgressLine(render):
+        async with display:
             return await task
     finally:
         task.cancel()
@@ -496,21 +502,16 @@ async def cmd_download(args: argparse.Namespace, out: Output) -> int:
     """``download ID``: the raw video, or an overlay, to a file."""
     suffix = f"-{args.overlay}" if args.overlay else ""
     dest = Path(args.out if args.out is not None else f"{args.id}{suffix}.mp4")
-    received = [0, 0]
     started = asyncio.Event()
+    display = TransferDisplay(f"download {dest.name}")
 
     def on_bytes(done: int, total: int) -> None:
-        received[:] = [done, total]
+        display.update(done, total)
         started.set()
-
-    def render(elapsed: float, tty: bool) -> str:
-        done, total = received
-        bar = _bar(done / total) + " " if tty and total else ""
-        return f"download {bar}{_mb(done)}{'/' + _mb(total) if total else ''}  {elapsed:.1f}s"
 
     async with open_session(args) as guru:
         download = guru.download(args.id, dest, overlay=args.overlay, progress=on_bytes)
-        path = await _progress_once_started(download, started, render)
+        path = await _progress_once_started(download, started, display)
     size = path.stat().st_size
     if out.json:
         out.result(

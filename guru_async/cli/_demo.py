@@ -10,21 +10,20 @@ import time
 from pathlib import Path
 from typing import Final
 
-from .._batch import BatchProgress, BatchResult, VideoSpec
+from .._batch import BatchResult, VideoSpec
 from .._enums import AnalysisStatus
 from .._session import GuruSession
 from ._commands import _kv
 from ._constants import EMULATOR_POLLS, EXIT_FAILED, EXIT_OK, PROG
 from ._output import (
     RESULT_HEADER,
+    RESULT_WRAP,
+    BatchDisplay,
     Output,
-    ProgressLine,
     _dumps,
     _item_path,
     _mb,
     _summary,
-    format_table,
-    render_batch,
     result_json,
     result_row,
     result_status,
@@ -97,20 +96,12 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
             )
             + "\n"
         )
-        progress = BatchProgress()
-
-        def on_progress(live: BatchProgress) -> None:
-            nonlocal progress
-            progress = live
-
-        def render(elapsed: float, tty: bool) -> str:
-            return render_batch(progress, len(specs), elapsed, tty, bytes_bar=False)
-
+        display = BatchDisplay(total=len(specs), bytes_total=clip_bytes)
         results: list[BatchResult] = []
         batch = guru.batch_upload(
-            specs, upload_concurrency=3, journal=journal, progress=on_progress, timeout=30.0
+            specs, upload_concurrency=3, journal=journal, progress=display.update, timeout=30.0
         )
-        async with ProgressLine(render):
+        async with display:
             results = [r async for r in batch]
         order = {Path(s.path).name: i for i, s in enumerate(specs)}
         results.sort(key=lambda r: order.get(Path(_item_path(r.item)).name, len(order)))
@@ -121,7 +112,7 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
                 out.result(line)
         else:
             rows = (result_row(r, name=lambda p: Path(p).name) for r in results)
-            out.result(format_table(RESULT_HEADER, rows, right=4))
+            out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
         out.note("")
         out.note(_summary([result_status(r) for r in results], time.monotonic() - started))
 

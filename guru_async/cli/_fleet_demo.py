@@ -19,18 +19,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._batch import BatchProgress, BatchResult, VideoSpec
+from .._batch import BatchResult, VideoSpec
 from ._config import UsageError
 from ._constants import EXIT_FAILED, EXIT_OK, PROG
 from ._demo import DEMO_UNANALYZABLE, cmd_demo, write_demo_clips
 from ._output import (
     RESULT_HEADER,
+    RESULT_WRAP,
+    BatchDisplay,
     Output,
-    ProgressLine,
     _item_path,
     _summary,
-    format_table,
-    render_batch,
     result_row,
     result_status,
 )
@@ -146,8 +145,8 @@ async def cmd_fleet_demo(args: argparse.Namespace, out: Output) -> int:
                         worker.kill()
             stored = sum(1 for n in emu.uploads_completed.values() if n)
             twice = sum(1 for n in emu.uploads_completed.values() if n > 1)
-    rows = (result_row(r, name=lambda p: Path(p).name) for r in results)
-    out.result(format_table(RESULT_HEADER, rows, right=4))
+    rows = [result_row(r, name=lambda p: Path(p).name) for r in results]
+    out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
     out.note("")
     out.note(_summary([result_status(r) for r in results], time.monotonic() - started))
     out.note(
@@ -203,15 +202,9 @@ async def _run(
     workers: list[subprocess.Popen[bytes]],
     out: Output,
 ) -> tuple[list[BatchResult], int]:
-    progress = BatchProgress()
     killed = workers[0].pid
-
-    def on_progress(live: BatchProgress) -> None:
-        nonlocal progress
-        progress = live
-
-    def render(elapsed: float, tty: bool) -> str:
-        return render_batch(progress, len(specs), elapsed, tty, bytes_bar=False)
+    # Workers report no bytes back to the producer, so the display counts videos only.
+    display = BatchDisplay(total=len(specs), bytes_total=None)
 
     async def kill_mid_run() -> None:
         # As soon as the first upload is stored, the first worker is surely sending another.
@@ -220,8 +213,10 @@ async def _run(
         os.kill(killed, signal.SIGKILL)
 
     killer = asyncio.create_task(kill_mid_run())
-    async with fleet, ProgressLine(render):
-        results = [r async for r in fleet.batch_upload(specs, progress=on_progress, timeout=60.0)]
+    async with fleet, display:
+        results = [
+            r async for r in fleet.batch_upload(specs, progress=display.update, timeout=60.0)
+        ]
     killer.cancel()
     order = {Path(s.path).name: i for i, s in enumerate(specs)}
     results.sort(key=lambda r: order.get(Path(_item_path(r.item)).name, len(order)))

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+import unicodedata
+from collections.abc import Callable, Collection, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final, TextIO
+from typing import IO, Any, Final, TextIO, TypeVar
 
 from .._batch import BatchItem, BatchProgress, BatchResult, VideoSpec
 from .._converter import converter
@@ -19,36 +23,149 @@ from .._errors import AnalysisTimeoutError
 from .._models import Rep
 from ._constants import _TABLE_REP_VALUES
 
+# -- rich, from the cli extra ---------------------------------------------------------------
+
+try:
+    from rich import box
+    from rich.cells import cell_len
+    from rich.console import Console, Group, RenderableType
+    from rich.live import Live
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.table import Column, Table
+    from rich.text import Text
+except ImportError as exc:  # the cli extra is not installed: main() says so
+    _MISSING_RICH: ImportError | None = exc
+else:
+    _MISSING_RICH = None
+
+CLI_EXTRA: Final = 'pip install "guru-async[cli]"'
+
+
+def missing_extra() -> str | None:
+    """What to install when the CLI's own dependencies are missing, or None."""
+    if _MISSING_RICH is None:
+        return None
+    return f"the command line needs the cli extra ({_MISSING_RICH}): {CLI_EXTRA}"
+
+
 # -- progress --------------------------------------------------------------------------------
 
 
-class ProgressLine:
-    """One status line on stderr: redrawn in place with ``\\r`` on a terminal, and written as
-    a plain line every ``log_interval`` seconds (and once at the end) anywhere else, so logs
-    and CI output stay readable.
+def _isatty(stream: IO[Any]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _draws(stream: IO[Any]) -> bool:
+    # A terminal that can move the cursor and show styles; TERM=dumb (an editor's shell
+    # buffer) gets plain text, like a pipe.
+    return _isatty(stream) and os.environ.get("TERM", "").lower() not in ("dumb", "unknown")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+# Characters that would break a row across lines, move the cursor, recolour the terminal or
+# reorder text (bidi overrides); shown escaped, like ``ls`` does for odd names.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with control, line-separator and bidi characters escaped (``\\n``, ``\\x1b``):
+    one table cell stays one line and cannot move the cursor or reorder a row."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_Display = TypeVar("_Display", bound="LiveProgress")
+
+
+class LiveProgress:
+    """Progress on stderr, drawn in place by rich on a terminal; anywhere else (a CI log, a
+    pipe, a file) a plain line every ``log_interval`` seconds and once at the end, with no
+    control codes at all.
+
+    Use it as ``async with``; subclasses say what to draw.
 
     Args:
-        render: Builds the line from the elapsed seconds and whether a terminal draws it.
         stream: Where to draw; default stderr.
+        tty_interval: Seconds between redraws on a terminal.
+        log_interval: Seconds between plain lines elsewhere.
     """
 
     def __init__(
         self,
-        render: Callable[[float, bool], str],
         *,
         stream: TextIO | None = None,
         tty_interval: float = 0.1,
         log_interval: float = 5.0,
     ) -> None:
-        self._render = render
         self._stream = stream if stream is not None else sys.stderr
-        self._tty = _isatty(self._stream)
-        self._interval = tty_interval if self._tty else log_interval
+        self.tty = _draws(self._stream)
+        self._tty_interval = tty_interval
+        self._log_interval = log_interval
         self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        self._live: Live | None = None
+        self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
 
-    async def __aenter__(self) -> ProgressLine:
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the display started."""
+        return time.monotonic() - self._started
+
+    def plain(self) -> str:
+        """The line written where no terminal draws."""
+        raise NotImplementedError
+
+    def renderable(self) -> RenderableType:
+        """What rich draws on a terminal; built once, then kept current by ``sync``."""
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Bring the rich renderable up to date (called before each redraw)."""
+
+    async def __aenter__(self: _Display) -> _Display:
         self._started = time.monotonic()
+        if self.tty:
+            console = Console(file=self._stream, force_terminal=True, soft_wrap=True)
+            # stdout is redirected above the display only when it is a terminal too: piped
+            # results (--json) must reach the pipe untouched.
+            self._live = Live(
+                self.renderable(),
+                console=console,
+                auto_refresh=False,  # redrawn by the task below, on the loop's thread
+                redirect_stdout=_isatty(sys.stdout),
+                redirect_stderr=True,
+                transient=False,
+            )
+            self.sync()
+            self._live.start(refresh=True)
+            self._redirect_logging()
         self._task = asyncio.create_task(self._tick())
         return self
 
@@ -61,73 +178,286 @@ class ProgressLine:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self.draw(final=True)
+        self.draw()
+        if self._live is not None:
+            self._restore_logging()
+            self._live.stop()
+            self._live = None
+
+    def _redirect_logging(self) -> None:
+        # Log lines (-v) written straight to the terminal would be overwritten by the next
+        # redraw; through the redirected stderr they are printed above the display.
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stderr__:
+                self._handlers.append((handler, handler.setStream(sys.stderr)))
+
+    def _restore_logging(self) -> None:
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+        self._handlers.clear()
 
     async def _tick(self) -> None:
+        # Wakes at the terminal's pace everywhere, so measures (a batch's sending time) stay
+        # fine-grained even when a log gets a line only every few seconds.
+        written = time.monotonic()
         while True:
-            await asyncio.sleep(self._interval)
-            self.draw()
+            await asyncio.sleep(self._tty_interval)
+            self.sample()
+            if self.tty or time.monotonic() - written >= self._log_interval:
+                written = time.monotonic()
+                self.draw()
 
-    def draw(self, *, final: bool = False) -> None:
-        """Draw the line now (and end it, when ``final``)."""
-        line = self._render(time.monotonic() - self._started, self._tty)
-        if self._tty:
-            width = shutil.get_terminal_size().columns - 1
-            # \x1b[K clears what a longer previous line left behind.
-            self._stream.write("\r" + line[:width] + "\x1b[K" + ("\n" if final else ""))
-        else:
-            self._stream.write(line + "\n")
-        self._stream.flush()
+    def sample(self) -> None:
+        """Take a measure between drawings (called at the terminal's pace, drawn or not)."""
 
-
-def _isatty(stream: IO[Any]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
+    def draw(self) -> None:
+        """Redraw now (a terminal) or write the plain line (anywhere else)."""
+        if self._live is not None:
+            self.sync()
+            self._live.refresh()
+        elif not self.tty:
+            self._stream.write(self.plain() + "\n")
+            self._stream.flush()
 
 
-def _bar(fraction: float, width: int = 8) -> str:
-    filled = max(0, min(width, int(fraction * width)))
-    return "[" + "#" * filled + "-" * (width - filled) + "]"
+def _bytes_columns() -> list[Any]:
+    # Fixed widths, so the per-file rows and the totals row (separate tables) line up.
+    return [
+        TextColumn("{task.description}", markup=False, table_column=Column(width=24)),
+        BarColumn(bar_width=30),
+        DownloadColumn(table_column=Column(width=16, justify="right")),
+        TransferSpeedColumn(table_column=Column(width=11, justify="right")),
+        TimeRemainingColumn(table_column=Column(width=8, justify="right")),
+    ]
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+class BatchDisplay(LiveProgress):
+    """The progress of uploads and analyses: a row per upload in flight (bytes, speed, ETA),
+    a row for all uploads, and a row for the analyses (pending, complete, failed).
 
-
-def render_batch(
-    progress: BatchProgress, total: int | None, elapsed: float, tty: bool, *, bytes_bar: bool
-) -> str:
-    """The status line of a batch or multi-file upload.
+    Feed it the batch's counters: pass ``progress`` (read at each redraw), or use ``update``
+    as ``batch_upload``'s ``progress=`` callback.
 
     Args:
-        progress: The live counters.
-        total: How many items there are, or None when the input is read lazily.
-        elapsed: Seconds since the start.
-        tty: Draw bars (a terminal) or only numbers (a log).
-        bytes_bar: Show upload progress in bytes (all sizes known up front) instead of files.
+        progress: The counters to show; ``update`` replaces them.
+        total: How many items, or None when the input is read lazily.
+        bytes_total: The bytes all uploads will send, when known up front (else the totals
+            row shows bytes sent without an ETA).
+        wait: Whether the command awaits analyses (the last row counts them), else it counts
+            videos uploaded.
+        stream, tty_interval, log_interval: As for LiveProgress.
     """
-    done = progress.succeeded + progress.failed
-    sent = f"{progress.bytes_sent / 1e6:.1f}/{progress.bytes_total / 1e6:.1f} MB"
-    if total is None:
-        uploaded, finished = f"{progress.uploaded}", f"{done}"
-    else:
-        if bytes_bar:
-            up = progress.bytes_sent / progress.bytes_total if progress.bytes_total else 1.0
-        else:
-            up = progress.uploaded / total if total else 1.0
-        uploaded, finished = f"{progress.uploaded}/{total}", f"{done}/{total}"
-        if tty:
-            uploaded = f"{_bar(up)} {uploaded}"
-            finished = f"{_bar(done / total if total else 1.0)} {finished}"
-    extras = "".join(
-        f", {n} {what}"
-        for n, what in ((progress.failed, "failed"), (progress.waiting, "analysing"))
-        if n
-    )
-    # Short enough for an 80-column terminal in the common case; longer lines are cut.
-    return f"up {uploaded} {sent} | done {finished}{extras} | {elapsed:.1f}s"
+
+    def __init__(
+        self,
+        progress: BatchProgress | None = None,
+        *,
+        total: int | None,
+        bytes_total: int | None = None,
+        wait: bool = True,
+        stream: TextIO | None = None,
+        tty_interval: float = 0.1,
+        log_interval: float = 5.0,
+    ) -> None:
+        super().__init__(stream=stream, tty_interval=tty_interval, log_interval=log_interval)
+        self.progress = progress if progress is not None else BatchProgress()
+        self.total = total
+        self.bytes_total = bytes_total
+        self.wait = wait
+        self._files: Progress | None = None
+        self._totals: Progress | None = None
+        self._results: Progress | None = None
+        self._rows: dict[int, TaskID] = {}
+        self._last_sent = 0
+        self._sent_at: float | None = None
+        self._all: TaskID | None = None
+        self._done: TaskID | None = None
+
+    def update(self, progress: BatchProgress) -> None:
+        """Show these counters from now on (fits ``batch_upload(progress=...)``)."""
+        self.progress = progress
+
+    def _counts(self) -> str:
+        p = self.progress
+        if self.wait:
+            return f"{p.waiting} pending, {p.succeeded} complete, {p.failed} failed"
+        return f"{p.succeeded} uploaded, {p.failed} failed"
+
+    def _uploads(self) -> str:
+        p = self.progress
+        return f"{p.uploaded}/{self.total}" if self.total is not None else f"{p.uploaded}"
+
+    def plain(self) -> str:
+        """E.g. ``uploads 2/6: 1.2/3.4 MB, 2.1 MB/s | analyses: 1 pending, ... | 5.0 s``."""
+        p = self.progress
+        elapsed = self.elapsed
+        of = self.bytes_total if self.bytes_total is not None else p.bytes_total
+        sending = self._sending_time()
+        speed = f", {p.bytes_sent / sending / 1e6:.1f} MB/s" if sending > 0 else ""
+        what = "analyses" if self.wait else "videos"
+        return (
+            f"uploads {self._uploads()}: {p.bytes_sent / 1e6:.1f}/{of / 1e6:.1f} MB{speed} | "
+            f"{what}: {self._counts()} | {elapsed:.1f} s"
+        )
+
+    def renderable(self) -> RenderableType:
+        """Rich Progress tables: uploads in flight, all uploads, and the results."""
+        console = Console(file=self._stream, force_terminal=True)
+        self._files = Progress(*_bytes_columns(), console=console, auto_refresh=False)
+        self._totals = Progress(*_bytes_columns(), console=console, auto_refresh=False)
+        self._all = self._totals.add_task("uploads", total=self.bytes_total)
+        self._results = Progress(
+            TextColumn("{task.description}", markup=False, table_column=Column(width=24)),
+            BarColumn(bar_width=30),
+            TextColumn("{task.fields[counts]}", markup=False),
+            TimeElapsedColumn(),
+            console=console,
+            auto_refresh=False,
+        )
+        self._done = self._results.add_task(self._what(), total=self.total, counts=self._counts())
+        return Group(self._files, self._totals, self._results)
+
+    def sync(self) -> None:
+        """Add a row for each new upload in flight, move every bar, drop finished uploads."""
+        files, totals, results = self._files, self._totals, self._results
+        if files is None or totals is None or results is None:
+            return
+        assert self._all is not None
+        assert self._done is not None
+        p = self.progress
+        for number, upload in list(p.uploading.items()):
+            row = self._rows.get(number)
+            if row is None:
+                name = printable(Path(_item_path(upload.item)).name)
+                row = self._rows[number] = files.add_task(name, total=upload.bytes_total)
+            files.update(row, completed=upload.bytes_sent)
+        for number in [n for n in self._rows if n not in p.uploading]:
+            files.remove_task(self._rows.pop(number))
+        totals.update(self._all, description=f"uploads {self._uploads()}", completed=p.bytes_sent)
+        results.update(
+            self._done,
+            description=self._what(),
+            completed=p.succeeded + p.failed,
+            counts=self._counts(),
+        )
+
+    def draw(self) -> None:
+        """As LiveProgress.draw; once every upload is sent, the speed shown is the average."""
+        if self._totals is not None and self._all is not None:
+            p = self.progress
+            task = next(t for t in self._totals.tasks if t.id == self._all)
+            if (
+                p.bytes_sent
+                and not p.uploading
+                and (self.total is None or p.uploaded >= self.total)
+            ):
+                # rich measures speed over recent redraws: a quick upload has too few to show.
+                task.finished_speed = p.bytes_sent / max(self._sending_time(), 1e-3)
+        super().draw()
+
+    def sample(self) -> None:
+        """Note when the bytes sent last grew (the average speed leaves analysis time out)."""
+        if self.progress.bytes_sent != self._last_sent:
+            self._last_sent, self._sent_at = self.progress.bytes_sent, self.elapsed
+
+    def _sending_time(self) -> float:
+        self.sample()
+        return self._sent_at if self._sent_at is not None else self.elapsed
+
+    def _what(self) -> str:
+        done = self.progress.succeeded + self.progress.failed
+        of = f"{done}/{self.total}" if self.total is not None else f"{done}"
+        return f"{'analyses' if self.wait else 'videos'} {of}"
+
+
+class TransferDisplay(LiveProgress):
+    """One transfer's progress (a download): bytes, speed and ETA.
+
+    Args:
+        description: What moves, e.g. ``"download ID.mp4"``.
+        stream, tty_interval, log_interval: As for LiveProgress.
+    """
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        stream: TextIO | None = None,
+        tty_interval: float = 0.1,
+        log_interval: float = 5.0,
+    ) -> None:
+        super().__init__(stream=stream, tty_interval=tty_interval, log_interval=log_interval)
+        self.description = description
+        self.done = 0
+        self.size: int | None = None
+        self._progress: Progress | None = None
+        self._row: TaskID | None = None
+
+    def update(self, done: int, total: int) -> None:
+        """Record the bytes moved so far (fits ``download(progress=...)``)."""
+        self.done, self.size = done, total or None
+
+    def plain(self) -> str:
+        """E.g. ``download x.mp4: 1.2/3.4 MB, 2.1 MB/s | 5.0 s``."""
+        elapsed = self.elapsed
+        of = f"/{_mb(self.size)}" if self.size else ""
+        speed = f", {self.done / elapsed / 1e6:.1f} MB/s" if elapsed > 0 else ""
+        return f"{self.description}: {_mb(self.done)}{of}{speed} | {elapsed:.1f} s"
+
+    def renderable(self) -> RenderableType:
+        """A rich Progress with one row."""
+        self._progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(bar_width=30),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=self._stream, force_terminal=True),
+            auto_refresh=False,
+        )
+        self._row = self._progress.add_task(printable(self.description), total=None)
+        return self._progress
+
+    def sync(self) -> None:
+        """Move the bar."""
+        if self._progress is not None and self._row is not None:
+            self._progress.update(self._row, completed=self.done, total=self.size)
+
+
+class WaitDisplay(LiveProgress):
+    """A wait with no measurable progress (one analysis): a spinner and the time so far.
+
+    Args:
+        description: What is awaited, e.g. ``"analysis of ID"``.
+        stream, tty_interval, log_interval: As for LiveProgress.
+    """
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        stream: TextIO | None = None,
+        tty_interval: float = 0.1,
+        log_interval: float = 5.0,
+    ) -> None:
+        super().__init__(stream=stream, tty_interval=tty_interval, log_interval=log_interval)
+        self.description = description
+
+    def plain(self) -> str:
+        """E.g. ``waiting for the analysis of ID: 5.0 s``."""
+        return f"waiting for the {self.description}: {self.elapsed:.1f} s"
+
+    def renderable(self) -> RenderableType:
+        """A spinner, the description and the time elapsed."""
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}", markup=False),
+            TimeElapsedColumn(),
+            console=Console(file=self._stream, force_terminal=True),
+            auto_refresh=False,
+        )
+        progress.add_task(printable(f"waiting for the {self.description}"), total=None)
+        return progress
 
 
 # -- results: rows, table, JSON --------------------------------------------------------------
@@ -234,18 +564,70 @@ RESULT_HEADER: Final = [
     "KEY ANALYSIS PER REP",
     "REASON",
 ]
+# The results table's columns that wrap on a narrow terminal; ids and statuses never do.
+RESULT_WRAP: Final = (0, 5, 6)
 
 
-def format_table(header: Sequence[str], rows: Iterable[Sequence[str]], *, right: int = -1) -> str:
-    """Rows as aligned columns under ``header``; column ``right`` is right-aligned."""
-    all_rows = [list(header), *(list(r) for r in rows)]
-    used = [i for i in range(len(header)) if any(r[i] for r in all_rows[1:])]
-    widths = {i: max(len(r[i]) for r in all_rows) for i in used}
-    lines = []
+def format_table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    right: int = -1,
+    wrap: Collection[int] | None = None,
+    terminal: bool = False,
+    width: int | None = None,
+) -> str:
+    """Rows as a rich table under ``header``: column ``right`` is right-aligned, and columns
+    empty in every row are left out.
+
+    Widths count terminal cells, so wide characters (CJK, emoji) keep columns aligned; control
+    characters in cells are escaped (see ``printable``), so a row is one line.
+
+    Args:
+        header: The column titles.
+        rows: The cells, as text (never parsed as rich markup).
+        right: The index of the right-aligned column, or -1.
+        wrap: The columns whose cells may wrap to fit a terminal (default: all); the others
+            keep each cell on one line.
+        terminal: Draw for a terminal: a bold header, its rule, and cells wrapped to ``width``.
+            Elsewhere the table is plain text with no control codes, each row on one line
+            however long, columns two spaces apart.
+        width: The terminal's width in cells (with ``terminal``); default: the real one.
+    """
+    all_rows = [[printable(cell) for cell in row] for row in rows]
+    used = [i for i in range(len(header)) if any(row[i] for row in all_rows)]
+    table = Table(
+        *(
+            Column(
+                header[i],
+                justify="right" if i == right else "left",
+                no_wrap=not terminal or (wrap is not None and i not in wrap),
+                overflow="fold",
+            )
+            for i in used
+        ),
+        box=box.SIMPLE_HEAD if terminal else None,
+        header_style="bold" if terminal else "",
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=terminal,  # a box's own column gap is the second space
+    )
     for row in all_rows:
-        cells = [row[i].rjust(widths[i]) if i == right else row[i].ljust(widths[i]) for i in used]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+        table.add_row(*(Text(row[i]) for i in used))
+    buffer = io.StringIO()
+    if not terminal:
+        # As wide as the widest row, so nothing wraps: a log or a pipe gets one line per row.
+        width = sum(max(cell_len(r[i]) for r in [list(header), *all_rows]) + 2 for i in used)
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=terminal,
+        color_system="standard" if terminal else None,
+        highlight=False,
+    )
+    console.print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
 def result_json(result: BatchResult) -> dict[str, Any]:
@@ -283,6 +665,22 @@ class Output:
 
     def __init__(self, json_mode: bool) -> None:
         self.json = json_mode
+        self.terminal = _draws(sys.stdout)
+
+    def table(
+        self,
+        header: Sequence[str],
+        rows: Iterable[Sequence[str]],
+        *,
+        right: int = -1,
+        wrap: Collection[int] | None = None,
+    ) -> None:
+        """Print a results table: drawn for the terminal when stdout is one, else plain text
+        (see ``format_table``)."""
+        width = shutil.get_terminal_size().columns if self.terminal else None
+        self.result(
+            format_table(header, rows, right=right, wrap=wrap, terminal=self.terminal, width=width)
+        )
 
     def result(self, text: str) -> None:
         """Print the command's result."""
