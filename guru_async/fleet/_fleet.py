@@ -180,7 +180,10 @@ class Fleet:
             progress: Called with the BatchProgress counters whenever they change.
             timeout: Seconds to wait for each analysis after its upload.
             max_in_flight: The most items enqueued and not yet reported.
-            domain, activity, rep_count, source: Defaults for items that do not set them.
+            domain: The default for items that do not set theirs (as for upload_video).
+            activity: The default for items that do not set theirs.
+            rep_count: The default for items that do not set theirs.
+            source: The default for items that do not set theirs.
 
         Raises:
             RuntimeError: The Fleet is not open (use ``async with``).
