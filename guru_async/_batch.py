@@ -39,7 +39,8 @@ from attrs import Factory, define, field, frozen
 
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
-from ._errors import AnalysisTimeoutError, GuruError, JournalError, NotFoundError, UploadError
+from ._error_mapping import analysis_timeout
+from ._errors import GuruError, JournalError, NotFoundError, UploadError
 from ._instrumentation import OpenScope, TraceScope
 from ._journal import LEASE_SECONDS, Claim, Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
@@ -814,11 +815,11 @@ class BatchRun:
                 return BatchResult(waiting.item, video_id=video_id, analysis=analysis)
         now = time.monotonic()
         if now >= waiting.deadline:
-            error = AnalysisTimeoutError(
-                f"analysis of video {video_id} not finished after {self._timeout:g} s; "
-                "the video is safe: await it again later, or rerun the batch with its journal",
-                video_id=video_id,
+            error = analysis_timeout(
+                video_id,
+                timeout=self._timeout,
                 last=waiting.last,
+                resume=f"await_analysis({video_id!r}) again, or rerun the batch with its journal",
             )
             return BatchResult(waiting.item, video_id=video_id, error=error)
         step, waiting.wait = self._policy.next_wait(waiting.wait, hint)

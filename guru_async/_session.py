@@ -37,13 +37,13 @@ from ._batch import (
 from ._converter import decode_json, decode_model
 from ._download import Redirected, redirect_target, stream_to_file
 from ._enums import OverlayType
+from ._error_mapping import api_error, download_error, storage_error
 from ._errors import (
     GuruConnectionError,
     GuruError,
     ResponseDecodeError,
     SessionClosedError,
     UploadError,
-    error_for_status,
     redact,
 )
 from ._instrumentation import Hooks, InstrumentationHook, TraceScope
@@ -56,7 +56,6 @@ from ._transport import (
     Response,
     Timeouts,
     Transport,
-    json_error_body,
 )
 from ._upload import (
     MAX_REDIRECTS,
@@ -65,11 +64,9 @@ from ._upload import (
     ProgressCallback,
     UploadSource,
     check_not_expired,
-    download_error,
     fetch_source,
     is_url,
     presign_expired,
-    storage_error,
 )
 from ._validation import (
     ActivityArg,
@@ -346,12 +343,7 @@ class GuruSession:
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
 
         def errors(status: int, headers: Any, raw: bytes) -> GuruError:
-            return error_for_status(
-                status,
-                json_error_body(raw),
-                context=what,
-                retry_after=parse_retry_after(headers.get("Retry-After")),
-            )
+            return api_error(status, headers, raw, what=what)
 
         return await self._transport.send(
             Request(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import re
 import time
 from collections import Counter
@@ -14,11 +15,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+import guru_async
+import guru_async.fleet
 from guru_async import (
+    Analysis,
+    AnalysisStatus,
+    AnalysisTimeoutError,
     APIError,
     AuthenticationError,
     BadRequestError,
     GuruConnectionError,
+    GuruError,
     GuruSession,
     NotFoundError,
     PermissionDeniedError,
@@ -419,3 +426,57 @@ async def test_debug_log_has_one_secret_free_line_per_request(
     assert len(secrets) >= 4
     for secret in secrets:
         assert secret not in caplog.text
+
+
+# One instance of every public error, with every attribute a caller reads set.
+PICKLED_ERRORS: list[GuruError] = [
+    GuruError("base"),
+    APIError("teapot", status=418, body="short and stout"),
+    BadRequestError("bad", status=422, body={"message": "repCount"}),
+    AuthenticationError("who", status=401, body={"error": "invalid_client"}),
+    PermissionDeniedError("no", status=403, body=""),
+    NotFoundError("gone", status=404, body={"message": "Video not found"}),
+    RateLimitError("slow down", status=429, body=None, retry_after=2.5),
+    ServerError("down", status=503, body="<html>", retry_after=None),
+    UploadError("refused", status=403, code="AccessDenied", retry_after=1.0),
+    guru_async.SourceError("source", status=404, url="https://example.com/a.mp4"),
+    AnalysisTimeoutError(
+        "late",
+        video_id=SOME_ID,
+        last=Analysis(status=AnalysisStatus.PENDING),
+    ),
+    ResponseDecodeError("not json", status=200, body="<html", not_json=True),
+    GuruConnectionError("reset", video_id=SOME_ID),
+    SessionClosedError("closed"),
+    guru_async.JournalError("journal", path="batch.db"),
+    guru_async.fleet.FleetError("fleet"),
+    guru_async.fleet.FleetItemError("KeyError: 'x'", type_name="KeyError"),
+    guru_async.fleet.FleetJobError("gave up", status="aborted"),
+    guru_async.fleet.RedisUnavailableError("Redis at localhost:6379: refused"),
+]
+
+
+def _round_trip(error: GuruError) -> Any:
+    return pickle.loads(pickle.dumps(error))  # noqa: S301 - the bytes were made just above
+
+
+def test_every_public_error_survives_pickling() -> None:
+    """Every public error crosses a process boundary (multiprocessing, fleet) with its type,
+    message and attributes intact, keyword-only constructors included."""
+    public = {
+        obj
+        for module in (guru_async, guru_async.fleet)
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, GuruError)
+    }
+    assert public == {type(error) for error in PICKLED_ERRORS}  # a new error needs a case here
+    for error in PICKLED_ERRORS:
+        copy = _round_trip(error)
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.args == error.args
+        assert vars(copy) == vars(error)
+    timeout = _round_trip(PICKLED_ERRORS[10])
+    assert isinstance(timeout, TimeoutError)
+    assert timeout.last is not None
+    assert timeout.last.status == "Pending"
