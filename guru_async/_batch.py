@@ -33,7 +33,7 @@ from collections.abc import (
     Iterator,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from attrs import Factory, define, field, frozen
 
@@ -45,10 +45,9 @@ from ._instrumentation import OpenScope, TraceScope
 from ._journal import LEASE_SECONDS, Claim, Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
 from ._polling import PollPolicy, is_transient_poll_error
+from ._types import ActivityArg, BatchItem, DomainArg
 from ._upload import UploadSource, check_file, presign_expired
 from ._validation import (
-    ActivityArg,
-    DomainArg,
     check_optional_str,
     check_rep_count,
     resolve_domain_activity,
@@ -75,9 +74,6 @@ class VideoSpec:
     activity: ActivityArg = None
     rep_count: int | None = None
     source: str | None = None
-
-
-BatchItem = Union[str, "os.PathLike[str]", VideoSpec]
 
 
 @frozen

@@ -15,7 +15,7 @@ import aiohttp
 from yarl import URL
 
 from ._errors import BodyAbort, GuruConnectionError, GuruError
-from ._upload import ProgressCallback
+from ._types import ProgressCallback
 
 CHUNK_SIZE = 1024 * 1024
 

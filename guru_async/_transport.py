@@ -32,6 +32,7 @@ from ._errors import (
 from ._instrumentation import Hooks, RequestDetails, RetryDetails, TraceScope
 from ._limiter import AdaptiveLimiter, RateLimiter
 from ._retry import RetryBudget, RetryPolicy, is_retryable, is_safe_to_repeat, wait_times
+from ._types import UNSET, UnsetType
 
 T = TypeVar("T")
 
@@ -123,7 +124,7 @@ class Request(Generic[T]):
     headers: Mapping[str, str] | None = None
     params: Mapping[str, str] | None = None
     authorized: bool = False
-    total: float | None = -1.0  # -1: use the session's Timeouts.total
+    total: float | UnsetType | None = UNSET  # UNSET: the session's Timeouts.total
     allow_redirects: bool = False
     cleanup: Callable[[], None] | None = None
     idle_since: Callable[[], float] | None = None
@@ -225,7 +226,7 @@ class Transport:
             return await self._send(req, retries)
 
     async def _send(self, req: Request[T], retries: int) -> T:
-        total = self.timeouts.total if req.total == -1.0 else req.total
+        total = self.timeouts.total if isinstance(req.total, UnsetType) else req.total
         deadline = None if total is None else time.monotonic() + total
         call = _Call(req, _AuthState(), deadline, retries + 1)
         auth = call.auth

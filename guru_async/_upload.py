@@ -27,16 +27,14 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import aiohttp
 from yarl import URL
 
 from ._error_mapping import describe_network_error, source_status_error
 from ._errors import BodyAbort, GuruError, SourceError, UploadError
-
-ProgressCallback = Callable[[int, int], Awaitable[None] | None]
-"""Called as ``progress(sent_bytes, total_bytes)`` while a file is sent; may be async."""
+from ._types import FileSource, ProgressCallback
 
 CHUNK_SIZE = 256 * 1024
 # A presign that runs out within this margin is replaced rather than tried: an upload that
@@ -109,11 +107,6 @@ class StreamSource:
             f"<StreamSource {type(self.stream).__name__} size={self.size} "
             f"filename={self.filename!r}>"
         )
-
-
-FileSource = Union[str, "os.PathLike[str]", IO[bytes], URL, StreamSource]
-"""What an upload takes: a path, an http(s) URL (a str or yarl.URL), a binary file object
-opened for reading, or a StreamSource."""
 
 
 def is_url(source: object) -> bool:

@@ -9,36 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from attrs import frozen
-
 from ._enums import Activity, Domain
+from ._types import ActivityArg, DomainArg, Unvalidated
 
 MAX_REP_COUNT = 10_000
 INCLUDE_VALUES = ("j2p", "analysis", "objects")
 _VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-
-
-@frozen
-class Unvalidated:
-    """A domain or activity value sent as given, for values newer than this SDK.
-
-    The service may accept activities this release does not list yet::
-
-        await guru.create_video("x.mp4", activity=Unvalidated("handstand"), domain="calisthenics")
-    """
-
-    value: str
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.value, str) or not self.value:
-            raise ValueError("Unvalidated() takes a non-empty string")
-
-    def __str__(self) -> str:
-        return self.value
-
-
-DomainArg = Domain | str | Unvalidated | None
-ActivityArg = Activity | str | Unvalidated | None
 
 
 def _choices(values: Iterable[str]) -> str:

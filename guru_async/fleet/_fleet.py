@@ -22,11 +22,10 @@ from redis.exceptions import RedisError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
-from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchItem, BatchProgress, BatchResult, VideoSpec
+from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchProgress, BatchResult, VideoSpec
 from .._polling import DEFAULT_TIMEOUT
+from .._types import ActivityArg, BatchItem, DomainArg
 from .._validation import (
-    ActivityArg,
-    DomainArg,
     check_optional_str,
     check_rep_count,
     resolve_domain_activity,

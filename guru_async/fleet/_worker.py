@@ -43,8 +43,8 @@ from .._errors import GuruError
 from .._models import CreatedVideo
 from .._polling import DEFAULT_TIMEOUT
 from .._session import GuruSession
+from .._types import Unvalidated
 from .._upload import UploadSource, check_file
-from .._validation import Unvalidated
 from ._claims import Claims, LeaseLostError, item_hash
 from ._protocol import (
     DEFAULT_QUEUE,
