@@ -48,6 +48,7 @@ from ._polling import PollPolicy, is_transient_poll_error
 from ._types import ActivityArg, BatchItem, DomainArg
 from ._upload import UploadSource, check_file, presign_expired
 from ._validation import (
+    check_int,
     check_optional_str,
     check_rep_count,
     resolve_domain_activity,
@@ -222,12 +223,8 @@ class BatchRun:
         max_in_flight: int,
         defaults: dict[str, Any],
     ) -> None:
-        if isinstance(upload_concurrency, bool) or not isinstance(upload_concurrency, int):
-            raise TypeError("upload_concurrency must be an int")
-        if upload_concurrency < 1:
-            raise ValueError(f"upload_concurrency must be >= 1, got {upload_concurrency}")
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
-            raise TypeError("max_in_flight must be an int")
+        check_int("upload_concurrency", upload_concurrency, minimum=1)
+        check_int("max_in_flight", max_in_flight, minimum=None)
         if max_in_flight < upload_concurrency:
             raise ValueError(
                 f"max_in_flight ({max_in_flight}) must be >= upload_concurrency "

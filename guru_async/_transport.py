@@ -33,6 +33,7 @@ from ._instrumentation import Hooks, RequestDetails, RetryDetails, TraceScope
 from ._limiter import AdaptiveLimiter, RateLimiter
 from ._retry import RetryBudget, RetryPolicy, is_retryable, is_safe_to_repeat, wait_times
 from ._types import UNSET, UnsetType
+from ._validation import check_int
 
 T = TypeVar("T")
 
@@ -216,8 +217,7 @@ class Transport:
     async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
         """Send ``req`` until it succeeds, fails for good, or runs out of retries or time."""
         retries = self.policy.max_retries if max_retries is None else max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        check_int("max_retries", retries)
         if not self.hooks.tracers:
             return await self._send(req, retries)
         name = req.route or req.method

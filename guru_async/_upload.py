@@ -35,6 +35,7 @@ from yarl import URL
 from ._error_mapping import describe_network_error, source_status_error
 from ._errors import BodyAbort, GuruError, SourceError, UploadError
 from ._types import FileSource, ProgressCallback
+from ._validation import check_int
 
 CHUNK_SIZE = 256 * 1024
 # A presign that runs out within this margin is replaced rather than tried: an upload that
@@ -92,8 +93,7 @@ class StreamSource:
                     "StreamSource needs size=: the exact number of bytes the stream delivers "
                     "(storage refuses an upload without an exact Content-Length)"
                 )
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"size must be an int >= 0, got {size!r}")
+        check_int("size", size, unit="bytes")
         if filename is None:
             own_name = getattr(stream, "filename", None)
             filename = own_name if isinstance(own_name, str) and own_name else None
