@@ -16,7 +16,10 @@ from yarl import URL
 
 from ._errors import GuruConnectionError, GuruError
 from ._transport import BodyAbort
-from ._upload import ProgressCallback
+
+# The same alias as _upload's (progress of a transfer, sync or async), spelled here so that a
+# download does not depend on the upload module; both are to come from one types module.
+ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 
 CHUNK_SIZE = 1024 * 1024
 
