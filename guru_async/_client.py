@@ -11,6 +11,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import aiohttp
@@ -18,18 +19,21 @@ from yarl import URL
 
 from . import _routes as routes
 from ._converter import decode_model, to_json
-from ._errors import GuruError, UploadError, error_for_status
+from ._download import Redirected, redirect_target, stream_to_file
+from ._errors import GuruConnectionError, GuruError, UploadError, error_for_status
 from ._instrumentation import Hooks, TraceScope
 from ._models import Analysis, CreatedVideo, Video
 from ._payloads import CreateVideoBody, VideoFields
 from ._retry import parse_retry_after
 from ._transport import Request, Response, Transport, json_error_body
 from ._upload import (
+    MAX_REDIRECTS,
     FileSource,
     MultipartUpload,
     ProgressCallback,
     UploadSource,
     check_not_expired,
+    download_error,
     fetch_source,
     presign_expired,
     storage_error,
@@ -274,6 +278,47 @@ class Client:
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             src.release()
+
+    async def download(
+        self,
+        uri: str,
+        dest: Path,
+        *,
+        what: str,
+        video_id: str,
+        progress: ProgressCallback | None = None,
+        max_retries: int | None = None,
+    ) -> Path:
+        """Stream a presigned ``uri`` (from Get Video) to ``dest``, atomically."""
+        self.check_server_url(uri, name="download uri", what=what)
+        url = URL(uri, encoded=True)  # as given: re-encoding would break the signature
+        handler = stream_to_file(dest, progress=progress, what=what)
+        # Redirects are followed here, one hop at a time, so each hop passes the same URL
+        # rules as base_url (aiohttp would follow one to plain http on any host).
+        for _ in range(MAX_REDIRECTS + 1):
+
+            def errors(status: int, headers: Any, raw: bytes, current: URL = url) -> GuruError:
+                moved = redirect_target(current, status, headers.get("Location"))
+                return moved or download_error(status, headers, raw, what=what)
+
+            try:
+                return await self.transport.send(
+                    Request(
+                        method="GET",
+                        url=url,
+                        what=what,
+                        errors=errors,
+                        stream=handler,
+                        total=None,
+                        route=routes.DOWNLOAD,
+                        video_id=video_id,
+                    ),
+                    max_retries=max_retries,
+                )
+            except Redirected as moved:
+                url = moved.location
+                self.check_server_url(str(url), name="download redirect", what=what)
+        raise GuruConnectionError(f"{what}: storage redirected more than {MAX_REDIRECTS} times")
 
     def video_scope(self, name: str, filename: str | None) -> AbstractContextManager[None]:
         """One video's whole journey, for tracing hooks (nothing to do without one)."""

@@ -1,4 +1,8 @@
-"""GuruSession: one async session for the whole Guru API."""
+"""GuruSession: one async session for the whole Guru API.
+
+Each endpoint checks its arguments, sends through the internal client (``_client.py``: the
+transport, the converter and the calls a batch and a fleet worker share) and decodes.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import platform
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Final
 
 import aiohttp
 import attrs
@@ -32,33 +36,16 @@ from ._batch import (
 )
 from ._client import Client, model
 from ._converter import decode_json
-from ._download import Redirected, redirect_target, stream_to_file
 from ._enums import OverlayType
-from ._errors import (
-    GuruConnectionError,
-    GuruError,
-    ResponseDecodeError,
-)
+from ._errors import ResponseDecodeError
 from ._instrumentation import Hooks, InstrumentationHook
 from ._limiter import AdaptiveLimiter, RateLimiter
 from ._models import Analysis, CreatedVideo, JointData, Video
 from ._payloads import UpdateVideoBody, resolve_fields
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
 from ._retry import RetryBudget, RetryPolicy
-from ._transport import (
-    Request,
-    Response,
-    Timeouts,
-    Transport,
-)
-from ._upload import (
-    MAX_REDIRECTS,
-    FileSource,
-    ProgressCallback,
-    UploadSource,
-    download_error,
-    is_url,
-)
+from ._transport import Response, Timeouts, Transport
+from ._upload import FileSource, ProgressCallback, UploadSource, is_url
 from ._urls import checked_url
 from ._validation import (
     ActivityArg,
@@ -69,8 +56,6 @@ from ._validation import (
     check_video_id,
     resolve_domain_activity,
 )
-
-T = TypeVar("T")
 
 DEFAULT_BASE_URL: Final = "https://api.getguru.fitness"
 # A URL, not a secret.
@@ -165,7 +150,7 @@ class GuruSession:
         allow_insecure_http: bool = False,
         hooks: Sequence[InstrumentationHook] | None = None,
     ) -> None:
-        hooks_ = Hooks(hooks)
+        instruments = Hooks(hooks)
         self.base_url = checked_url(
             base_url or os.environ.get("GURU_BASE_URL") or DEFAULT_BASE_URL,
             name="base_url",
@@ -220,14 +205,14 @@ class GuruSession:
             budget=retry_budget if retry_budget is not None else RetryBudget(),
             limiter=limiter if isinstance(limiter, AdaptiveLimiter) else None,
             ceiling=None if limiter is None or isinstance(limiter, AdaptiveLimiter) else limiter,
-            hooks=hooks_,
+            hooks=instruments,
         )
         self._client = Client(
             self._transport,
             base_url=self.base_url,
             service=f"{self.base_url} {self.client_id or ''}",
             allow_insecure_http=allow_insecure_http,
-            hooks=hooks_,
+            hooks=instruments,
         )
 
     def __repr__(self) -> str:
@@ -622,35 +607,14 @@ class GuruSession:
                 f"{video.status}); wait for the analysis to complete"
             )
         what = f"Download of the {name} of video {video_id}"
-        self._client.check_server_url(uri, name="download uri", what=what)
-        url = URL(uri, encoded=True)  # as given: re-encoding would break the signature
-        handler = stream_to_file(target, progress=progress, what=what)
-        # Redirects are followed here, one hop at a time, so each hop passes the same URL
-        # rules as base_url (aiohttp would follow one to plain http on any host).
-        for _ in range(MAX_REDIRECTS + 1):
-
-            def errors(status: int, headers: Any, raw: bytes, current: URL = url) -> GuruError:
-                moved = redirect_target(current, status, headers.get("Location"))
-                return moved or download_error(status, headers, raw, what=what)
-
-            try:
-                return await self._transport.send(
-                    Request(
-                        method="GET",
-                        url=url,
-                        what=what,
-                        errors=errors,
-                        stream=handler,
-                        total=None,
-                        route=routes.DOWNLOAD,
-                        video_id=video_id,
-                    ),
-                    max_retries=max_retries,
-                )
-            except Redirected as moved:
-                url = moved.location
-                self._client.check_server_url(str(url), name="download redirect", what=what)
-        raise GuruConnectionError(f"{what}: storage redirected more than {MAX_REDIRECTS} times")
+        return await self._client.download(
+            uri,
+            target,
+            what=what,
+            video_id=video_id,
+            progress=progress,
+            max_retries=max_retries,
+        )
 
     def batch_upload(
         self,
