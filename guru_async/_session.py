@@ -699,6 +699,12 @@ class GuruSession:
         return BatchUpload(run)
 
 
+def client_of(session: GuruSession) -> Client:
+    """The session's internal client, for the SDK's own layers above it (a fleet worker
+    uploads through the same transport, hooks and limiter as the session's calls)."""
+    return session._client
+
+
 def _retry_policy(policy: RetryPolicy | None, max_retries: int | None) -> RetryPolicy:
     policy = policy if policy is not None else RetryPolicy()
     if max_retries is None:

@@ -44,7 +44,7 @@ from .._errors import GuruError
 from .._models import CreatedVideo
 from .._payloads import VideoFields
 from .._polling import DEFAULT_TIMEOUT
-from .._session import GuruSession
+from .._session import GuruSession, client_of
 from .._upload import UploadSource, check_file
 from ._claims import Claims, LeaseLostError, item_hash
 from ._protocol import (
@@ -123,9 +123,7 @@ class _Context:
         self, session: GuruSession, redis: redis_async.Redis, queue: str, poll: RedisQueue
     ) -> None:
         self.session = session
-        # The session's own client: uploads go through the same transport, hooks and limiter
-        # as its public calls (the SDK's internal layer, shared the way a batch shares it).
-        self.client: Client = session._client
+        self.client: Client = client_of(session)
         self.redis = redis
         self.queue = queue
         self.poll = poll
