@@ -1,9 +1,10 @@
 """The one HTTP path: every request the SDK makes goes through ``Transport.send``.
 
-It owns what no endpoint should re-implement: the Authorization header (API requests only,
-never storage), the single refresh-and-retry after a 401, retries with backoff under one policy
-and a shared budget, timeouts, mapping failures to typed errors, and instrumentation hooks
-(by default a DEBUG log line per request) that never see a secret.
+It owns what no endpoint should re-implement: the connection pool (made on first use, closed
+once), the Authorization header (API requests only, never storage), the single
+refresh-and-retry after a 401, retries with backoff under one policy and a shared budget,
+timeouts, mapping failures to typed errors, and instrumentation hooks (by default a DEBUG log
+line per request) that never see a secret.
 """
 
 from __future__ import annotations
@@ -180,17 +181,20 @@ class Transport:
     def __init__(
         self,
         *,
-        http: Callable[[], aiohttp.ClientSession],
         token: AccessToken | None,
         policy: RetryPolicy,
         timeouts: Timeouts,
+        http_session: aiohttp.ClientSession | None = None,
+        user_agent: str | None = None,
         budget: RetryBudget | None = None,
         limiter: AdaptiveLimiter | None = None,
         ceiling: RateLimiter | None = None,
-        is_closed: Callable[[], bool] = lambda: False,
         hooks: Hooks | None = None,
     ) -> None:
-        self._http = http
+        self._http_session = http_session
+        self._owns_http = http_session is None
+        self._user_agent = user_agent
+        self._closed = False
         self.hooks = hooks if hooks is not None else Hooks(None)
         self.token = token
         self.policy = policy
@@ -198,7 +202,6 @@ class Transport:
         self.budget = budget if budget is not None else RetryBudget()
         self.limiter = limiter if limiter is not None else AdaptiveLimiter()
         self.ceiling = ceiling
-        self._is_closed = is_closed
         # Built once: wrapping per call costs more than the rest of a loopback request. What
         # differs per call (tries, deadline, auth state) is read from the _CALL context variable,
         # which backoff evaluates at the start of each call.
@@ -213,6 +216,37 @@ class Transport:
             policy=lambda: self.policy,
             deadline=lambda: _CALL.get().deadline,
         )(self._attempt)
+
+    # -- the connection pool's lifecycle ------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed
+
+    def http(self) -> aiohttp.ClientSession:
+        """The connection pool, created on first use (a caller's own session is used as is)."""
+        if self._closed:
+            raise SessionClosedError("this GuruSession is closed; open a new one")
+        if self._http_session is None:
+            headers = {} if self._user_agent is None else {"User-Agent": self._user_agent}
+            self._http_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300), headers=headers
+            )
+        elif self._http_session.closed:
+            raise SessionClosedError("the aiohttp.ClientSession given as http_session is closed")
+        return self._http_session
+
+    async def close(self) -> None:
+        """Close the pool if this transport made it (a caller's http_session stays open);
+        requests in flight then end with SessionClosedError. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_http and self._http_session is not None:
+            await self._http_session.close()
+
+    # -- sending -----------------------------------------------------------------------------
 
     async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
         """Send ``req`` until it succeeds, fails for good, or runs out of retries or time."""
@@ -257,7 +291,7 @@ class Transport:
 
     def _giveup(self, exc: Exception) -> bool:
         call = _CALL.get()
-        if self._is_closed() or call.auth.token_failed or not is_retryable(exc):
+        if self._closed or call.auth.token_failed or not is_retryable(exc):
             return True
         risk = call.req.repeat_risk
         if risk is not None and not is_safe_to_repeat(exc, unsent=call.unsent):
@@ -295,7 +329,7 @@ class Transport:
     async def _attempt(self, call: _Call[T]) -> T:
         req, auth, deadline = call.req, call.auth, call.deadline
         call.attempts += 1
-        if self._is_closed():
+        if self._closed:
             raise SessionClosedError(f"{req.what}: the GuruSession is closed")
         headers = dict(req.headers or {})
         if req.authorized:
@@ -334,7 +368,7 @@ class Transport:
             # Raised by a stream handler (a download's file could not be written).
             failure = exc.error
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            failure = attempt_failure(exc, what=req.what, closed=self._is_closed())
+            failure = attempt_failure(exc, what=req.what, closed=self.closed)
             call.unsent = isinstance(failure, GuruConnectionError) and isinstance(exc, _NOT_SENT)
         except BaseException as exc:  # cancelled: told to the hooks, raised as it is
             error = exc
@@ -364,7 +398,7 @@ class Transport:
     async def _exchange(
         self, req: Request[T], call: _Call[T], body: Any, headers: dict[str, str], timeout: Any
     ) -> T:
-        async with self._http().request(
+        async with self.http().request(
             req.method,
             req.url,
             data=body,

@@ -153,6 +153,12 @@ BAD_CALLS: list[tuple[str, Call, type[Exception], str]] = [
         ValueError,
         r"unknown activity 'yoga'",
     ),
+    (
+        "unknown activity with a URL source (not fetched first)",
+        lambda g, d: g.upload_video(str(g.base_url.with_path("/clip.mp4")), activity="yoga"),
+        ValueError,
+        r"unknown activity 'yoga'",
+    ),
 ]
 
 

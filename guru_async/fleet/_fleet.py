@@ -23,14 +23,10 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
 from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchProgress, BatchResult, VideoSpec
+from .._payloads import resolve_fields
 from .._polling import DEFAULT_TIMEOUT
 from .._types import ActivityArg, BatchItem, DomainArg
-from .._validation import (
-    check_int,
-    check_optional_str,
-    check_rep_count,
-    resolve_domain_activity,
-)
+from .._validation import check_int
 from ._protocol import (
     DEFAULT_QUEUE,
     DEFAULT_RETENTION,
@@ -201,11 +197,13 @@ class Fleet:
             batch = f"j:{name}"
         else:
             batch = f"b:{uuid.uuid4().hex}"
-        defaults = {"domain": domain, "activity": activity, "rep_count": rep_count}
-        resolve_domain_activity(domain, activity)
-        check_rep_count(rep_count)
-        check_optional_str("source", source)
-        defaults["source"] = source
+        defaults = {
+            "domain": domain,
+            "activity": activity,
+            "rep_count": rep_count,
+            "source": source,
+        }
+        resolve_fields(defaults=defaults)  # a typo fails the call, not every item
         run = _FleetRun(
             self,
             self._client,
@@ -233,21 +231,15 @@ class _Pending:
 
 
 def _fields(spec: VideoSpec, d: dict[str, Any]) -> dict[str, Any]:
-    # As in a one-process batch: an item's own activity picks its domain.
-    if spec.activity is not None:
-        domain, activity = resolve_domain_activity(spec.domain, spec.activity)
-    else:
-        domain, activity = resolve_domain_activity(
-            spec.domain if spec.domain is not None else d.get("domain"), d.get("activity")
-        )
-    rep_count = spec.rep_count if spec.rep_count is not None else d.get("rep_count")
-    source = spec.source if spec.source is not None else d.get("source")
-    return {
-        "domain": domain,
-        "activity": activity,
-        "rep_count": check_rep_count(rep_count),
-        "source": check_optional_str("source", source),
-    }
+    # As in a one-process batch (an item's own activity picks its domain), as plain data for
+    # the job and the item's identity.
+    return resolve_fields(
+        domain=spec.domain,
+        activity=spec.activity,
+        rep_count=spec.rep_count,
+        source=spec.source,
+        defaults=d,
+    ).as_dict()
 
 
 class _FleetRun:

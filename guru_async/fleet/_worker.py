@@ -37,13 +37,14 @@ from saq.job import Job
 from saq.queue.redis import RedisQueue
 from saq.worker import Worker
 
+from .._client import Client
 from .._converter import to_json
 from .._enums import VideoStatus
 from .._errors import GuruError
 from .._models import CreatedVideo
+from .._payloads import VideoFields
 from .._polling import DEFAULT_TIMEOUT
-from .._session import GuruSession
-from .._types import Unvalidated
+from .._session import GuruSession, client_of
 from .._upload import UploadSource, check_file
 from .._validation import check_int
 from ._claims import Claims, LeaseLostError, item_hash
@@ -123,11 +124,12 @@ class _Context:
         self, session: GuruSession, redis: redis_async.Redis, queue: str, poll: RedisQueue
     ) -> None:
         self.session = session
+        self.client: Client = client_of(session)
         self.redis = redis
         self.queue = queue
         self.poll = poll
         self.claims = Claims(redis, queue=queue)
-        self.service = f"{session.base_url} {session.client_id or ''}"
+        self.service = self.client.service
 
     async def push(self, batch: str, message: str, retention: int) -> None:
         key = results_key(self.queue, batch)
@@ -206,7 +208,8 @@ async def _upload_item(
         file = check_file(path)
         size = file.stat().st_size
         item = item_hash(fleet.service, file, fields)
-        sent_fields = _sendable(fields)
+        # The producer resolved these against its own table: taken as they are.
+        sent_fields = VideoFields.from_dict(fields)
         lease = max(float(job.heartbeat or 10), 1.0)
         async with fleet.claims.lease(item, seconds=lease):
             record = await fleet.claims.read(item)
@@ -227,7 +230,7 @@ async def _upload_item(
                         item, "created", video_id=created.id, retention=retention
                     )
 
-                video_id = await session._create_and_upload(
+                video_id = await fleet.client.create_and_upload(
                     source, sent_fields, on_created=on_created
                 )
             if record.state != "uploaded" or record.video_id != video_id:
@@ -260,16 +263,6 @@ async def _upload_item(
         deadline=time.time() + analysis_timeout,
         retention=retention,
     )
-
-
-def _sendable(fields: dict[str, Any]) -> dict[str, Any]:
-    # The producer validated these against its own table; a newer value it let through with
-    # Unvalidated must not be refused here.
-    out = dict(fields)
-    for name in ("domain", "activity"):
-        if out.get(name) is not None:
-            out[name] = Unvalidated(out[name])
-    return out
 
 
 async def _arrived(session: GuruSession, video_id: str) -> bool:
