@@ -29,13 +29,16 @@ from guru_async import (
     Unvalidated,
     UploadError,
 )
-from guru_async.testing import FaultRule, GuruEmulator
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    CREATE_ROUTE,
+    J2P_ROUTE,
+    UPLOAD_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
 from tests.helpers import headers_of, total_requests, wait_until
 
-CREATE = "POST /videos"
-GET_VIDEO = "GET /videos/{id}"
-ANALYSIS = "GET /videos/{id}/analysis"
-UPLOAD = "POST /storage"
 SOME_ID = "0b8e4c1e-0000-4000-8000-000000000000"
 
 MakeSession = Callable[..., GuruSession]
@@ -175,7 +178,7 @@ async def test_unvalidated_value_is_sent_as_given(
         await guru.create_video(
             "x.mp4", size=1, domain="calisthenics", activity=Unvalidated("handstand")
         )
-    (sent,) = [r for r in emulator.recorded if r.route == CREATE]
+    (sent,) = [r for r in emulator.recorded if r.route == CREATE_ROUTE]
     assert sent.json == {
         "filename": "x.mp4",
         "size": 1,
@@ -187,7 +190,7 @@ async def test_unvalidated_value_is_sent_as_given(
     message = caught.value.body["message"]
     assert "'activity' must be one of" in message
     assert message in str(caught.value)
-    assert emulator.requests[CREATE] == 1  # a 400 is not retried
+    assert emulator.requests[CREATE_ROUTE] == 1  # a 400 is not retried
 
 
 @pytest.mark.parametrize(
@@ -210,7 +213,7 @@ async def test_status_maps_to_its_error(
     attempts: int,
 ) -> None:
     """Each error status raises its APIError subclass; only 5xx are retried (max_retries=1)."""
-    emulator.faults.add(FaultRule(route=ANALYSIS, kind="status", status=status))
+    emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="status", status=status))
     async with make_session(max_retries=1) as guru:
         with pytest.raises(error) as caught:
             await guru.get_analysis(SOME_ID)
@@ -219,7 +222,7 @@ async def test_status_maps_to_its_error(
     assert caught.value.body == {"message": "Injected fault"}
     assert f"HTTP {status}" in str(caught.value)
     assert "Injected fault" in str(caught.value)
-    assert emulator.requests[ANALYSIS] == attempts
+    assert emulator.requests[ANALYSIS_ROUTE] == attempts
 
 
 async def test_rate_limit_honours_retry_after(
@@ -227,7 +230,7 @@ async def test_rate_limit_honours_retry_after(
 ) -> None:
     """429 is retried after Retry-After, then raised as RateLimitError with retry_after parsed."""
     emulator.faults.add(
-        FaultRule(route=ANALYSIS, kind="status", status=429, retry_after=0.05, times=10)
+        FaultRule(route=ANALYSIS_ROUTE, kind="status", status=429, retry_after=0.05, times=10)
     )
     async with make_session(max_retries=1) as guru:
         await guru.create_video("x.mp4", size=1)  # fetch the token outside the timing
@@ -237,7 +240,7 @@ async def test_rate_limit_honours_retry_after(
         elapsed = time.monotonic() - started
     assert caught.value.status == 429
     assert caught.value.retry_after == pytest.approx(0.05)
-    assert emulator.requests[ANALYSIS] == 2
+    assert emulator.requests[ANALYSIS_ROUTE] == 2
     assert 0.05 <= elapsed < 1.0
 
 
@@ -245,26 +248,26 @@ async def test_persistent_401_raises_after_one_refresh(
     emulator: GuruEmulator, guru: GuruSession
 ) -> None:
     """A 401 that survives one token refresh raises AuthenticationError: one refresh, no storm."""
-    emulator.faults.add(FaultRule(route=ANALYSIS, kind="status", status=401))
+    emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="status", status=401))
     with pytest.raises(AuthenticationError) as caught:
         await guru.get_analysis(SOME_ID)
     assert caught.value.status == 401
     assert emulator.token_requests == 2
-    assert emulator.requests[ANALYSIS] == 2
+    assert emulator.requests[ANALYSIS_ROUTE] == 2
 
 
 async def test_html_body_raises_response_decode_error(
     emulator: GuruEmulator, make_session: MakeSession
 ) -> None:
     """A 200 with an HTML page instead of JSON is retried, then raised as ResponseDecodeError."""
-    emulator.faults.add(FaultRule(route=ANALYSIS, kind="malformed"))
+    emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="malformed"))
     async with make_session(max_retries=1) as guru:
         with pytest.raises(ResponseDecodeError) as caught:
             await guru.get_analysis(SOME_ID)
     assert caught.value.status == 200
     assert caught.value.body.startswith("<html>")
     assert "not JSON" in str(caught.value)
-    assert emulator.requests[ANALYSIS] == 2
+    assert emulator.requests[ANALYSIS_ROUTE] == 2
 
 
 async def test_dropped_connections_raise_connection_error(
@@ -272,7 +275,7 @@ async def test_dropped_connections_raise_connection_error(
 ) -> None:
     """A connection dropped on every attempt raises GuruConnectionError after the retries."""
     caplog.set_level(logging.DEBUG, logger="guru_async")
-    emulator.faults.add(FaultRule(route=ANALYSIS, kind="drop"))
+    emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="drop"))
     async with make_session(max_retries=1) as guru:
         with pytest.raises(GuruConnectionError) as caught:
             await guru.get_analysis(SOME_ID)
@@ -280,7 +283,7 @@ async def test_dropped_connections_raise_connection_error(
     attempts = [r for r in caplog.records if "/analysis -> error" in r.getMessage()]
     assert len(attempts) == 2
     # aiohttp itself re-sends an idempotent request once when a reused connection drops.
-    assert 2 <= emulator.requests[ANALYSIS] <= 4
+    assert 2 <= emulator.requests[ANALYSIS_ROUTE] <= 4
 
 
 async def test_truncated_response_is_retried(
@@ -289,10 +292,10 @@ async def test_truncated_response_is_retried(
     """A response cut off half way is retried transparently and the call returns whole data."""
     video_id = await guru.upload_video(video_file(), activity="squat", rep_count=3)
     await guru.await_analysis(video_id, timeout=10)
-    emulator.faults.add(FaultRule(route="GET /videos/{id}/j2p", kind="truncate", times=1))
+    emulator.faults.add(FaultRule(route=J2P_ROUTE, kind="truncate", times=1))
     joints = await guru.get_joint_data(video_id)
     assert len(joints.joint_to_points) == 17
-    assert emulator.requests["GET /videos/{id}/j2p"] == 2
+    assert emulator.requests[J2P_ROUTE] == 2
 
 
 async def test_closed_session_refuses_calls(emulator: GuruEmulator, guru: GuruSession) -> None:
@@ -312,7 +315,7 @@ async def test_close_ends_an_in_flight_wait(emulator: GuruEmulator, guru: GuruSe
     """Closing a session ends a running await_analysis with SessionClosedError, promptly."""
     created = await guru.create_video("x.mp4", size=1)  # never uploaded: Pending forever
     task = asyncio.create_task(guru.await_analysis(created.id, timeout=30))
-    await wait_until(lambda: emulator.requests[ANALYSIS] >= 2)
+    await wait_until(lambda: emulator.requests[ANALYSIS_ROUTE] >= 2)
     started = time.monotonic()
     await guru.close()
     with pytest.raises(SessionClosedError):
@@ -339,8 +342,8 @@ async def test_secrets_stay_out_of_reprs_and_errors(
         await guru.await_analysis(created.id, timeout=10)
         video = await guru.get_video(created.id)
         texts += [repr(video), repr(video.overlays)]
-        emulator.faults.add(FaultRule(route=UPLOAD, kind="status", status=403))
-        emulator.faults.add(FaultRule(route=ANALYSIS, kind="status", status=500))
+        emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, kind="status", status=403))
+        emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="status", status=500))
         failures: list[Exception] = []
         with pytest.raises(UploadError) as upload_error:
             await guru.upload(created, path, max_retries=0)
@@ -387,7 +390,7 @@ async def test_debug_log_has_one_secret_free_line_per_request(
 ) -> None:
     """At DEBUG, each request logs method, path and status once, and no secret is ever logged."""
     caplog.set_level(logging.DEBUG, logger="guru_async")
-    emulator.faults.add(FaultRule(route=UPLOAD, kind="status", status=503, times=1))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, kind="status", status=503, times=1))
     path = video_file()
     video_id = await guru.upload_video(path, activity="squat")
     await guru.await_analysis(video_id, timeout=10)
