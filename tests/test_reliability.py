@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import os
 import random
 import time
 import types
@@ -41,13 +40,16 @@ from guru_async.testing import (
     CREATE_ROUTE,
     DOWNLOAD_ROUTE,
     GET_VIDEO_ROUTE,
+    J2P_ROUTE,
     TOKEN_ROUTE,
     UPLOAD_ROUTE,
     FaultRule,
     GuruEmulator,
 )
 from tests.conftest import FAST_POLLS
-from tests.helpers import wait_until
+from tests.helpers import open_fds, total_requests, wait_until
+
+MISSING_ID = "0b8e4c1e-0000-4000-8000-000000000000"
 
 MakeSession = Callable[..., GuruSession]
 VideoFile = Callable[..., Path]
@@ -56,17 +58,6 @@ VideoFile = Callable[..., Path]
 def quick(max_retries: int = 4) -> RetryPolicy:
     """A retry policy that backs off for milliseconds, not seconds."""
     return RetryPolicy(max_retries=max_retries, wait_initial=0.01, wait_max=0.05)
-
-
-def open_fds() -> list[str]:
-    """What every open file descriptor of this process points at."""
-    targets = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # the fd of the listing itself, closed by now
-            continue
-    return targets
 
 
 @pytest.fixture
@@ -287,16 +278,29 @@ async def test_a_failure_that_is_not_retried_costs_no_budget(
 # -- broken responses --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["drop", "truncate", "malformed"])
+@pytest.mark.parametrize("kind", ["drop", "malformed"])
 async def test_one_broken_response_is_retried(
     emulator: GuruEmulator, fast: GuruSession, video_id: str, kind: str
 ) -> None:
-    """A dropped connection, a cut-short body or an HTML page once is retried and succeeds."""
+    """A dropped connection or an HTML page once is retried and succeeds (a cut-short body:
+    the next test)."""
     emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, kind=kind, times=1))  # type: ignore[arg-type]
     video = await fast.get_video(video_id, include=["analysis"])
     assert video.status == "Pending"
     assert video.analysis is not None
     assert emulator.requests[GET_VIDEO_ROUTE] == 2
+
+
+async def test_truncated_response_is_retried(
+    emulator: GuruEmulator, fast: GuruSession, video_file: VideoFile
+) -> None:
+    """A response cut off half way is retried transparently and the call returns whole data."""
+    video_id = await fast.upload_video(video_file(), activity="squat", rep_count=3)
+    await fast.await_analysis(video_id, timeout=10)
+    emulator.faults.add(FaultRule(route=J2P_ROUTE, kind="truncate", times=1))
+    joints = await fast.get_joint_data(video_id)
+    assert len(joints.joint_to_points) == 17
+    assert emulator.requests[J2P_ROUTE] == 2
 
 
 @pytest.mark.parametrize(
@@ -572,18 +576,35 @@ async def test_cancelled_upload_closes_the_file(
 # -- lifecycle ---------------------------------------------------------------------------------
 
 
+async def test_closed_session_refuses_calls(emulator: GuruEmulator, guru: GuruSession) -> None:
+    """After close() (twice is harmless), calls raise SessionClosedError and send nothing."""
+    await guru.close()
+    await guru.close()
+    assert guru.closed
+    with pytest.raises(SessionClosedError, match="closed"):
+        await guru.get_analysis(MISSING_ID)
+    with pytest.raises(SessionClosedError):
+        await guru.create_video("x.mp4", size=1)
+    assert total_requests(emulator) == 0
+    assert "closed" in repr(guru)
+
+
 async def test_close_ends_calls_in_flight(
     emulator: GuruEmulator, make_session: MakeSession, video_id: str
 ) -> None:
-    """Closing the session while calls wait on a slow server ends them with SessionClosedError."""
+    """Closing the session ends calls waiting on a slow server and a wait between polls with
+    SessionClosedError, long before they would have ended by themselves."""
     guru = make_session(retry_policy=quick())
     await guru.__aenter__()
     emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, kind="delay", delay=3.0, times=5))
     tasks = [asyncio.create_task(guru.get_video(video_id)) for _ in range(5)]
+    # Never uploaded, so Pending forever: the wait polls until its 30 s timeout or the close.
+    tasks.append(asyncio.create_task(guru.await_analysis(video_id, timeout=30)))
     await wait_until(lambda: emulator.requests[GET_VIDEO_ROUTE] == 5)
+    await wait_until(lambda: emulator.requests[ANALYSIS_ROUTE] >= 2)
     await guru.close()
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=2.5)
-    assert [type(r) for r in results] == [SessionClosedError] * 5
+    assert [type(r) for r in results] == [SessionClosedError] * 6
     assert emulator.requests[GET_VIDEO_ROUTE] == 5
     with pytest.raises(SessionClosedError, match="closed"):
         await guru.get_video(video_id)

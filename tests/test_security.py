@@ -51,6 +51,7 @@ from guru_async.testing import (
 )
 from tests.conftest import FAST_POLLS
 from tests.crafted_server import CraftedServer
+from tests.helpers import headers_of
 
 CLIENT_ID = "security-client"
 CLIENT_SECRET = "cs-" + secrets.token_hex(16)
@@ -91,6 +92,9 @@ class Flow:
         for video in self.emu.videos.values():
             self.secrets.add(video.fields["x-amz-signature"])
             self.secrets.add(video.fields["policy"])
+        # Every token the session ever sent, not only the one stored now.
+        sent = (headers_of(r).get("authorization") for r in self.emu.recorded)
+        self.secrets.update(token for token in sent if token is not None)
 
     def assert_clean(self, text: str, where: str) -> None:
         for secret in self.secrets:
@@ -174,7 +178,7 @@ async def full_flow(tmp_path: Path) -> AsyncIterator[Flow]:
                 assert overlay.uri is not None
                 state.secrets.add(signature_of(overlay.uri))
             state.secrets.add(CLIENT_SECRET)
-            state.models += [analysis, video, joints, created, store, guru]
+            state.models += [analysis, video, video.overlays, joints, created, store, guru]
             await state.collect()
             yield state
 
@@ -187,16 +191,24 @@ async def flow(tmp_path: Path) -> AsyncIterator[Flow]:
 
 
 async def test_reprs_hide_secrets(flow: Flow, tmp_path: Path) -> None:
-    """repr() and str() of the session, models, token and token stores show no secret."""
+    """repr() and str() of the sessions (client credentials or a static token), models, token
+    and token stores show no secret."""
     file_store = FileTokenStore(tmp_path / "tokens.json")
     token = Token(access_token="tok-" + secrets.token_hex(8), expires_at=1e10)
     flow.secrets.add(token.access_token)
     await file_store.save("k", token)
+    static_token = flow.emu.issue_token()
+    flow.secrets.add(static_token)
     objects = [*flow.models, file_store, token, flow.guru._transport, flow.guru._transport.token]
-    for obj in objects:
-        flow.assert_clean(repr(obj), f"repr({type(obj).__name__})")
-        flow.assert_clean(str(obj), f"str({type(obj).__name__})")
-    assert len(flow.secrets) >= 6  # secret, token, 2 signatures + 2 policies, download sigs
+    async with GuruSession(
+        access_token=static_token, base_url=flow.emu.base_url, token_url=flow.emu.token_url
+    ) as static:
+        await static.get_video(flow.video_id)
+        objects += [static, static._transport]
+        for obj in objects:
+            flow.assert_clean(repr(obj), f"repr({type(obj).__name__})")
+            flow.assert_clean(str(obj), f"str({type(obj).__name__})")
+    assert len(flow.secrets) >= 7  # secret, 2 tokens, 2 signatures + 2 policies, download sigs
 
 
 async def _server_error(f: Flow) -> object:
