@@ -127,10 +127,11 @@ async def test_a_failing_write_is_raised_as_it_is_once(
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
 
 
-async def test_download_progress_never_goes_back_across_a_retry(
+async def test_truncated_download_is_retried_whole(
     emulator: GuruEmulator, guru: GuruSession, uploaded: tuple[str, bytes], tmp_path: Path
 ) -> None:
-    """A download cut short and fetched again reports progress that only rises, to the size."""
+    """A download cut short once is fetched again: the file ends up whole, no partial file is
+    left, and progress only rises, to the size."""
     video_id, content = uploaded
     emulator.faults.add(FaultRule(route=DOWNLOAD_ROUTE, kind="truncate", times=1))
     calls: list[int] = []
@@ -139,5 +140,6 @@ async def test_download_progress_never_goes_back_across_a_retry(
     )
     assert out.read_bytes() == content
     assert emulator.requests[DOWNLOAD_ROUTE] == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
     assert calls == sorted(set(calls))
     assert calls[-1] == len(content)
