@@ -66,16 +66,18 @@ class GuruEmulator:
             ...  # point a client at emu.base_url / emu.token_url
 
     Attributes:
-        client_id: The accepted client id.
-        client_secret: The accepted client secret.
-        scope: The only accepted OAuth scope.
-        videos: Every created video by id.
-        recorded: The most recent requests (at most 10,000), oldest first.
-        requests: Requests received per route name, including failed and faulted ones.
-        token_requests: Requests received by the token endpoint.
-        upload_attempts: Storage POSTs received per video id.
-        uploads_completed: Successful uploads per video id.
-        faults: The fault rules; see :class:`FaultRule`.
+        client_id (str): The accepted client id.
+        client_secret (str): The accepted client secret.
+        scope (str): The only accepted OAuth scope.
+        videos (dict[str, EmulatedVideo]): Every created video by id.
+        recorded (collections.deque[RecordedRequest]): The most recent requests (at most
+            10,000), oldest first.
+        requests (collections.Counter[str]): Requests received per route name, including failed
+            and faulted ones.
+        token_requests (int): Requests received by the token endpoint.
+        upload_attempts (collections.Counter[str]): Storage POSTs received per video id.
+        uploads_completed (collections.Counter[str]): Successful uploads per video id.
+        faults (Faults): The fault rules; see :class:`FaultRule`.
     """
 
     def __init__(
