@@ -191,7 +191,7 @@ def unusable_journal(kind: str, tmp_path: Path) -> Path:
     assert kind == "other-database"
     path = tmp_path / "app.db"
     with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("CREATE_ROUTE TABLE users (name TEXT)")
+        db.execute("CREATE TABLE users (name TEXT)")
         db.commit()
     return path
 

@@ -20,7 +20,7 @@ import threading
 
 import pytest
 from guru_async import AnalysisStatus, NotFoundError, PermissionDeniedError
-from guru_async.testing import CREATE_ROUTE, FaultRule, GET_VIDEO_ROUTE
+from guru_async.testing import GET_VIDEO_ROUTE, FaultRule
 
 
 @pytest.mark.asyncio
@@ -72,7 +72,7 @@ def test_sync(guru_emulator):
 SESSION_SCOPE_TESTS = """
 import pytest
 from guru_async import NotFoundError
-from guru_async.testing import FaultRule
+from guru_async.testing import CREATE_ROUTE, GET_VIDEO_ROUTE, FaultRule
 
 MISSING = "00000000-0000-0000-0000-000000000000"
 seen = []

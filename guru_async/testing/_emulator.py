@@ -221,7 +221,8 @@ class GuruEmulator:
         Args:
             **options: Any other GuruSession option, e.g. ``poll_policy`` or ``max_retries``.
         """
-        # Imported here: the emulator serves any client, and importing it loads no SDK code.
+        # Imported when called: the emulator's modules otherwise use only the SDK's small
+        # _routes and _enums, so none of them depends on the session at import time.
         from guru_async import GuruSession, MemoryTokenStore
 
         settings: dict[str, Any] = {
