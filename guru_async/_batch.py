@@ -33,21 +33,22 @@ from collections.abc import (
     Iterator,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from attrs import Factory, define, field, frozen
 
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
-from ._errors import AnalysisTimeoutError, GuruError, JournalError, NotFoundError, UploadError
+from ._error_mapping import analysis_timeout
+from ._errors import GuruError, JournalError, NotFoundError, UploadError
 from ._instrumentation import OpenScope, TraceScope
 from ._journal import LEASE_SECONDS, Claim, Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
 from ._polling import PollPolicy, is_transient_poll_error
+from ._types import ActivityArg, BatchItem, DomainArg
 from ._upload import UploadSource, check_file, presign_expired
 from ._validation import (
-    ActivityArg,
-    DomainArg,
+    check_int,
     check_optional_str,
     check_rep_count,
     resolve_domain_activity,
@@ -74,9 +75,6 @@ class VideoSpec:
     activity: ActivityArg = None
     rep_count: int | None = None
     source: str | None = None
-
-
-BatchItem = Union[str, "os.PathLike[str]", VideoSpec]
 
 
 @frozen
@@ -225,12 +223,8 @@ class BatchRun:
         max_in_flight: int,
         defaults: dict[str, Any],
     ) -> None:
-        if isinstance(upload_concurrency, bool) or not isinstance(upload_concurrency, int):
-            raise TypeError("upload_concurrency must be an int")
-        if upload_concurrency < 1:
-            raise ValueError(f"upload_concurrency must be >= 1, got {upload_concurrency}")
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
-            raise TypeError("max_in_flight must be an int")
+        check_int("upload_concurrency", upload_concurrency, minimum=1)
+        check_int("max_in_flight", max_in_flight, minimum=None)
         if max_in_flight < upload_concurrency:
             raise ValueError(
                 f"max_in_flight ({max_in_flight}) must be >= upload_concurrency "
@@ -814,11 +808,11 @@ class BatchRun:
                 return BatchResult(waiting.item, video_id=video_id, analysis=analysis)
         now = time.monotonic()
         if now >= waiting.deadline:
-            error = AnalysisTimeoutError(
-                f"analysis of video {video_id} not finished after {self._timeout:g} s; "
-                "the video is safe: await it again later, or rerun the batch with its journal",
-                video_id=video_id,
+            error = analysis_timeout(
+                video_id,
+                timeout=self._timeout,
                 last=waiting.last,
+                resume=f"await_analysis({video_id!r}) again, or rerun the batch with its journal",
             )
             return BatchResult(waiting.item, video_id=video_id, error=error)
         step, waiting.wait = self._policy.next_wait(waiting.wait, hint)

@@ -29,7 +29,6 @@ from ._batch import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_POLL_RATE,
     DEFAULT_UPLOAD_CONCURRENCY,
-    BatchItem,
     BatchProgress,
     BatchRun,
     BatchUpload,
@@ -37,13 +36,13 @@ from ._batch import (
 from ._converter import decode_json, decode_model
 from ._download import Redirected, redirect_target, stream_to_file
 from ._enums import OverlayType
+from ._error_mapping import api_error, download_error, storage_error
 from ._errors import (
     GuruConnectionError,
     GuruError,
     ResponseDecodeError,
     SessionClosedError,
     UploadError,
-    error_for_status,
     redact,
 )
 from ._instrumentation import Hooks, InstrumentationHook, TraceScope
@@ -56,24 +55,26 @@ from ._transport import (
     Response,
     Timeouts,
     Transport,
-    json_error_body,
 )
+from ._types import (
+    UNSET,
+    ActivityArg,
+    BatchItem,
+    DomainArg,
+    FileSource,
+    ProgressCallback,
+)
+from ._types import UnsetType as _Unset
 from ._upload import (
     MAX_REDIRECTS,
-    FileSource,
     MultipartUpload,
-    ProgressCallback,
     UploadSource,
     check_not_expired,
-    download_error,
     fetch_source,
     is_url,
     presign_expired,
-    storage_error,
 )
 from ._validation import (
-    ActivityArg,
-    DomainArg,
     check_include,
     check_optional_str,
     check_rep_count,
@@ -81,6 +82,7 @@ from ._validation import (
     check_video_id,
     resolve_domain_activity,
 )
+from ._version import __version__
 
 T = TypeVar("T")
 
@@ -90,34 +92,12 @@ DEFAULT_TOKEN_URL: Final = (
     "https://customer-console-prod.auth.us-west-2.amazoncognito.com/oauth2/token"  # noqa: S105
 )
 DEFAULT_SCOPE: Final = "https://api.getguru.fitness/default"
-__version__: Final = "0.1.0"
 USER_AGENT: Final = (
     f"guru-async/{__version__} python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
 )
 # Create video is not idempotent: said in the message of a failure that may have reached the
 # service, which is then raised instead of retried (see create_video).
 CREATE_REPEAT_RISK: Final = "the video may have been created (a retry could create a second one)"
-
-
-class _Unset:
-    """The type of UNSET: "not given", as distinct from None."""
-
-    _instance: _Unset | None = None
-
-    def __new__(cls) -> _Unset:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-UNSET: Final = _Unset()
-"""Marks an argument the caller did not give, for partial updates where None means something."""
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -346,12 +326,7 @@ class GuruSession:
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
 
         def errors(status: int, headers: Any, raw: bytes) -> GuruError:
-            return error_for_status(
-                status,
-                json_error_body(raw),
-                context=what,
-                retry_after=parse_retry_after(headers.get("Retry-After")),
-            )
+            return api_error(status, headers, raw, what=what)
 
         return await self._transport.send(
             Request(

@@ -21,18 +21,19 @@ from attrs import frozen
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from ._converter import decode_json
+from ._error_mapping import attempt_failure, stalled_error
 from ._errors import (
     AuthenticationError,
+    BodyAbort,
     GuruConnectionError,
     GuruError,
-    ResponseDecodeError,
     SessionClosedError,
-    redact,
 )
 from ._instrumentation import Hooks, RequestDetails, RetryDetails, TraceScope
 from ._limiter import AdaptiveLimiter, RateLimiter
 from ._retry import RetryBudget, RetryPolicy, is_retryable, is_safe_to_repeat, wait_times
+from ._types import UNSET, UnsetType
+from ._validation import check_int
 
 T = TypeVar("T")
 
@@ -42,16 +43,6 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
     getattr(aiohttp, "ConnectionTimeoutError", aiohttp.ClientConnectorError),
 )
-
-
-class BodyAbort(Exception):
-    """Raised inside a request body or stream handler to end the attempt with ``error`` (an
-    exception of the caller's own code, or a local file's OSError), which the transport then
-    raises unchanged and never retries."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(repr(error))
-        self.error = error
 
 
 @frozen
@@ -134,7 +125,7 @@ class Request(Generic[T]):
     headers: Mapping[str, str] | None = None
     params: Mapping[str, str] | None = None
     authorized: bool = False
-    total: float | None = -1.0  # -1: use the session's Timeouts.total
+    total: float | UnsetType | None = UNSET  # UNSET: the session's Timeouts.total
     allow_redirects: bool = False
     cleanup: Callable[[], None] | None = None
     idle_since: Callable[[], float] | None = None
@@ -226,8 +217,7 @@ class Transport:
     async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
         """Send ``req`` until it succeeds, fails for good, or runs out of retries or time."""
         retries = self.policy.max_retries if max_retries is None else max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        check_int("max_retries", retries)
         if not self.hooks.tracers:
             return await self._send(req, retries)
         name = req.route or req.method
@@ -236,7 +226,7 @@ class Transport:
             return await self._send(req, retries)
 
     async def _send(self, req: Request[T], retries: int) -> T:
-        total = self.timeouts.total if req.total == -1.0 else req.total
+        total = self.timeouts.total if isinstance(req.total, UnsetType) else req.total
         deadline = None if total is None else time.monotonic() + total
         call = _Call(req, _AuthState(), deadline, retries + 1)
         auth = call.auth
@@ -344,19 +334,8 @@ class Transport:
             # Raised by a stream handler (a download's file could not be written).
             failure = exc.error
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            cause = exc.__cause__
-            if isinstance(cause, GuruError):
-                # Raised by our own body (a file that changed size) and wrapped by aiohttp.
-                failure = cause
-            elif isinstance(cause, BodyAbort):
-                # The caller's code (a progress callback) failed while aiohttp pulled the
-                # body: that is the caller's error, raised as it was, never retried.
-                failure = cause.error
-            elif self._is_closed():
-                failure = SessionClosedError(f"{req.what}: the GuruSession was closed")
-            else:
-                call.unsent = isinstance(exc, _NOT_SENT)
-                failure = GuruConnectionError(f"{req.what}: {describe_network_error(exc)}")
+            failure = attempt_failure(exc, what=req.what, closed=self._is_closed())
+            call.unsent = isinstance(failure, GuruConnectionError) and isinstance(exc, _NOT_SENT)
         except BaseException as exc:  # cancelled: told to the hooks, raised as it is
             error = exc
             raise
@@ -421,9 +400,7 @@ async def _watched(
             if idle >= limit:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                raise GuruConnectionError(
-                    f"{what}: stalled: the storage host accepted no bytes for {limit:g} s"
-                )
+                raise stalled_error(what, limit)
             # idle_since() is +inf before the body starts (queued for a pooled connection,
             # connecting) and once it is sent (the response has sock_read's timeout): look
             # again later, as the body may start meanwhile.
@@ -439,22 +416,3 @@ async def _watched(
 
 def _is_throttle(error: GuruError) -> bool:
     return getattr(error, "status", None) == 429 or getattr(error, "code", None) == "SlowDown"
-
-
-def describe_network_error(exc: BaseException) -> str:
-    """A one-line, secret-free description of a network failure."""
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    detail = redact(str(exc))
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-def json_error_body(raw: bytes) -> Any:
-    """An error body as JSON when it is JSON, else as (short) text."""
-    if not raw:
-        return ""
-    try:
-        return decode_json(raw, what="error body")
-    except ResponseDecodeError:
-        text = raw.decode("utf-8", "replace")
-        return text if len(text) <= 1000 else text[:1000] + "…"

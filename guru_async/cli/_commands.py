@@ -23,7 +23,7 @@ from .._converter import converter
 from .._enums import AnalysisStatus
 from .._errors import AnalysisTimeoutError, AuthenticationError, GuruError
 from .._models import Analysis, JointData, Rep, Video
-from .._session import UNSET
+from .._types import UNSET
 from .._upload import check_file
 from ._config import UsageError, _video_fields, open_session
 from ._constants import EXIT_FAILED, EXIT_OK, PROG, VIDEO_SUFFIXES

@@ -22,11 +22,11 @@ from redis.exceptions import RedisError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
-from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchItem, BatchProgress, BatchResult, VideoSpec
+from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchProgress, BatchResult, VideoSpec
 from .._polling import DEFAULT_TIMEOUT
+from .._types import ActivityArg, BatchItem, DomainArg
 from .._validation import (
-    ActivityArg,
-    DomainArg,
+    check_int,
     check_optional_str,
     check_rep_count,
     resolve_domain_activity,
@@ -106,11 +106,9 @@ class Fleet:
             )
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue must be a non-empty str, got {queue!r}")
-        for name, value in (("retention", retention), ("heartbeat", heartbeat)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number of seconds >= 1, got {value!r}")
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
+        check_int("retention", retention, minimum=1, unit="seconds")
+        check_int("heartbeat", heartbeat, minimum=1, unit="seconds")
+        check_int("attempts", attempts, minimum=1)
         self.queue = queue
         self.retention = retention
         self.heartbeat = heartbeat
@@ -180,7 +178,10 @@ class Fleet:
             progress: Called with the BatchProgress counters whenever they change.
             timeout: Seconds to wait for each analysis after its upload.
             max_in_flight: The most items enqueued and not yet reported.
-            domain, activity, rep_count, source: Defaults for items that do not set them.
+            domain: The default for items that do not set theirs (as for upload_video).
+            activity: The default for items that do not set theirs.
+            rep_count: The default for items that do not set theirs.
+            source: The default for items that do not set theirs.
 
         Raises:
             RuntimeError: The Fleet is not open (use ``async with``).
@@ -190,10 +191,7 @@ class Fleet:
             raise RuntimeError("the Fleet is not open; use 'async with Fleet(...) as fleet'")
         if isinstance(items, (str, os.PathLike)):
             raise TypeError("batch_upload takes an iterable of paths; wrap one path in a list")
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
-            raise TypeError("max_in_flight must be an int")
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        check_int("max_in_flight", max_in_flight, minimum=1)
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         if journal is not None:

@@ -43,8 +43,9 @@ from .._errors import GuruError
 from .._models import CreatedVideo
 from .._polling import DEFAULT_TIMEOUT
 from .._session import GuruSession
+from .._types import Unvalidated
 from .._upload import UploadSource, check_file
-from .._validation import Unvalidated
+from .._validation import check_int
 from ._claims import Claims, LeaseLostError, item_hash
 from ._protocol import (
     DEFAULT_QUEUE,
@@ -354,13 +355,10 @@ class FleetWorker:
         if not isinstance(redis, str):
             raise TypeError(f"redis must be a redis:// URL, got {type(redis).__name__}")
         check_url(redis)
-        for name, value in (("concurrency", concurrency), ("max_waiting", max_waiting)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(sweep_interval, bool) or not isinstance(sweep_interval, int):
-            raise TypeError("sweep_interval must be an int (saq counts it in whole seconds)")
-        if sweep_interval < 1:
-            raise ValueError(f"sweep_interval must be >= 1 s, got {sweep_interval}")
+        check_int("concurrency", concurrency, minimum=1)
+        check_int("max_waiting", max_waiting, minimum=1)
+        # saq counts the sweep interval in whole seconds.
+        check_int("sweep_interval", sweep_interval, minimum=1, unit="seconds")
         self._url = redis
         self.where = describe_url(redis)
         self._session = session
