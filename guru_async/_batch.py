@@ -37,6 +37,7 @@ from typing import Any
 
 from attrs import Factory, define, field, frozen
 
+from ._aio import wait_for
 from ._client import Client
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
@@ -729,7 +730,7 @@ class BatchRun:
                     self._wakeup.clear()
                     # Sleep until the next video is due, or until something changes.
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+                        await wait_for(self._wakeup.wait(), timeout=delay)
                     continue
                 _, number = heapq.heappop(self._due)
                 await slots.acquire()

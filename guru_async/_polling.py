@@ -21,6 +21,7 @@ from typing import Any
 import backoff
 from attrs import frozen
 
+from ._aio import wait_for
 from ._error_mapping import analysis_timeout
 from ._errors import (
     GuruConnectionError,
@@ -138,7 +139,7 @@ async def poll_analysis(
         started = time.monotonic()
         limit = max(0.0, deadline - started) + LAST_POLL_GRACE
         try:
-            analysis, state.hint = await asyncio.wait_for(fetch(), timeout=limit)
+            analysis, state.hint = await wait_for(fetch(), timeout=limit)
         except Exception as exc:
             if not is_transient_poll_error(exc):
                 raise

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from guru_async import (
+    Analysis,
     AnalysisStatus,
     AnalysisTimeoutError,
     GuruConnectionError,
@@ -323,3 +324,28 @@ async def test_create_is_retried_when_the_request_surely_was_not_sent(
     assert list(emu.videos) == [created.id]
     assert emu.requests[CREATE_ROUTE] == 1
     assert refused() >= 2
+
+
+async def test_a_cancel_that_arrives_as_a_poll_finishes_is_not_lost() -> None:
+    """A cancel landing in the same loop turn as a poll's answer ends the wait at once (Python
+    3.11's asyncio.wait_for dropped it, and await_analysis then polled on until its timeout)."""
+    from guru_async._polling import poll_analysis
+
+    answer: asyncio.Future[tuple[Analysis, float | None]] = (
+        asyncio.get_running_loop().create_future()
+    )
+
+    asked = asyncio.Event()
+
+    async def fetch() -> tuple[Analysis, float | None]:
+        asked.set()
+        return await answer
+
+    task = asyncio.create_task(
+        poll_analysis(fetch, video_id="v", timeout=2.0, policy=PollPolicy(interval=0.01))
+    )
+    await asked.wait()  # the poll now awaits its answer
+    answer.set_result((Analysis(status=AnalysisStatus.PENDING), None))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -33,6 +33,7 @@ from attrs import frozen
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
+from .._aio import wait_for
 from ._protocol import item_record_key, lease_key
 
 log = logging.getLogger("guru_async.fleet")
@@ -129,7 +130,7 @@ class Claims:
             while True:
                 await asyncio.sleep(seconds / 3)
                 try:
-                    await asyncio.wait_for(lock.reacquire(), seconds / 3)
+                    await wait_for(lock.reacquire(), seconds / 3)
                     last_ok = time.monotonic()
                 except LockError as exc:
                     lost.append(exc)

@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError as RedisAuthError
 from redis.exceptions import RedisError
 
+from .._aio import wait_for
 from .._errors import GuruConnectionError
 
 log = logging.getLogger("guru_async.fleet")
@@ -176,7 +177,7 @@ class RedisLink:
         try:
             # redis-py's command types say "awaitable or value"; on an asyncio client it is
             # always awaitable.
-            result = await asyncio.wait_for(op(self.client()), self._timeout)
+            result = await wait_for(op(self.client()), self._timeout)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failed(exc)
             raise Unavailable from None
@@ -213,7 +214,7 @@ class RedisLink:
     async def check(self) -> None:
         """Raise RedisUnavailableError unless Redis answers PING now."""
         try:
-            await asyncio.wait_for(self.client().ping(), self._timeout)  # type: ignore[arg-type]
+            await wait_for(self.client().ping(), self._timeout)  # type: ignore[arg-type]
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise RedisUnavailableError(f"Redis at {self.where}: {self.reason(exc)}") from None
 
