@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import csv
 import io
@@ -18,10 +19,10 @@ from typing import IO, Final, TextIO, TypeVar
 
 import attrs
 
-from .._batch import BatchProgress, BatchResult, UploadProgress
+from .._batch import BatchProgress, BatchResult
 from .._converter import converter
 from .._enums import AnalysisStatus
-from .._errors import AnalysisTimeoutError, AuthenticationError, GuruError
+from .._errors import AnalysisTimeoutError, AuthenticationError
 from .._models import Analysis, JointData, Rep, Video
 from .._session import UNSET
 from .._upload import check_file
@@ -38,6 +39,7 @@ from ._output import (
     WaitDisplay,
     compact_json,
     format_table,
+    item_path,
     megabytes,
     result_json,
     result_row,
@@ -78,67 +80,82 @@ def _cli_timeout(result: BatchResult) -> BatchResult:
     return attrs.evolve(result, error=cli_error)
 
 
+class SentVideos:
+    """The videos an upload command has sent, for the resume hint of an interrupted run.
+
+    A batch hands over a video's id with its result, which under ``--wait`` comes only once
+    the analysis is done; the id of each upload in flight is in the batch's progress, so it is
+    read from there. Feed it every progress report and every result.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[str, str]] = {}
+        self._sending: frozenset[int] = frozenset()
+        self._failed: set[str] = set()
+
+    def update(self, progress: BatchProgress) -> None:
+        """Note the uploads in flight and their videos."""
+        self._sending = frozenset(progress.uploading)
+        for number, upload in progress.uploading.items():
+            if upload.video_id is not None:
+                self._seen[number] = (item_path(upload.item), upload.video_id)
+
+    def result(self, result: BatchResult) -> None:
+        """Note a result: a video whose upload (or analysis) failed is not one to wait for."""
+        error = result.error
+        if error is not None and not isinstance(error, AnalysisTimeoutError) and result.video_id:
+            self._failed.add(result.video_id)
+
+    def sent(self) -> dict[str, str]:
+        """Each file whose upload finished, with its video's id."""
+        return {
+            name: video_id
+            for number, (name, video_id) in self._seen.items()
+            if number not in self._sending and video_id not in self._failed
+        }
+
+
 async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
     """``upload FILE...``: upload each file (and wait for its analysis with ``--wait``)."""
     paths = [check_file(p) for p in args.files]
     fields = video_fields(args)
     started = time.monotonic()
-    sizes = [p.stat().st_size for p in paths]
-    progress = BatchProgress(bytes_total=sum(sizes))
-    slots = asyncio.Semaphore(4)
+    bytes_total = sum(p.stat().st_size for p in paths)
+    display = BatchDisplay(total=len(paths), bytes_total=bytes_total, wait=args.wait)
+    videos = SentVideos()
 
-    async def one(number: int, given: str, path: Path) -> BatchResult:
-        mine = UploadProgress(given, bytes_total=sizes[number])
+    def on_progress(progress: BatchProgress) -> None:
+        display.update(progress)
+        videos.update(progress)
 
-        def on_bytes(sent: int, total: int) -> None:
-            # Counted only forward: a retried attempt starts again from 0.
-            if sent > mine.bytes_sent:
-                progress.bytes_sent += sent - mine.bytes_sent
-                mine.bytes_sent = sent
-
-        video_id: str | None = None
-        result: BatchResult
-        try:
-            async with slots:
-                progress.started += 1
-                progress.uploading[number] = mine
-                try:
-                    video_id = await guru.upload_video(path, progress=on_bytes, **fields)
-                finally:
-                    del progress.uploading[number]
-            progress.uploaded += 1
-            args.created[given] = video_id  # named if the command is interrupted
-            analysis: Analysis | None = None
-            if args.wait:
-                progress.waiting += 1
-                try:
-                    analysis = await guru.await_analysis(video_id, timeout=args.timeout)
-                finally:
-                    progress.waiting -= 1
-            result = BatchResult(given, video_id=video_id, analysis=analysis)
-        except AuthenticationError:
-            raise  # the same for every file: one message and exit 2, not a row per file
-        except (GuruError, OSError) as exc:
-            result = BatchResult(given, video_id=video_id, error=exc)
-        result = _cli_timeout(result)
-        if result.ok:
-            progress.succeeded += 1
-        else:
-            progress.failed += 1
-        return result
-
-    display = BatchDisplay(progress, total=len(paths), bytes_total=sum(sizes), wait=args.wait)
-    async with open_session(args) as guru, display:
-        results = await asyncio.gather(
-            *(one(n, g, p) for n, (g, p) in enumerate(zip(args.files, paths, strict=True)))
-        )
+    # Results come in completion order; the table and the JSON list keep the order given.
+    places: dict[str, collections.deque[int]] = collections.defaultdict(collections.deque)
+    for place, given in enumerate(args.files):
+        places[given].append(place)
+    results: list[BatchResult | None] = [None] * len(args.files)
+    try:
+        async with open_session(args) as guru, display:
+            batch = guru.batch_upload(
+                args.files, wait=args.wait, progress=on_progress, timeout=args.timeout, **fields
+            )
+            async with batch:
+                async for result in batch:
+                    if isinstance(result.error, AuthenticationError):
+                        # The same for every file: one message and exit 2, not a row per file.
+                        raise result.error
+                    videos.result(result)
+                    assert isinstance(result.item, str)
+                    results[places[result.item].popleft()] = _cli_timeout(result)
+    finally:
+        args.created.update(videos.sent())  # named if the command is interrupted
+    done = [r for r in results if r is not None]
     if out.json:
-        out.result(compact_json([result_json(r) for r in results]))
+        out.result(compact_json([result_json(r) for r in done]))
     else:
-        rows = [result_row(r, default_activity=fields["activity"], short_id=False) for r in results]
+        rows = [result_row(r, default_activity=fields["activity"], short_id=False) for r in done]
         out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
-        out.note(summary_line([result_status(r) for r in results], time.monotonic() - started))
-    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+        out.note(summary_line([result_status(r) for r in done], time.monotonic() - started))
+    return EXIT_OK if all(r.ok for r in done) else EXIT_FAILED
 
 
 @attrs.define
