@@ -51,10 +51,11 @@ from ._models import (
 )
 from ._polling import PollPolicy
 from ._retry import RetryBudget, RetryPolicy
-from ._session import UNSET, GuruSession, __version__
+from ._session import GuruSession
 from ._transport import Timeouts
+from ._types import UNSET, Unvalidated
 from ._upload import StreamSource
-from ._validation import Unvalidated
+from ._version import __version__
 
 __all__ = [
     "UNSET",

@@ -28,22 +28,18 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlencode
 
 from attrs import field, frozen
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from . import _routes as routes
 from ._converter import decode_json
+from ._error_mapping import token_error
 from ._errors import (
-    APIError,
-    AuthenticationError,
     GuruConnectionError,
     GuruError,
     ResponseDecodeError,
     SessionClosedError,
-    error_for_status,
 )
-from ._retry import parse_retry_after
-from ._transport import Request, Response, json_error_body
+from ._transport import Request, Response
 
 if sys.platform != "win32":
     import fcntl
@@ -386,7 +382,7 @@ class ClientCredentials:
                 method="POST",
                 url=self.token_url,
                 what="Token request",
-                errors=_token_error,
+                errors=token_error,
                 decode=_decode_token,
                 body=lambda: form,
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
@@ -421,28 +417,6 @@ def _decode_token(resp: Response) -> Token:
         token_type=token_type if isinstance(token_type, str) else "Bearer",
         issued_at=now,
     )
-
-
-def _token_error(status: int, headers: CIMultiDictProxy[str], raw: bytes) -> GuruError:
-    body = json_error_body(raw)
-    if isinstance(body, dict):
-        # Keep only OAuth's error fields: never echo anything else a token endpoint sent.
-        body = {k: v for k, v in body.items() if k in ("error", "error_description", "message")}
-    if status in (400, 401, 403):
-        code = body.get("error") if isinstance(body, dict) else None
-        return AuthenticationError(
-            f"the token endpoint rejected the client credentials (HTTP {status}"
-            f"{': ' + str(code) if code else ''}); check GURU_CLIENT_ID and GURU_CLIENT_SECRET",
-            status=status,
-            body=body,
-        )
-    error: APIError = error_for_status(
-        status,
-        body,
-        context="Token request",
-        retry_after=parse_retry_after(headers.get("Retry-After")),
-    )
-    return error
 
 
 FAILED_FETCH_MEMORY = 1.0

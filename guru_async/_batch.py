@@ -33,28 +33,23 @@ from collections.abc import (
     Iterator,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 from attrs import Factory, define, field, frozen
 
+from ._client import Client
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
-from ._errors import AnalysisTimeoutError, GuruError, JournalError, NotFoundError, UploadError
+from ._error_mapping import analysis_timeout
+from ._errors import GuruError, JournalError, NotFoundError, UploadError
 from ._instrumentation import OpenScope, TraceScope
 from ._journal import LEASE_SECONDS, Claim, Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
+from ._payloads import VideoFields, resolve_fields
 from ._polling import PollPolicy, is_transient_poll_error
+from ._types import ActivityArg, BatchItem, DomainArg
 from ._upload import UploadSource, check_file, presign_expired
-from ._validation import (
-    ActivityArg,
-    DomainArg,
-    check_optional_str,
-    check_rep_count,
-    resolve_domain_activity,
-)
-
-if TYPE_CHECKING:
-    from ._session import GuruSession
+from ._validation import check_int
 
 
 @frozen
@@ -74,9 +69,6 @@ class VideoSpec:
     activity: ActivityArg = None
     rep_count: int | None = None
     source: str | None = None
-
-
-BatchItem = Union[str, "os.PathLike[str]", VideoSpec]
 
 
 @frozen
@@ -211,11 +203,11 @@ _ITEM_TRACE: contextvars.ContextVar[_VideoTrace | None] = contextvars.ContextVar
 
 
 class BatchRun:
-    """One execution of GuruSession.batch_upload."""
+    """One execution of GuruSession.batch_upload, on the session's client."""
 
     def __init__(
         self,
-        session: GuruSession,
+        client: Client,
         items: Iterable[BatchItem] | AsyncIterable[BatchItem],
         *,
         upload_concurrency: int,
@@ -228,12 +220,8 @@ class BatchRun:
         max_in_flight: int,
         defaults: dict[str, Any],
     ) -> None:
-        if isinstance(upload_concurrency, bool) or not isinstance(upload_concurrency, int):
-            raise TypeError("upload_concurrency must be an int")
-        if upload_concurrency < 1:
-            raise ValueError(f"upload_concurrency must be >= 1, got {upload_concurrency}")
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
-            raise TypeError("max_in_flight must be an int")
+        check_int("upload_concurrency", upload_concurrency, minimum=1)
+        check_int("max_in_flight", max_in_flight, minimum=None)
         if max_in_flight < upload_concurrency:
             raise ValueError(
                 f"max_in_flight ({max_in_flight}) must be >= upload_concurrency "
@@ -241,8 +229,8 @@ class BatchRun:
             )
         if poll_rate <= 0:
             raise ValueError(f"poll_rate must be > 0 requests per second, got {poll_rate}")
-        self._session = session
-        self.hooks = session._hooks
+        self._client = client
+        self.hooks = client.hooks
         self.traces: set[_VideoTrace] = set()
         self._sync_items: Iterator[BatchItem] | None = None
         self._async_items: AsyncIterator[BatchItem] | None = None
@@ -260,11 +248,8 @@ class BatchRun:
         self._policy = poll_policy
         self._poll_interval = 1.0 / poll_rate
         # Batch-wide metadata is checked now, so a typo fails the call, not every item.
-        resolve_domain_activity(defaults.get("domain"), defaults.get("activity"))
-        check_rep_count(defaults.get("rep_count"))
-        check_optional_str("source", defaults.get("source"))
+        resolve_fields(defaults=defaults)
         self._defaults = defaults
-        self._service = f"{session.base_url} {session.client_id or ''}"
         self.progress = BatchProgress()
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * upload_concurrency + 16)
         self._pull_lock = asyncio.Lock()
@@ -492,7 +477,7 @@ class BatchRun:
         try:
             path, fields = self._checked(item)
             if self._journal is not None:
-                key = item_key(self._service, path, fields)
+                key = item_key(self._client.service, path, fields.as_dict())
                 claim = await self._claim(key)
                 owned = claim.owned
                 entry = claim.entry
@@ -552,31 +537,20 @@ class BatchRun:
         if event is not None:
             event.set()
 
-    def _checked(self, item: BatchItem) -> tuple[Path, dict[str, Any]]:
+    def _checked(self, item: BatchItem) -> tuple[Path, VideoFields]:
         spec = item if isinstance(item, VideoSpec) else VideoSpec(item)
-        return check_file(spec.path), self._fields(spec)
-
-    def _fields(self, spec: VideoSpec) -> dict[str, Any]:
-        d = self._defaults
-        if spec.activity is not None:
-            # An item's own activity picks its domain, never the batch's default domain.
-            domain, activity = resolve_domain_activity(spec.domain, spec.activity)
-        else:
-            domain, activity = resolve_domain_activity(
-                spec.domain if spec.domain is not None else d.get("domain"), d.get("activity")
-            )
-        rep_count = spec.rep_count if spec.rep_count is not None else d.get("rep_count")
-        source = spec.source if spec.source is not None else d.get("source")
-        return {
-            "domain": domain,
-            "activity": activity,
-            "rep_count": check_rep_count(rep_count),
-            "source": check_optional_str("source", source),
-        }
+        fields = resolve_fields(
+            domain=spec.domain,
+            activity=spec.activity,
+            rep_count=spec.rep_count,
+            source=spec.source,
+            defaults=self._defaults,
+        )
+        return check_file(spec.path), fields
 
     async def _arrived(self, video_id: str) -> bool:
         try:
-            video = await self._session.get_video(video_id)
+            video = await self._client.get_video(video_id)
         except NotFoundError:
             log.info("batch_upload: journaled video %s is gone (404); creating a new one", video_id)
             return False
@@ -586,7 +560,7 @@ class BatchRun:
         self,
         item: BatchItem,
         path: Path,
-        fields: dict[str, Any],
+        fields: VideoFields,
         key: str | None,
         created_ids: list[str],
     ) -> str:
@@ -624,7 +598,7 @@ class BatchRun:
                 self._unsafe.pop(created.id, None)
 
         async with self._upload_slots:
-            # As GuruSession.upload_video: an expired presign is replaced by a fresh video once.
+            # As Client.create_and_upload: an expired presign is replaced by a fresh video once.
             for attempt in (1, 2):
                 created = await self._create(item, source, fields)
                 await journal_created(created)
@@ -632,7 +606,7 @@ class BatchRun:
                 self.progress.uploading[number] = mine
                 self._report()
                 try:
-                    await self._session._upload(created, source, on_bytes, None)
+                    await self._client.upload(created, source, on_bytes)
                 except UploadError as exc:
                     if attempt == 1 and presign_expired(exc):
                         continue
@@ -643,13 +617,11 @@ class BatchRun:
             raise AssertionError("unreachable")  # pragma: no cover
 
     async def _create(
-        self, item: BatchItem, source: UploadSource, fields: dict[str, Any]
+        self, item: BatchItem, source: UploadSource, fields: VideoFields
     ) -> CreatedVideo:
         # A create cut short by stopping the batch may still make a video: the request is let
         # finish (shielded), so shutdown can name the video it made.
-        create = asyncio.ensure_future(
-            self._session.create_video(source.name, size=source.size, **fields)
-        )
+        create = asyncio.ensure_future(self._client.create_video(source.name, source.size, fields))
         try:
             return await asyncio.shield(create)
         except asyncio.CancelledError:
@@ -797,7 +769,7 @@ class BatchRun:
         video_id = waiting.video_id
         hint = None
         try:
-            analysis, hint = await self._session._get_analysis(video_id)
+            analysis, hint = await self._client.get_analysis(video_id)
         except NotFoundError as exc:
             if waiting.resumed and waiting.key is not None:
                 # A video recorded by an earlier run that no longer exists: every rerun would
@@ -818,11 +790,11 @@ class BatchRun:
                 return BatchResult(waiting.item, video_id=video_id, analysis=analysis)
         now = time.monotonic()
         if now >= waiting.deadline:
-            error = AnalysisTimeoutError(
-                f"analysis of video {video_id} not finished after {self._timeout:g} s; "
-                "the video is safe: await it again later, or rerun the batch with its journal",
-                video_id=video_id,
+            error = analysis_timeout(
+                video_id,
+                timeout=self._timeout,
                 last=waiting.last,
+                resume=f"await_analysis({video_id!r}) again, or rerun the batch with its journal",
             )
             return BatchResult(waiting.item, video_id=video_id, error=error)
         step, waiting.wait = self._policy.next_wait(waiting.wait, hint)

@@ -14,9 +14,8 @@ from typing import IO, Any, TypeVar
 import aiohttp
 from yarl import URL
 
-from ._errors import GuruConnectionError, GuruError
-from ._transport import BodyAbort
-from ._upload import ProgressCallback
+from ._errors import BodyAbort, GuruConnectionError, GuruError
+from ._types import ProgressCallback
 
 CHUNK_SIZE = 1024 * 1024
 

@@ -20,6 +20,9 @@ The tree::
 
 Bad arguments raise the built-in ``ValueError``, ``TypeError``, ``FileNotFoundError`` or
 ``IsADirectoryError`` before anything is sent.
+
+This module holds the classes only; how a response or a failure becomes one of them is in
+``_error_mapping.py``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ def redact(text: str) -> str:
 class GuruError(Exception):
     """Base class of every error raised by guru_async."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default pickling calls cls(*args), which a keyword-only __init__ refuses: errors
+        # must cross process boundaries (multiprocessing pools, fleet workers) intact.
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
 
 class APIError(GuruError):
     """The Guru API answered with an error status.
@@ -69,10 +77,6 @@ class APIError(GuruError):
         self.status = status
         self.body = body
         self.retry_after = retry_after
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only __init__ breaks the default pickling used by multiprocessing pools.
-        return (_rebuild, (type(self), str(self), self.__dict__))
 
 
 class BadRequestError(APIError):
@@ -118,9 +122,6 @@ class UploadError(GuruError):
         self.code = code
         self.retry_after = retry_after
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), str(self), self.__dict__))
-
 
 class SourceError(GuruError):
     """An upload's source failed: a source URL answered an error or sent the wrong number of
@@ -139,9 +140,6 @@ class SourceError(GuruError):
         self.status = status
         self.url = url
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), str(self), self.__dict__))
-
 
 class AnalysisTimeoutError(GuruError, TimeoutError):
     """``await_analysis`` stopped waiting before the analysis finished.
@@ -157,9 +155,6 @@ class AnalysisTimeoutError(GuruError, TimeoutError):
         super().__init__(message)
         self.video_id = video_id
         self.last = last
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), str(self), self.__dict__))
 
 
 class ResponseDecodeError(GuruError):
@@ -180,9 +175,6 @@ class ResponseDecodeError(GuruError):
         self.status = status
         self.body = body
         self.not_json = not_json
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), str(self), self.__dict__))
 
 
 class GuruConnectionError(GuruError):
@@ -219,8 +211,15 @@ class JournalError(GuruError):
         super().__init__(message)
         self.path = path
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), str(self), self.__dict__))
+
+class BodyAbort(Exception):
+    """Raised inside a request body or stream handler to end the attempt with ``error`` (an
+    exception of the caller's own code, or a local file's OSError), which the transport then
+    raises unchanged and never retries."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
 
 
 def _rebuild(cls: type[GuruError], message: str, state: dict[str, Any]) -> GuruError:
@@ -228,29 +227,3 @@ def _rebuild(cls: type[GuruError], message: str, state: dict[str, Any]) -> GuruE
     Exception.__init__(error, message)
     error.__dict__.update(state)
     return error
-
-
-def error_for_status(
-    status: int, body: Any, *, context: str, retry_after: float | None
-) -> APIError:
-    """Map an HTTP error status to its APIError subclass, with a message that helps."""
-    detail = body.get("message") if isinstance(body, dict) else None
-    if not isinstance(detail, str):
-        detail = preview(body) if body not in (None, "") else "no details in the response"
-    message = f"{context} failed with HTTP {status}: {detail}"
-    cls: type[APIError]
-    if status == 429:
-        cls = RateLimitError
-    elif status in (400, 422):
-        cls = BadRequestError
-    elif status == 401:
-        cls = AuthenticationError
-    elif status == 403:
-        cls = PermissionDeniedError
-    elif status == 404:
-        cls = NotFoundError
-    elif status >= 500:
-        cls = ServerError
-    else:
-        cls = APIError
-    return cls(message, status=status, body=body, retry_after=retry_after)

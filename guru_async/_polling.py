@@ -21,8 +21,8 @@ from typing import Any
 import backoff
 from attrs import frozen
 
+from ._error_mapping import analysis_timeout
 from ._errors import (
-    AnalysisTimeoutError,
     GuruConnectionError,
     RateLimitError,
     ResponseDecodeError,
@@ -177,8 +177,6 @@ async def poll_analysis(
     )(poll)()
     if done is not None and done.is_done:
         return done
-    last = state.last
-    status = last.status if last is not None else "unknown (no poll succeeded)"
     failing = ""
     if state.error is not None:
         failing = f"; the latest poll failed: {_describe(state.error)}"
@@ -187,12 +185,8 @@ async def poll_analysis(
             failing = f"; every poll of the last {since:.0f} s failed, the latest: " + (
                 _describe(state.error)
             )
-    raise AnalysisTimeoutError(
-        f"analysis of video {video_id} not finished after {timeout:g} s (last status: "
-        f"{status}{failing}); the video is safe: await_analysis({video_id!r}) again to keep "
-        "waiting",
-        video_id=video_id,
-        last=last,
+    raise analysis_timeout(
+        video_id, timeout=timeout, last=state.last, failing=failing
     ) from state.error
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from attrs import define, frozen
 
 from ._errors import APIError, GuruConnectionError, ResponseDecodeError, UploadError
+from ._validation import check_int
 
 DEFAULT_MAX_RETRIES = 4
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -40,10 +41,7 @@ class RetryPolicy:
     max_retry_after: float = 60.0
 
     def __attrs_post_init__(self) -> None:
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
-            raise TypeError(f"max_retries must be an int, got {self.max_retries!r}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        check_int("max_retries", self.max_retries)
         if not (0 <= self.wait_initial <= self.wait_max):
             raise ValueError("need 0 <= wait_initial <= wait_max")
 

@@ -1,17 +1,17 @@
-"""GuruSession: one async session for the whole Guru API."""
+"""GuruSession: one async session for the whole Guru API.
+
+Each endpoint checks its arguments, sends through the internal client (``_client.py``: the
+transport, the converter and the calls a batch and a fleet worker share) and decodes.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import json
 import os
 import platform
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Final
 
 import aiohttp
 import attrs
@@ -29,60 +29,40 @@ from ._batch import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_POLL_RATE,
     DEFAULT_UPLOAD_CONCURRENCY,
-    BatchItem,
     BatchProgress,
     BatchRun,
     BatchUpload,
 )
-from ._converter import decode_json, decode_model
-from ._download import Redirected, redirect_target, stream_to_file
+from ._client import Client, model
+from ._converter import decode_json
 from ._enums import OverlayType
-from ._errors import (
-    GuruConnectionError,
-    GuruError,
-    ResponseDecodeError,
-    SessionClosedError,
-    UploadError,
-    error_for_status,
-    redact,
-)
-from ._instrumentation import Hooks, InstrumentationHook, TraceScope
+from ._errors import ResponseDecodeError
+from ._instrumentation import Hooks, InstrumentationHook
 from ._limiter import AdaptiveLimiter, RateLimiter
 from ._models import Analysis, CreatedVideo, JointData, Video
+from ._payloads import UpdateVideoBody, resolve_fields
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
-from ._retry import RetryBudget, RetryPolicy, parse_retry_after
-from ._transport import (
-    Request,
-    Response,
-    Timeouts,
-    Transport,
-    json_error_body,
-)
-from ._upload import (
-    MAX_REDIRECTS,
-    FileSource,
-    MultipartUpload,
-    ProgressCallback,
-    UploadSource,
-    check_not_expired,
-    download_error,
-    fetch_source,
-    is_url,
-    presign_expired,
-    storage_error,
-)
-from ._validation import (
+from ._retry import RetryBudget, RetryPolicy
+from ._transport import Response, Timeouts, Transport
+from ._types import (
+    UNSET,
     ActivityArg,
+    BatchItem,
     DomainArg,
+    FileSource,
+    ProgressCallback,
+)
+from ._types import UnsetType as _Unset
+from ._upload import UploadSource, is_url
+from ._urls import checked_url
+from ._validation import (
     check_include,
-    check_optional_str,
     check_rep_count,
     check_size,
     check_video_id,
     resolve_domain_activity,
 )
-
-T = TypeVar("T")
+from ._version import __version__
 
 DEFAULT_BASE_URL: Final = "https://api.getguru.fitness"
 # A URL, not a secret.
@@ -90,60 +70,9 @@ DEFAULT_TOKEN_URL: Final = (
     "https://customer-console-prod.auth.us-west-2.amazoncognito.com/oauth2/token"  # noqa: S105
 )
 DEFAULT_SCOPE: Final = "https://api.getguru.fitness/default"
-__version__: Final = "0.1.0"
 USER_AGENT: Final = (
     f"guru-async/{__version__} python/{platform.python_version()} aiohttp/{aiohttp.__version__}"
 )
-# Create video is not idempotent: said in the message of a failure that may have reached the
-# service, which is then raised instead of retried (see create_video).
-CREATE_REPEAT_RISK: Final = "the video may have been created (a retry could create a second one)"
-
-
-class _Unset:
-    """The type of UNSET: "not given", as distinct from None."""
-
-    _instance: _Unset | None = None
-
-    def __new__(cls) -> _Unset:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-UNSET: Final = _Unset()
-"""Marks an argument the caller did not give, for partial updates where None means something."""
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def checked_url(url: str, *, name: str, allow_insecure_http: bool) -> URL:
-    """Parse ``url``, refusing plain http to anything but this machine unless allowed."""
-    if not isinstance(url, str):
-        raise TypeError(f"{name} must be a str, got {type(url).__name__}")
-    parsed = URL(url)
-    if parsed.scheme not in ("https", "http") or not parsed.host:
-        raise ValueError(f"{name} must be an http(s) URL, got {redact(url)[:120]!r}")
-    if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.host):
-        raise ValueError(
-            f"{name} uses plain http to {parsed.host}, which would expose tokens; use https, "
-            "or pass allow_insecure_http=True for a trusted network"
-        )
-    return parsed
 
 
 class GuruSession:
@@ -206,8 +135,7 @@ class GuruSession:
         allow_insecure_http: bool = False,
         hooks: Sequence[InstrumentationHook] | None = None,
     ) -> None:
-        self._allow_insecure_http = allow_insecure_http
-        self._hooks = Hooks(hooks)
+        instruments = Hooks(hooks)
         self.base_url = checked_url(
             base_url or os.environ.get("GURU_BASE_URL") or DEFAULT_BASE_URL,
             name="base_url",
@@ -218,12 +146,8 @@ class GuruSession:
             name="token_url",
             allow_insecure_http=allow_insecure_http,
         )
-        self._api_root = str(self.base_url).rstrip("/")
         self.scope = scope
         self.poll_policy = poll_policy or PollPolicy()
-        self._http_session = http_session
-        self._owns_http = http_session is None
-        self._closed = False
         self.client_id: str | None
         self._client_secret: str | None
         token: TokenProvider | StaticTokenProvider
@@ -258,25 +182,32 @@ class GuruSession:
                 f"async acquire()), got {type(limiter).__name__}"
             )
         self._transport = Transport(
-            http=self._http,
             token=token,
             policy=_retry_policy(retry_policy, max_retries),
             timeouts=timeouts or Timeouts(),
+            http_session=http_session,
+            user_agent=USER_AGENT,
             budget=retry_budget if retry_budget is not None else RetryBudget(),
             limiter=limiter if isinstance(limiter, AdaptiveLimiter) else None,
             ceiling=None if limiter is None or isinstance(limiter, AdaptiveLimiter) else limiter,
-            is_closed=lambda: self._closed,
-            hooks=self._hooks,
+            hooks=instruments,
+        )
+        self._client = Client(
+            self._transport,
+            base_url=self.base_url,
+            service=f"{self.base_url} {self.client_id or ''}",
+            allow_insecure_http=allow_insecure_http,
+            hooks=instruments,
         )
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._transport.closed else "open"
         return f"<GuruSession {state} base_url={str(self.base_url)!r} client_id={self.client_id!r}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> GuruSession:
-        self._http()
+        self._transport.http()
         return self
 
     async def __aexit__(
@@ -290,87 +221,14 @@ class GuruSession:
     @property
     def closed(self) -> bool:
         """True once close() was called."""
-        return self._closed
+        return self._transport.closed
 
     async def close(self) -> None:
         """Close the session and its connections (a caller's http_session is left open).
 
         Calls still in flight end with SessionClosedError. Closing twice is harmless.
         """
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_http and self._http_session is not None:
-            await self._http_session.close()
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise SessionClosedError("this GuruSession is closed; open a new one")
-        if self._http_session is None:
-            self._http_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
-                headers={"User-Agent": USER_AGENT},
-            )
-        elif self._http_session.closed:
-            raise SessionClosedError("the aiohttp.ClientSession given as http_session is closed")
-        return self._http_session
-
-    def _check_server_url(self, url: str, *, name: str, what: str) -> None:
-        """A URL the API handed us must be http(s), and https unless to this machine."""
-        try:
-            checked_url(url, name=name, allow_insecure_http=self._allow_insecure_http)
-        except (TypeError, ValueError) as exc:
-            reason = str(exc)
-        else:
-            return
-        # Outside the handler, so no __context__: the bad URL is the server's, not the caller's.
-        raise ResponseDecodeError(f"{what}: the API's {name} is unusable: {reason}")
-
-    # -- the request path --------------------------------------------------------------------
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        what: str,
-        decode: Callable[[Response], T],
-        body: dict[str, Any] | None = None,
-        params: dict[str, str] | None = None,
-        max_retries: int | None = None,
-        repeat_risk: str | None = None,
-        route: str = "",
-        video_id: str | None = None,
-    ) -> T:
-        """Send one API request through the transport, with auth, retries and decoding."""
-        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-
-        def errors(status: int, headers: Any, raw: bytes) -> GuruError:
-            return error_for_status(
-                status,
-                json_error_body(raw),
-                context=what,
-                retry_after=parse_retry_after(headers.get("Retry-After")),
-            )
-
-        return await self._transport.send(
-            Request(
-                method=method,
-                # The path holds only validated ids: nothing to quote, so skip yarl's quoting.
-                url=URL(self._api_root + path, encoded=True),
-                what=what,
-                errors=errors,
-                decode=decode,
-                body=None if payload is None else (lambda: payload),
-                headers=None if payload is None else {"Content-Type": "application/json"},
-                params=params,
-                authorized=True,
-                repeat_risk=repeat_risk,
-                route=route,
-                video_id=video_id,
-            ),
-            max_retries=max_retries,
-        )
+        await self._transport.close()
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -423,29 +281,11 @@ class GuruSession:
             if size is None:
                 size = UploadSource(filename).size
             name = os.path.basename(os.fspath(filename)) or "video"
-        body: dict[str, Any] = {"filename": name}
-        body["size"] = check_size(size)
-        wire_domain, wire_activity = resolve_domain_activity(domain, activity)
-        optional = {
-            "source": check_optional_str("source", source),
-            "domain": wire_domain,
-            "activity": wire_activity,
-            "repCount": check_rep_count(rep_count),
-        }
-        body.update({k: v for k, v in optional.items() if v is not None})
-        created = await self._call(
-            "POST",
-            "/videos",
-            what=f"Create video {body['filename']!r}",
-            decode=_model(CreatedVideo, "Create video"),
-            body=body,
-            max_retries=max_retries,
-            repeat_risk=CREATE_REPEAT_RISK,
-            route=routes.CREATE_VIDEO,
+        size = check_size(size)
+        fields = resolve_fields(
+            domain=domain, activity=activity, rep_count=rep_count, source=source
         )
-        # The upload goes wherever the API says; it must not downgrade to plain http.
-        self._check_server_url(created.url, name="upload url", what="Create video")
-        return created
+        return await self._client.create_video(name, size, fields, max_retries=max_retries)
 
     async def upload(
         self,
@@ -494,67 +334,11 @@ class GuruSession:
             raise TypeError(
                 f"upload() takes the CreatedVideo from create_video, got {type(created).__name__}"
             )
-        src = await self._source(file, filename)
+        src = await self._client.source(file, filename)
         try:
-            await self._upload(created, src, progress, max_retries)
+            await self._client.upload(created, src, progress, max_retries)
         finally:
             src.release()
-
-    async def _source(self, file: FileSource, filename: str | None) -> UploadSource:
-        """Check and measure what to upload (a URL source is fetched to learn its size)."""
-
-        def check(url: str, name: str) -> None:
-            checked_url(url, name=name, allow_insecure_http=self._allow_insecure_http)
-
-        timeouts = self._transport.timeouts
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
-        )
-        src = UploadSource(
-            file,
-            filename=filename,
-            fetch=lambda url: fetch_source(self._http(), url, timeout=timeout, check=check),
-        )
-        if src.url is not None:
-            check(str(src.url), "source URL")  # refused before anything is sent
-        await src.measure()
-        return src
-
-    async def _upload(
-        self,
-        created: CreatedVideo,
-        source: UploadSource,
-        progress: ProgressCallback | None,
-        max_retries: int | None,
-    ) -> None:
-        what = f"Upload of video {created.id}"
-        multipart = MultipartUpload(created.fields, source, progress=progress)
-
-        def body() -> Any:
-            check_not_expired(created.fields, video_id=created.id)
-            return multipart.body()
-
-        def errors(status: int, headers: Any, raw: bytes) -> GuruError:
-            return storage_error(status, headers, raw, what=what)
-
-        await self._transport.send(
-            Request(
-                method="POST",
-                url=URL(created.url),
-                what=what,
-                errors=errors,
-                decode=_ignore_body,
-                body=body,
-                headers=multipart.headers,
-                total=None,
-                cleanup=multipart.close_files,
-                idle_since=multipart.idle_since,
-                route=routes.UPLOAD,
-                video_id=created.id,
-            ),
-            # A stream cannot be rewound: its one attempt is all there is.
-            max_retries=max_retries if source.resendable else 0,
-        )
 
     async def upload_video(
         self,
@@ -585,49 +369,14 @@ class GuruSession:
                 sent.
             UploadError, SourceError, OSError: As for upload.
         """
-        src = await self._source(file, filename)
-        with self._video_scope("upload_video", src.name):
-            return await self._create_and_upload(
-                src,
-                {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
-                progress=progress,
-                max_retries=max_retries,
+        fields = resolve_fields(
+            domain=domain, activity=activity, rep_count=rep_count, source=source
+        )
+        src = await self._client.source(file, filename)
+        with self._client.video_scope("upload_video", src.name):
+            return await self._client.create_and_upload(
+                src, fields, progress=progress, max_retries=max_retries
             )
-
-    def _video_scope(self, name: str, filename: str) -> AbstractContextManager[None]:
-        """One video's whole journey, for tracing hooks (nothing to do without one)."""
-        if not self._hooks.tracers:
-            return contextlib.nullcontext()
-        return self._hooks.scope(TraceScope("video", name, filename=filename))
-
-    async def _create_and_upload(
-        self,
-        src: UploadSource,
-        fields: dict[str, Any],
-        *,
-        progress: ProgressCallback | None = None,
-        max_retries: int | None = None,
-        on_created: Callable[[CreatedVideo], Awaitable[None]] | None = None,
-    ) -> str:
-        # Shared by upload_video and batches: an expired presign is replaced by a fresh video
-        # once; on_created lets a batch journal the id before any byte is sent.
-        try:
-            for attempt in (1, 2):
-                created = await self.create_video(
-                    src.name, size=src.size, max_retries=max_retries, **fields
-                )
-                if on_created is not None:
-                    await on_created(created)
-                try:
-                    await self._upload(created, src, progress, max_retries)
-                except UploadError as exc:
-                    if attempt == 1 and presign_expired(exc) and src.restartable:
-                        continue
-                    raise
-                return created.id
-            raise AssertionError("unreachable")  # pragma: no cover
-        finally:
-            src.release()
 
     async def get_video(
         self,
@@ -644,16 +393,7 @@ class GuruSession:
         """
         check_video_id(video_id)
         joined = check_include(include)
-        return await self._call(
-            "GET",
-            f"/videos/{video_id}",
-            what=f"Get video {video_id}",
-            decode=_model(Video, f"Get video {video_id}"),
-            params=None if joined is None else {"include": joined},
-            max_retries=max_retries,
-            route=routes.GET_VIDEO,
-            video_id=video_id,
-        )
+        return await self._client.get_video(video_id, include=joined, max_retries=max_retries)
 
     async def update_video(
         self,
@@ -670,22 +410,23 @@ class GuruSession:
             The video's id, as the API returns it.
         """
         check_video_id(video_id)
-        body: dict[str, Any] = {}
+        wire_rep_count = None
         if not isinstance(rep_count, _Unset):
             if rep_count is None:
                 raise ValueError("rep_count cannot be cleared; omit it to keep the current value")
-            body["repCount"] = check_rep_count(rep_count)
+            wire_rep_count = check_rep_count(rep_count)
         given_domain = None if isinstance(domain, _Unset) else domain
         given_activity = None if isinstance(activity, _Unset) else activity
         # Checked together (an activity must belong to a given domain), sent as given.
         wire_domain, wire_activity = resolve_domain_activity(given_domain, given_activity)
-        if given_domain is not None:
-            body["domain"] = wire_domain
-        if wire_activity is not None:
-            body["activity"] = wire_activity
-        if not body:
+        body = UpdateVideoBody(
+            rep_count=wire_rep_count,
+            domain=wire_domain if given_domain is not None else None,
+            activity=wire_activity,
+        )
+        if body == UpdateVideoBody():
             raise ValueError("update_video needs at least one of rep_count, domain, activity")
-        return await self._call(
+        return await self._client.call(
             "PUT",
             f"/videos/{video_id}",
             what=f"Update video {video_id}",
@@ -701,37 +442,18 @@ class GuruSession:
 
         ``status`` is Pending until analysis finishes; see await_analysis to wait for it.
         """
-        analysis, _ = await self._get_analysis(check_video_id(video_id), max_retries)
+        analysis, _ = await self._client.get_analysis(check_video_id(video_id), max_retries)
         return analysis
-
-    async def _get_analysis(
-        self, video_id: str, max_retries: int | None = None
-    ) -> tuple[Analysis, float | None]:
-        what = f"Get analysis of video {video_id}"
-        model = _model(Analysis, what)
-
-        def decode(resp: Response) -> tuple[Analysis, float | None]:
-            return model(resp), parse_retry_after(resp.headers.get("Retry-After"))
-
-        return await self._call(
-            "GET",
-            f"/videos/{video_id}/analysis",
-            what=what,
-            decode=decode,
-            max_retries=max_retries,
-            route=routes.GET_ANALYSIS,
-            video_id=video_id,
-        )
 
     async def get_joint_data(self, video_id: str, *, max_retries: int | None = None) -> JointData:
         """Fetch per-frame joint positions and the rep analysis (Get Joint Data)."""
         check_video_id(video_id)
         what = f"Get joint data of video {video_id}"
-        return await self._call(
+        return await self._client.call(
             "GET",
             f"/videos/{video_id}/j2p",
             what=what,
-            decode=_model(JointData, what),
+            decode=model(JointData, what),
             max_retries=max_retries,
             route=routes.GET_JOINT_DATA,
             video_id=video_id,
@@ -764,7 +486,7 @@ class GuruSession:
                 max_interval = max(interval, policy.max_interval)
             policy = attrs.evolve(policy, interval=interval, max_interval=max_interval)
         return await poll_analysis(
-            lambda: self._get_analysis(video_id),
+            lambda: self._client.get_analysis(video_id),
             video_id=video_id,
             timeout=timeout,
             policy=policy,
@@ -804,13 +526,12 @@ class GuruSession:
                 ``timeout`` seconds; ``exc.video_id`` can be awaited again.
             UploadError, SourceError, OSError, ValueError: As for upload_video.
         """
-        src = await self._source(file, filename)
-        with self._video_scope("analyze", src.name):
-            video_id = await self._create_and_upload(
-                src,
-                {"domain": domain, "activity": activity, "rep_count": rep_count, "source": source},
-                progress=progress,
-            )
+        fields = resolve_fields(
+            domain=domain, activity=activity, rep_count=rep_count, source=source
+        )
+        src = await self._client.source(file, filename)
+        with self._client.video_scope("analyze", src.name):
+            video_id = await self._client.create_and_upload(src, fields, progress=progress)
             return await self.await_analysis(video_id, timeout=timeout)
 
     async def download(
@@ -871,35 +592,14 @@ class GuruSession:
                 f"{video.status}); wait for the analysis to complete"
             )
         what = f"Download of the {name} of video {video_id}"
-        self._check_server_url(uri, name="download uri", what=what)
-        url = URL(uri, encoded=True)  # as given: re-encoding would break the signature
-        handler = stream_to_file(target, progress=progress, what=what)
-        # Redirects are followed here, one hop at a time, so each hop passes the same URL
-        # rules as base_url (aiohttp would follow one to plain http on any host).
-        for _ in range(MAX_REDIRECTS + 1):
-
-            def errors(status: int, headers: Any, raw: bytes, current: URL = url) -> GuruError:
-                moved = redirect_target(current, status, headers.get("Location"))
-                return moved or download_error(status, headers, raw, what=what)
-
-            try:
-                return await self._transport.send(
-                    Request(
-                        method="GET",
-                        url=url,
-                        what=what,
-                        errors=errors,
-                        stream=handler,
-                        total=None,
-                        route=routes.DOWNLOAD,
-                        video_id=video_id,
-                    ),
-                    max_retries=max_retries,
-                )
-            except Redirected as moved:
-                url = moved.location
-                self._check_server_url(str(url), name="download redirect", what=what)
-        raise GuruConnectionError(f"{what}: storage redirected more than {MAX_REDIRECTS} times")
+        return await self._client.download(
+            uri,
+            target,
+            what=what,
+            video_id=video_id,
+            progress=progress,
+            max_retries=max_retries,
+        )
 
     def batch_upload(
         self,
@@ -964,7 +664,7 @@ class GuruSession:
                 cannot be written during the batch (the batch stops; rerun it to resume).
         """
         run = BatchRun(
-            self,
+            self._client,
             items,
             upload_concurrency=upload_concurrency,
             wait=wait,
@@ -984,22 +684,17 @@ class GuruSession:
         return BatchUpload(run)
 
 
+def client_of(session: GuruSession) -> Client:
+    """The session's internal client, for the SDK's own layers above it (a fleet worker
+    uploads through the same transport, hooks and limiter as the session's calls)."""
+    return session._client
+
+
 def _retry_policy(policy: RetryPolicy | None, max_retries: int | None) -> RetryPolicy:
     policy = policy if policy is not None else RetryPolicy()
     if max_retries is None:
         return policy
     return attrs.evolve(policy, max_retries=max_retries)
-
-
-def _model(cls: type[T], what: str) -> Callable[[Response], T]:
-    def decode(resp: Response) -> T:
-        return decode_model(resp.body, cls, what=what, status=resp.status)
-
-    return decode
-
-
-def _ignore_body(resp: Response) -> None:
-    return None
 
 
 def _video_id_from(video_id: str) -> Callable[[Response], str]:

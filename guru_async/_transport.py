@@ -1,9 +1,10 @@
 """The one HTTP path: every request the SDK makes goes through ``Transport.send``.
 
-It owns what no endpoint should re-implement: the Authorization header (API requests only,
-never storage), the single refresh-and-retry after a 401, retries with backoff under one policy
-and a shared budget, timeouts, mapping failures to typed errors, and instrumentation hooks
-(by default a DEBUG log line per request) that never see a secret.
+It owns what no endpoint should re-implement: the connection pool (made on first use, closed
+once), the Authorization header (API requests only, never storage), the single
+refresh-and-retry after a 401, retries with backoff under one policy and a shared budget,
+timeouts, mapping failures to typed errors, and instrumentation hooks (by default a DEBUG log
+line per request) that never see a secret.
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ from attrs import frozen
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from ._converter import decode_json
+from ._error_mapping import attempt_failure, stalled_error
 from ._errors import (
     AuthenticationError,
+    BodyAbort,
     GuruConnectionError,
     GuruError,
-    ResponseDecodeError,
     SessionClosedError,
-    redact,
 )
 from ._instrumentation import Hooks, RequestDetails, RetryDetails, TraceScope
 from ._limiter import AdaptiveLimiter, RateLimiter
 from ._retry import RetryBudget, RetryPolicy, is_retryable, is_safe_to_repeat, wait_times
+from ._types import UNSET, UnsetType
+from ._validation import check_int
 
 T = TypeVar("T")
 
@@ -42,16 +44,6 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorError,
     getattr(aiohttp, "ConnectionTimeoutError", aiohttp.ClientConnectorError),
 )
-
-
-class BodyAbort(Exception):
-    """Raised inside a request body or stream handler to end the attempt with ``error`` (an
-    exception of the caller's own code, or a local file's OSError), which the transport then
-    raises unchanged and never retries."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(repr(error))
-        self.error = error
 
 
 @frozen
@@ -134,7 +126,7 @@ class Request(Generic[T]):
     headers: Mapping[str, str] | None = None
     params: Mapping[str, str] | None = None
     authorized: bool = False
-    total: float | None = -1.0  # -1: use the session's Timeouts.total
+    total: float | UnsetType | None = UNSET  # UNSET: the session's Timeouts.total
     allow_redirects: bool = False
     cleanup: Callable[[], None] | None = None
     idle_since: Callable[[], float] | None = None
@@ -189,17 +181,20 @@ class Transport:
     def __init__(
         self,
         *,
-        http: Callable[[], aiohttp.ClientSession],
         token: AccessToken | None,
         policy: RetryPolicy,
         timeouts: Timeouts,
+        http_session: aiohttp.ClientSession | None = None,
+        user_agent: str | None = None,
         budget: RetryBudget | None = None,
         limiter: AdaptiveLimiter | None = None,
         ceiling: RateLimiter | None = None,
-        is_closed: Callable[[], bool] = lambda: False,
         hooks: Hooks | None = None,
     ) -> None:
-        self._http = http
+        self._http_session = http_session
+        self._owns_http = http_session is None
+        self._user_agent = user_agent
+        self._closed = False
         self.hooks = hooks if hooks is not None else Hooks(None)
         self.token = token
         self.policy = policy
@@ -207,7 +202,6 @@ class Transport:
         self.budget = budget if budget is not None else RetryBudget()
         self.limiter = limiter if limiter is not None else AdaptiveLimiter()
         self.ceiling = ceiling
-        self._is_closed = is_closed
         # Built once: wrapping per call costs more than the rest of a loopback request. What
         # differs per call (tries, deadline, auth state) is read from the _CALL context variable,
         # which backoff evaluates at the start of each call.
@@ -223,11 +217,41 @@ class Transport:
             deadline=lambda: _CALL.get().deadline,
         )(self._attempt)
 
+    # -- the connection pool's lifecycle ------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called."""
+        return self._closed
+
+    def http(self) -> aiohttp.ClientSession:
+        """The connection pool, created on first use (a caller's own session is used as is)."""
+        if self._closed:
+            raise SessionClosedError("this GuruSession is closed; open a new one")
+        if self._http_session is None:
+            headers = {} if self._user_agent is None else {"User-Agent": self._user_agent}
+            self._http_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300), headers=headers
+            )
+        elif self._http_session.closed:
+            raise SessionClosedError("the aiohttp.ClientSession given as http_session is closed")
+        return self._http_session
+
+    async def close(self) -> None:
+        """Close the pool if this transport made it (a caller's http_session stays open);
+        requests in flight then end with SessionClosedError. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_http and self._http_session is not None:
+            await self._http_session.close()
+
+    # -- sending -----------------------------------------------------------------------------
+
     async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
         """Send ``req`` until it succeeds, fails for good, or runs out of retries or time."""
         retries = self.policy.max_retries if max_retries is None else max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        check_int("max_retries", retries)
         if not self.hooks.tracers:
             return await self._send(req, retries)
         name = req.route or req.method
@@ -236,7 +260,7 @@ class Transport:
             return await self._send(req, retries)
 
     async def _send(self, req: Request[T], retries: int) -> T:
-        total = self.timeouts.total if req.total == -1.0 else req.total
+        total = self.timeouts.total if isinstance(req.total, UnsetType) else req.total
         deadline = None if total is None else time.monotonic() + total
         call = _Call(req, _AuthState(), deadline, retries + 1)
         auth = call.auth
@@ -267,7 +291,7 @@ class Transport:
 
     def _giveup(self, exc: Exception) -> bool:
         call = _CALL.get()
-        if self._is_closed() or call.auth.token_failed or not is_retryable(exc):
+        if self._closed or call.auth.token_failed or not is_retryable(exc):
             return True
         risk = call.req.repeat_risk
         if risk is not None and not is_safe_to_repeat(exc, unsent=call.unsent):
@@ -305,7 +329,7 @@ class Transport:
     async def _attempt(self, call: _Call[T]) -> T:
         req, auth, deadline = call.req, call.auth, call.deadline
         call.attempts += 1
-        if self._is_closed():
+        if self._closed:
             raise SessionClosedError(f"{req.what}: the GuruSession is closed")
         headers = dict(req.headers or {})
         if req.authorized:
@@ -344,19 +368,8 @@ class Transport:
             # Raised by a stream handler (a download's file could not be written).
             failure = exc.error
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            cause = exc.__cause__
-            if isinstance(cause, GuruError):
-                # Raised by our own body (a file that changed size) and wrapped by aiohttp.
-                failure = cause
-            elif isinstance(cause, BodyAbort):
-                # The caller's code (a progress callback) failed while aiohttp pulled the
-                # body: that is the caller's error, raised as it was, never retried.
-                failure = cause.error
-            elif self._is_closed():
-                failure = SessionClosedError(f"{req.what}: the GuruSession was closed")
-            else:
-                call.unsent = isinstance(exc, _NOT_SENT)
-                failure = GuruConnectionError(f"{req.what}: {describe_network_error(exc)}")
+            failure = attempt_failure(exc, what=req.what, closed=self.closed)
+            call.unsent = isinstance(failure, GuruConnectionError) and isinstance(exc, _NOT_SENT)
         except BaseException as exc:  # cancelled: told to the hooks, raised as it is
             error = exc
             raise
@@ -385,7 +398,7 @@ class Transport:
     async def _exchange(
         self, req: Request[T], call: _Call[T], body: Any, headers: dict[str, str], timeout: Any
     ) -> T:
-        async with self._http().request(
+        async with self.http().request(
             req.method,
             req.url,
             data=body,
@@ -421,9 +434,7 @@ async def _watched(
             if idle >= limit:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                raise GuruConnectionError(
-                    f"{what}: stalled: the storage host accepted no bytes for {limit:g} s"
-                )
+                raise stalled_error(what, limit)
             # idle_since() is +inf before the body starts (queued for a pooled connection,
             # connecting) and once it is sent (the response has sock_read's timeout): look
             # again later, as the body may start meanwhile.
@@ -439,22 +450,3 @@ async def _watched(
 
 def _is_throttle(error: GuruError) -> bool:
     return getattr(error, "status", None) == 429 or getattr(error, "code", None) == "SlowDown"
-
-
-def describe_network_error(exc: BaseException) -> str:
-    """A one-line, secret-free description of a network failure."""
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    detail = redact(str(exc))
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-def json_error_body(raw: bytes) -> Any:
-    """An error body as JSON when it is JSON, else as (short) text."""
-    if not raw:
-        return ""
-    try:
-        return decode_json(raw, what="error body")
-    except ResponseDecodeError:
-        text = raw.decode("utf-8", "replace")
-        return text if len(text) <= 1000 else text[:1000] + "…"

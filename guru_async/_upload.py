@@ -22,24 +22,20 @@ import json
 import math
 import mimetypes
 import os
-import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import aiohttp
-from multidict import CIMultiDictProxy
 from yarl import URL
 
-from ._errors import APIError, GuruError, SourceError, UploadError, error_for_status
-from ._retry import parse_retry_after
-from ._transport import BodyAbort, describe_network_error
-
-ProgressCallback = Callable[[int, int], Awaitable[None] | None]
-"""Called as ``progress(sent_bytes, total_bytes)`` while a file is sent; may be async."""
+from ._error_mapping import describe_network_error, source_status_error
+from ._errors import BodyAbort, GuruError, SourceError, UploadError
+from ._types import FileSource, ProgressCallback
+from ._validation import check_int
 
 CHUNK_SIZE = 256 * 1024
 # A presign that runs out within this margin is replaced rather than tried: an upload that
@@ -97,8 +93,7 @@ class StreamSource:
                     "StreamSource needs size=: the exact number of bytes the stream delivers "
                     "(storage refuses an upload without an exact Content-Length)"
                 )
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"size must be an int >= 0, got {size!r}")
+        check_int("size", size, unit="bytes")
         if filename is None:
             own_name = getattr(stream, "filename", None)
             filename = own_name if isinstance(own_name, str) and own_name else None
@@ -112,11 +107,6 @@ class StreamSource:
             f"<StreamSource {type(self.stream).__name__} size={self.size} "
             f"filename={self.filename!r}>"
         )
-
-
-FileSource = Union[str, "os.PathLike[str]", IO[bytes], URL, StreamSource]
-"""What an upload takes: a path, an http(s) URL (a str or yarl.URL), a binary file object
-opened for reading, or a StreamSource."""
 
 
 def is_url(source: object) -> bool:
@@ -457,12 +447,7 @@ async def fetch_source(
             continue
         if resp.status != 200:
             resp.close()
-            raise SourceError(
-                f"the source {described} answered HTTP {resp.status}"
-                + (f" {resp.reason}" if resp.reason else ""),
-                status=resp.status,
-                url=described,
-            )
+            raise source_status_error(resp.status, resp.reason, url=described)
         return resp
     raise SourceError(
         f"the source {described} redirected more than {MAX_REDIRECTS} times", url=described
@@ -610,46 +595,6 @@ def check_not_expired(fields: dict[str, str], *, video_id: str) -> None:
             status=None,
             code="PolicyExpired",
         )
-
-
-_XML_TAG = {name: re.compile(rf"<{name}>([^<]*)</{name}>".encode()) for name in ("Code", "Message")}
-
-
-def _storage_code(status: int, raw: bytes) -> tuple[str, str]:
-    code_match = _XML_TAG["Code"].search(raw)
-    message_match = _XML_TAG["Message"].search(raw)
-    code = code_match.group(1).decode("utf-8", "replace") if code_match else f"HTTP{status}"
-    detail = message_match.group(1).decode("utf-8", "replace")[:300] if message_match else ""
-    return code, detail
-
-
-def download_error(
-    status: int, headers: CIMultiDictProxy[str], raw: bytes, *, what: str
-) -> APIError:
-    """Map a storage error on a download (S3-style XML) to the APIError of its status."""
-    code, detail = _storage_code(status, raw)
-    return error_for_status(
-        status,
-        {"message": f"{code}: {detail}" if detail else code, "code": code},
-        context=what,
-        retry_after=parse_retry_after(headers.get("Retry-After")),
-    )
-
-
-def storage_error(
-    status: int, headers: CIMultiDictProxy[str], raw: bytes, *, what: str
-) -> UploadError:
-    """Map a storage error response to an upload (an S3-style XML body) to UploadError."""
-    code, detail = _storage_code(status, raw)
-    message = f"{what}: storage refused the upload with HTTP {status} {code}"
-    if detail:
-        message += f": {detail}"
-    return UploadError(
-        message,
-        status=status,
-        code=code,
-        retry_after=parse_retry_after(headers.get("Retry-After")),
-    )
 
 
 def presign_expired(exc: UploadError) -> bool:

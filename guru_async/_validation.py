@@ -9,36 +9,44 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from attrs import frozen
-
 from ._enums import Activity, Domain
+from ._types import ActivityArg, DomainArg, Unvalidated
 
 MAX_REP_COUNT = 10_000
 INCLUDE_VALUES = ("j2p", "analysis", "objects")
 _VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
-@frozen
-class Unvalidated:
-    """A domain or activity value sent as given, for values newer than this SDK.
+def check_int(
+    name: str,
+    value: object,
+    *,
+    minimum: int | None = 0,
+    maximum: int | None = None,
+    unit: str = "",
+) -> int:
+    """Return ``value`` if it is an int (a bool is not) within the bounds, else raise.
 
-    The service may accept activities this release does not list yet::
+    The one check of every integer argument, so each says the same thing the same way:
+    TypeError naming the type given, ValueError naming the bound and the value.
 
-        await guru.create_video("x.mp4", activity=Unvalidated("handstand"), domain="calisthenics")
+    Args:
+        name: The argument's name, for the message.
+        value: What the caller passed.
+        minimum: The smallest value accepted; None for no bound (the caller checks its own).
+        maximum: The largest value accepted, or None.
+        unit: What the number counts (``"bytes"``, ``"seconds"``), for the message.
     """
-
-    value: str
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.value, str) or not self.value:
-            raise ValueError("Unvalidated() takes a non-empty string")
-
-    def __str__(self) -> str:
-        return self.value
-
-
-DomainArg = Domain | str | Unvalidated | None
-ActivityArg = Activity | str | Unvalidated | None
+    if isinstance(value, bool) or not isinstance(value, int):
+        noun = f"an int number of {unit}" if unit else "an int"
+        raise TypeError(f"{name} must be {noun}, got {type(value).__name__}")
+    if maximum is not None and minimum is not None and not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{' ' + unit if unit else ''}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}{' ' + unit if unit else ''}, got {value}")
+    return value
 
 
 def _choices(values: Iterable[str]) -> str:
@@ -98,11 +106,7 @@ def check_rep_count(rep_count: int | None) -> int | None:
     """A rep count must be a whole number from 0 to MAX_REP_COUNT."""
     if rep_count is None:
         return None
-    if isinstance(rep_count, bool) or not isinstance(rep_count, int):
-        raise TypeError(f"rep_count must be an int, got {type(rep_count).__name__}")
-    if not 0 <= rep_count <= MAX_REP_COUNT:
-        raise ValueError(f"rep_count must be between 0 and {MAX_REP_COUNT}, got {rep_count}")
-    return rep_count
+    return check_int("rep_count", rep_count, maximum=MAX_REP_COUNT)
 
 
 def check_video_id(video_id: str) -> str:
@@ -140,8 +144,4 @@ def check_optional_str(name: str, value: str | None) -> str | None:
 
 def check_size(size: int) -> int:
     """A file size is a whole number of bytes, not negative."""
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"size must be an int number of bytes, got {type(size).__name__}")
-    if size < 0:
-        raise ValueError(f"size must be >= 0 bytes, got {size}")
-    return size
+    return check_int("size", size, unit="bytes")

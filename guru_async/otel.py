@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
     ) from exc
 
 from ._instrumentation import RequestDetails, RetryDetails, TraceScope
-from ._session import __version__
+from ._version import __version__
 
 __all__ = ["OpenTelemetryHooks"]
 

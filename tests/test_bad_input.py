@@ -306,7 +306,7 @@ USER_CASES = [
     u(
         lambda c: c.guru.get_video("abc-123", max_retries=-1),
         ValueError,
-        "max_retries must be an int >= 0, got -1",
+        "max_retries must be >= 0, got -1",
         id="negative-call-max-retries",
     ),
     u(

@@ -30,15 +30,18 @@ from guru_async import (
     Analysis,
     AnalysisStatus,
     AnalysisTimeoutError,
+    BadRequestError,
     BatchProgress,
     BatchResult,
     CreatedVideo,
     Domain,
     GuruConnectionError,
     GuruSession,
+    Unvalidated,
     UploadError,
     VideoSpec,
 )
+from guru_async._client import Client
 from guru_async.testing import FAILURE_REASON, UNANALYZABLE_MARKER, FaultRule, GuruEmulator
 from tests.helpers import recorded_on
 
@@ -244,6 +247,29 @@ async def test_video_spec_metadata_overrides_the_batch_defaults(
     reps_video = emulator.videos[str(by_name["reps.mp4"].video_id)]
     assert reps_video.activity is Activity.SQUAT
     assert reps_video.rep_count == 9
+
+
+async def test_an_unvalidated_item_activity_is_sent_as_given(
+    guru: GuruSession, emulator: GuruEmulator, video_file: MakeFile
+) -> None:
+    """A batch item's Unvalidated activity reaches Create Video as given (the service's 400 is
+    the item's error), as it does for create_video, instead of being refused by the SDK."""
+    item = VideoSpec(
+        video_file("handstand.mp4", size=2048),
+        domain="calisthenics",
+        activity=Unvalidated("handstand"),
+    )
+
+    (result,) = await collect(guru.batch_upload([item]))
+
+    assert create_bodies(emulator)["handstand.mp4"] == {
+        "filename": "handstand.mp4",
+        "size": 2048,
+        "domain": "calisthenics",
+        "activity": "handstand",
+    }
+    assert isinstance(result.error, BadRequestError)
+    assert result.error.status == 400
 
 
 # -- 4. wait=False -------------------------------------------------------------------------------
@@ -501,27 +527,50 @@ async def test_timed_out_items_resume_waiting_on_rerun(
 # -- 6. a lazy input of 100,000 items ------------------------------------------------------------
 
 
-class StubSession(GuruSession):
-    """A session whose create, upload and analysis calls answer at once without I/O, so a
+class StubClient(Client):
+    """A client whose create, upload and analysis calls answer at once without I/O, so a
     huge batch measures only the batch machinery (this stubs the SDK's calls, not aiohttp)."""
 
     created = 0
 
-    async def create_video(self, filename: Any, **kwargs: Any) -> CreatedVideo:
+    async def create_video(
+        self, filename: str, size: int, fields: Any, *, max_retries: Any = None
+    ) -> CreatedVideo:
         self.created += 1
         video_id = f"stub-{self.created}"
         await asyncio.sleep(0)  # a real create suspends on the network at least once
         return CreatedVideo(id=video_id, url="https://storage.invalid/guru-videos", fields={})
 
-    async def _upload(
-        self, created: CreatedVideo, source: Any, progress: Any, max_retries: Any
+    async def upload(
+        self, created: CreatedVideo, source: Any, progress: Any, max_retries: Any = None
     ) -> None:
         return None
 
-    async def _get_analysis(
+    async def get_analysis(
         self, video_id: str, max_retries: int | None = None
     ) -> tuple[Analysis, float | None]:
         return Analysis(status=AnalysisStatus.COMPLETE), None
+
+
+class StubSession(GuruSession):
+    """A session whose batches run on a StubClient."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        real = self._client
+        self.stub = StubClient(
+            real.transport,
+            base_url=self.base_url,
+            service=real.service,
+            allow_insecure_http=False,
+            hooks=real.hooks,
+        )
+        self._client = self.stub
+
+    @property
+    def created(self) -> int:
+        """Videos the stub created."""
+        return self.stub.created
 
 
 LAZY_ITEMS = 100_000

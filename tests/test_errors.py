@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import pickle
 import re
 import time
 from collections import Counter
@@ -14,11 +16,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+import guru_async
+import guru_async.fleet
 from guru_async import (
+    Analysis,
+    AnalysisStatus,
+    AnalysisTimeoutError,
     APIError,
     AuthenticationError,
     BadRequestError,
     GuruConnectionError,
+    GuruError,
     GuruSession,
     NotFoundError,
     PermissionDeniedError,
@@ -142,6 +150,12 @@ BAD_CALLS: list[tuple[str, Call, type[Exception], str]] = [
     (
         "unknown activity in update",
         lambda g, d: g.update_video(SOME_ID, activity="yoga"),
+        ValueError,
+        r"unknown activity 'yoga'",
+    ),
+    (
+        "unknown activity with a URL source (not fetched first)",
+        lambda g, d: g.upload_video(str(g.base_url.with_path("/clip.mp4")), activity="yoga"),
         ValueError,
         r"unknown activity 'yoga'",
     ),
@@ -419,3 +433,150 @@ async def test_debug_log_has_one_secret_free_line_per_request(
     assert len(secrets) >= 4
     for secret in secrets:
         assert secret not in caplog.text
+
+
+# One instance of every public error, with every attribute a caller reads set.
+PICKLED_ERRORS: list[GuruError] = [
+    GuruError("base"),
+    APIError("teapot", status=418, body="short and stout"),
+    BadRequestError("bad", status=422, body={"message": "repCount"}),
+    AuthenticationError("who", status=401, body={"error": "invalid_client"}),
+    PermissionDeniedError("no", status=403, body=""),
+    NotFoundError("gone", status=404, body={"message": "Video not found"}),
+    RateLimitError("slow down", status=429, body=None, retry_after=2.5),
+    ServerError("down", status=503, body="<html>", retry_after=None),
+    UploadError("refused", status=403, code="AccessDenied", retry_after=1.0),
+    guru_async.SourceError("source", status=404, url="https://example.com/a.mp4"),
+    AnalysisTimeoutError(
+        "late",
+        video_id=SOME_ID,
+        last=Analysis(status=AnalysisStatus.PENDING),
+    ),
+    ResponseDecodeError("not json", status=200, body="<html", not_json=True),
+    GuruConnectionError("reset", video_id=SOME_ID),
+    SessionClosedError("closed"),
+    guru_async.JournalError("journal", path="batch.db"),
+    guru_async.fleet.FleetError("fleet"),
+    guru_async.fleet.FleetItemError("KeyError: 'x'", type_name="KeyError"),
+    guru_async.fleet.FleetJobError("gave up", status="aborted"),
+    guru_async.fleet.RedisUnavailableError("Redis at localhost:6379: refused"),
+]
+
+
+def _round_trip(error: GuruError) -> Any:
+    return pickle.loads(pickle.dumps(error))  # noqa: S301 - the bytes were made just above
+
+
+def test_every_public_error_survives_pickling() -> None:
+    """Every public error crosses a process boundary (multiprocessing, fleet) with its type,
+    message and attributes intact, keyword-only constructors included."""
+    public = {
+        obj
+        for module in (guru_async, guru_async.fleet)
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, GuruError)
+    }
+    assert public == {type(error) for error in PICKLED_ERRORS}  # a new error needs a case here
+    for error in PICKLED_ERRORS:
+        copy = _round_trip(error)
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.args == error.args
+        assert vars(copy) == vars(error)
+    timeout = _round_trip(PICKLED_ERRORS[10])
+    assert isinstance(timeout, TimeoutError)
+    assert timeout.last is not None
+    assert timeout.last.status == "Pending"
+
+
+def _fleet(**kwargs: Any) -> object:
+    return guru_async.fleet.Fleet("redis://127.0.0.1:1/0", **kwargs)
+
+
+def _worker(**kwargs: Any) -> object:
+    session = GuruSession(access_token="t", base_url="http://127.0.0.1:1")
+    return guru_async.fleet.FleetWorker("redis://127.0.0.1:1/0", session=session, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (
+            lambda: guru_async.RetryPolicy(max_retries="3"),
+            TypeError,
+            "max_retries must be an int, got str",
+        ),
+        (
+            lambda: guru_async.RetryPolicy(max_retries=True),
+            TypeError,
+            "max_retries must be an int, got bool",
+        ),
+        (
+            lambda: guru_async.StreamSource(io.BytesIO(), size=2.0),
+            TypeError,
+            "size must be an int number of bytes, got float",
+        ),
+        (
+            lambda: guru_async.StreamSource(io.BytesIO(), size=-1),
+            ValueError,
+            "size must be >= 0 bytes, got -1",
+        ),
+        (lambda: _fleet(heartbeat=0), ValueError, "heartbeat must be >= 1 seconds, got 0"),
+        (lambda: _fleet(attempts="2"), TypeError, "attempts must be an int, got str"),
+        (
+            lambda: _worker(sweep_interval=0.5),
+            TypeError,
+            "sweep_interval must be an int number of seconds, got float",
+        ),
+        (lambda: _worker(concurrency=0), ValueError, "concurrency must be >= 1, got 0"),
+    ],
+)
+def test_integer_arguments_are_checked_alike(
+    make: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    """Every integer argument refuses another type (a bool too) with TypeError and a value out
+    of bounds with ValueError, each message naming the argument and what it got."""
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        make()
+
+
+async def test_per_call_max_retries_is_checked_like_the_session_one(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """A call's max_retries is checked like the session's: TypeError for a str, ValueError
+    below 0, before anything is sent."""
+    with pytest.raises(TypeError, match=r"^max_retries must be an int, got str$"):
+        await guru.get_video(SOME_ID, max_retries="2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^max_retries must be >= 0, got -1$"):
+        await guru.get_video(SOME_ID, max_retries=-1)
+    assert emulator.requests[GET_VIDEO] == 0
+
+
+async def test_await_and_batch_say_an_analysis_timeout_the_same_way(
+    start_emulator: Callable[..., Awaitable[GuruEmulator]],
+    session_for: Callable[..., GuruSession],
+    video_file: VideoFile,
+) -> None:
+    """An analysis that outlives its timeout gives one message whether awaited or batched:
+    the seconds waited, the last status seen, and how to keep waiting."""
+    emu = await start_emulator(analysis_delay=60)
+    async with session_for(emu) as guru:
+        video_id = await guru.upload_video(video_file(), activity="squat")
+        with pytest.raises(AnalysisTimeoutError) as awaited:
+            await guru.await_analysis(video_id, timeout=0.05)
+        results = [r async for r in guru.batch_upload([video_file()], timeout=0.05)]
+    assert str(awaited.value) == (
+        f"analysis of video {video_id} not finished after 0.05 s (last status: Pending); "
+        f"the video is safe: await_analysis({video_id!r}) again to keep waiting"
+    )
+    [result] = results
+    batched = result.error
+    assert isinstance(batched, AnalysisTimeoutError)
+    assert batched.video_id == result.video_id
+    assert batched.last is not None
+    assert batched.last.status == "Pending"
+    assert str(batched) == (
+        f"analysis of video {result.video_id} not finished after 0.05 s (last status: "
+        f"Pending); the video is safe: await_analysis({result.video_id!r}) again, or rerun "
+        "the batch with its journal"
+    )

@@ -23,12 +23,14 @@ process and HOME pointing into the folder.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,9 +180,37 @@ def test_examples_are_found() -> None:
     assert any("asyncio.run(main())" in e.code for e in EXAMPLES)
 
 
+@contextlib.contextmanager
+def fleet_worker(env: dict[str, str], cwd: Path) -> Iterator[None]:
+    """A real ``guru-async worker`` process for a fleet example, stopped with SIGTERM after."""
+    log = cwd / "worker.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "guru_async", "worker", "--poll-interval", "0.05"],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while b"worker ready" not in log.read_bytes():
+            assert process.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.02)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.mark.parametrize("example", RUNNABLE, ids=[e.source for e in RUNNABLE])
-def test_example_runs(example: Example, endpoints: dict[str, str], tmp_path: Path) -> None:
-    """The example runs to completion against the emulator, as a user would run it."""
+def test_example_runs(
+    example: Example, endpoints: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The example runs to completion against the emulator, as a user would run it (a fleet
+    example with a real redis-server and a real worker process)."""
     for name in video_names(example.code) | {"sample.mp4"}:
         (tmp_path / name).write_bytes(os.urandom(64 * 1024))
     script = tmp_path / f"{module_name(example)}.py"
@@ -194,6 +224,11 @@ def test_example_runs(example: Example, endpoints: dict[str, str], tmp_path: Pat
         HOME=str(tmp_path / "home"),
         XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"),
     )
+    workers = contextlib.nullcontext()
+    if "GURU_REDIS_URL" in example.code:
+        env["GURU_REDIS_URL"] = request.getfixturevalue("redis_url")
+        if "Fleet(" in example.code:
+            workers = fleet_worker(env, tmp_path)
     if example.mode == "pytest":
         # Outside this repo's configuration: strict asyncio mode, warnings as errors.
         command = [
@@ -204,9 +239,10 @@ def test_example_runs(example: Example, endpoints: dict[str, str], tmp_path: Pat
         ]
     else:
         command = [sys.executable, "-W", "error", str(script)]
-    done = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    with workers:
+        done = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
     assert done.returncode == 0, f"{example.source}\n{done.stdout}\n{done.stderr}"
 
 

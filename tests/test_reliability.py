@@ -642,7 +642,11 @@ async def test_token_churn_under_load(tmp_path: Path) -> None:
         assert calls > 1000
         assert run_time * 0.5 <= emu.token_requests <= run_time * 3
         assert emu.token_requests < calls / 50
-        assert emu.requests["GET /videos/{id}/analysis"] == calls  # no call needed a 401 retry
+        # A call sent in the refresh margin's last moments can reach the emulator after its token
+        # expired when the machine is loaded; it is then refreshed and resent once, never failed.
+        # Such resends stay rare: the proactive refresh, not the 401, does the work.
+        resent = emu.requests["GET /videos/{id}/analysis"] - calls
+        assert 0 <= resent <= calls // 100
 
 
 # -- soak --------------------------------------------------------------------------------------

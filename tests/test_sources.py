@@ -345,7 +345,7 @@ async def test_a_stream_upload_is_not_retried(emulator: GuruEmulator, guru: Guru
     ("make", "error", "message"),
     [
         (lambda: StreamSource(_chunks(b"x")), ValueError, "needs size="),
-        (lambda: StreamSource(_chunks(b"x"), size=-1), ValueError, "size must be an int >= 0"),
+        (lambda: StreamSource(_chunks(b"x"), size=-1), ValueError, "size must be >= 0 bytes"),
         (lambda: StreamSource(b"bytes", size=5), TypeError, "async byte stream"),
     ],
 )

@@ -29,7 +29,7 @@ from .._errors import (
     NotFoundError,
 )
 from .._polling import DEFAULT_TIMEOUT
-from .._session import __version__
+from .._version import __version__
 from ..plot import JOINT_ANGLES
 from ._commands import (
     cmd_analysis,

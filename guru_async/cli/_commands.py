@@ -24,7 +24,7 @@ from .._converter import converter
 from .._enums import AnalysisStatus
 from .._errors import AnalysisTimeoutError, AuthenticationError
 from .._models import Analysis, JointData, Rep, Video
-from .._session import UNSET
+from .._types import UNSET
 from .._upload import check_file
 from ._config import UsageError, open_session, video_fields
 from ._constants import EXIT_FAILED, EXIT_OK, PROG, VIDEO_SUFFIXES

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .._auth import FileTokenStore
+from .._payloads import resolve_fields
 from .._session import GuruSession
-from .._validation import check_rep_count, resolve_domain_activity
 from ._constants import EMULATOR_POLLS, PROG, log
 
 
@@ -80,10 +80,6 @@ async def open_session(args: argparse.Namespace) -> AsyncIterator[GuruSession]:
 
 def video_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The create-video fields shared by upload and batch, validated before any request."""
-    domain, activity = resolve_domain_activity(args.domain, args.activity)
-    return {
-        "domain": domain,
-        "activity": activity,
-        "rep_count": check_rep_count(args.rep_count),
-        "source": args.source,
-    }
+    return resolve_fields(
+        domain=args.domain, activity=args.activity, rep_count=args.rep_count, source=args.source
+    ).as_dict()

@@ -23,16 +23,12 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 from yarl import URL
 
-from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchItem, BatchProgress, BatchResult, VideoSpec
+from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchProgress, BatchResult, VideoSpec
+from .._payloads import resolve_fields
 from .._polling import DEFAULT_TIMEOUT
+from .._types import ActivityArg, BatchItem, DomainArg
 from .._upload import is_url
-from .._validation import (
-    ActivityArg,
-    DomainArg,
-    check_optional_str,
-    check_rep_count,
-    resolve_domain_activity,
-)
+from .._validation import check_int
 from ._protocol import (
     DEFAULT_QUEUE,
     DEFAULT_RETENTION,
@@ -108,11 +104,9 @@ class Fleet:
             )
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue must be a non-empty str, got {queue!r}")
-        for name, value in (("retention", retention), ("heartbeat", heartbeat)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number of seconds >= 1, got {value!r}")
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
+        check_int("retention", retention, minimum=1, unit="seconds")
+        check_int("heartbeat", heartbeat, minimum=1, unit="seconds")
+        check_int("attempts", attempts, minimum=1)
         self.queue = queue
         self.retention = retention
         self.heartbeat = heartbeat
@@ -191,7 +185,10 @@ class Fleet:
             progress: Called with the BatchProgress counters whenever they change.
             timeout: Seconds to wait for each analysis after its upload.
             max_in_flight: The most items enqueued and not yet reported.
-            domain, activity, rep_count, source: Defaults for items that do not set them.
+            domain: The default for items that do not set theirs (as for upload_video).
+            activity: The default for items that do not set theirs.
+            rep_count: The default for items that do not set theirs.
+            source: The default for items that do not set theirs.
 
         Raises:
             RuntimeError: The Fleet is not open (use ``async with``).
@@ -204,10 +201,7 @@ class Fleet:
             raise RuntimeError("the Fleet is not open; use 'async with Fleet(...) as fleet'")
         if isinstance(items, (str, os.PathLike)):
             raise TypeError("batch_upload takes an iterable of paths; wrap one path in a list")
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
-            raise TypeError("max_in_flight must be an int")
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        check_int("max_in_flight", max_in_flight, minimum=1)
         if isinstance(items, Collection):
             for item in items:
                 _location(item)
@@ -220,11 +214,13 @@ class Fleet:
             batch = f"j:{name}"
         else:
             batch = f"b:{uuid.uuid4().hex}"
-        defaults = {"domain": domain, "activity": activity, "rep_count": rep_count}
-        resolve_domain_activity(domain, activity)
-        check_rep_count(rep_count)
-        check_optional_str("source", source)
-        defaults["source"] = source
+        defaults = {
+            "domain": domain,
+            "activity": activity,
+            "rep_count": rep_count,
+            "source": source,
+        }
+        resolve_fields(defaults=defaults)  # a typo fails the call, not every item
         run = _FleetRun(
             self,
             self._client,
@@ -270,21 +266,15 @@ def _location(item: object) -> str:
 
 
 def _fields(spec: VideoSpec, d: dict[str, Any]) -> dict[str, Any]:
-    # As in a one-process batch: an item's own activity picks its domain.
-    if spec.activity is not None:
-        domain, activity = resolve_domain_activity(spec.domain, spec.activity)
-    else:
-        domain, activity = resolve_domain_activity(
-            spec.domain if spec.domain is not None else d.get("domain"), d.get("activity")
-        )
-    rep_count = spec.rep_count if spec.rep_count is not None else d.get("rep_count")
-    source = spec.source if spec.source is not None else d.get("source")
-    return {
-        "domain": domain,
-        "activity": activity,
-        "rep_count": check_rep_count(rep_count),
-        "source": check_optional_str("source", source),
-    }
+    # As in a one-process batch (an item's own activity picks its domain), as plain data for
+    # the job and the item's identity.
+    return resolve_fields(
+        domain=spec.domain,
+        activity=spec.activity,
+        rep_count=spec.rep_count,
+        source=spec.source,
+        defaults=d,
+    ).as_dict()
 
 
 class _FleetRun:

@@ -37,14 +37,16 @@ from saq.job import Job
 from saq.queue.redis import RedisQueue
 from saq.worker import Worker
 
+from .._client import Client
 from .._converter import to_json
 from .._enums import VideoStatus
 from .._errors import GuruError, redact
 from .._models import CreatedVideo
+from .._payloads import VideoFields
 from .._polling import DEFAULT_TIMEOUT
-from .._session import GuruSession
+from .._session import GuruSession, client_of
 from .._upload import UploadSource, check_file, is_url
-from .._validation import Unvalidated
+from .._validation import check_int
 from ._claims import Claims, LeaseLostError, item_hash
 from ._protocol import (
     DEFAULT_QUEUE,
@@ -137,11 +139,12 @@ class _Context:
         self, session: GuruSession, redis: redis_async.Redis, queue: str, poll: RedisQueue
     ) -> None:
         self.session = session
+        self.client: Client = client_of(session)
         self.redis = redis
         self.queue = queue
         self.poll = poll
         self.claims = Claims(redis, queue=queue)
-        self.service = f"{session.base_url} {session.client_id or ''}"
+        self.service = self.client.service
 
     async def push(self, batch: str, message: str, retention: int) -> None:
         key = results_key(self.queue, batch)
@@ -221,7 +224,8 @@ async def _upload_item(
         file = None if is_url(path) else check_file(path)
         size = None if file is None else file.stat().st_size
         item = item_hash(fleet.service, path if file is None else file, fields)
-        sent_fields = _sendable(fields)
+        # The producer resolved these against its own table: taken as they are.
+        sent_fields = VideoFields.from_dict(fields)
         lease = max(float(job.heartbeat or 10), 1.0)
         async with fleet.claims.lease(item, seconds=lease):
             record = await fleet.claims.read(item)
@@ -236,7 +240,7 @@ async def _upload_item(
             ):
                 if file is None:
                     # Streamed from the URL into the upload: never held whole, never on disk.
-                    source = await session._source(path, None)
+                    source = await fleet.client.source(path, None)
                     size = source.size
                 else:
                     source = UploadSource(file)
@@ -247,7 +251,7 @@ async def _upload_item(
                         item, "created", video_id=created.id, retention=retention
                     )
 
-                video_id = await session._create_and_upload(
+                video_id = await fleet.client.create_and_upload(
                     source, sent_fields, on_created=on_created
                 )
             if record.state != "uploaded" or record.video_id != video_id:
@@ -280,16 +284,6 @@ async def _upload_item(
         deadline=time.time() + analysis_timeout,
         retention=retention,
     )
-
-
-def _sendable(fields: dict[str, Any]) -> dict[str, Any]:
-    # The producer validated these against its own table; a newer value it let through with
-    # Unvalidated must not be refused here.
-    out = dict(fields)
-    for name in ("domain", "activity"):
-        if out.get(name) is not None:
-            out[name] = Unvalidated(out[name])
-    return out
 
 
 async def _arrived(session: GuruSession, video_id: str) -> bool:
@@ -375,13 +369,10 @@ class FleetWorker:
         if not isinstance(redis, str):
             raise TypeError(f"redis must be a redis:// URL, got {type(redis).__name__}")
         check_url(redis)
-        for name, value in (("concurrency", concurrency), ("max_waiting", max_waiting)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(sweep_interval, bool) or not isinstance(sweep_interval, int):
-            raise TypeError("sweep_interval must be an int (saq counts it in whole seconds)")
-        if sweep_interval < 1:
-            raise ValueError(f"sweep_interval must be >= 1 s, got {sweep_interval}")
+        check_int("concurrency", concurrency, minimum=1)
+        check_int("max_waiting", max_waiting, minimum=1)
+        # saq counts the sweep interval in whole seconds.
+        check_int("sweep_interval", sweep_interval, minimum=1, unit="seconds")
         self._url = redis
         self.where = describe_url(redis)
         self._session = session
