@@ -28,13 +28,20 @@ from guru_async import (
     Token,
     Video,
 )
-from guru_async.testing import FaultRule, GuruEmulator
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    CREATE_ROUTE,
+    GET_VIDEO_ROUTE,
+    J2P_ROUTE,
+    TOKEN_ROUTE,
+    UPDATE_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
 from tests.conftest import FAST_POLLS
 from tests.helpers import headers_of, recorded_on, wait_until
 
-GET_VIDEO = "GET /videos/{id}"
-ANALYSIS = "GET /videos/{id}/analysis"
-API_ROUTES = {"POST /videos", GET_VIDEO, "PUT /videos/{id}", ANALYSIS, "GET /videos/{id}/j2p"}
+API_ROUTES = {CREATE_ROUTE, GET_VIDEO_ROUTE, UPDATE_ROUTE, ANALYSIS_ROUTE, J2P_ROUTE}
 
 MakeSession = Callable[..., GuruSession]
 REPO = Path(__file__).resolve().parent.parent
@@ -70,8 +77,8 @@ async def test_concurrent_first_calls_fetch_one_token(
             calls.append(guru.get_analysis(video_id) if i % 2 else guru.get_video(video_id))
         results = await asyncio.gather(*calls)
     assert emulator.token_requests == 1
-    assert emulator.requests[ANALYSIS] == 25
-    assert emulator.requests[GET_VIDEO] == 25
+    assert emulator.requests[ANALYSIS_ROUTE] == 25
+    assert emulator.requests[GET_VIDEO_ROUTE] == 25
     assert sum(isinstance(r, Video) for r in results) == 25
     assert len(set(_api_authorizations(emulator))) == 1
 
@@ -103,8 +110,8 @@ async def test_token_is_refreshed_before_it_expires(
             calls += 1
             await asyncio.sleep(0.04)  # spread the calls over more than one token lifetime
     # A 401 would show as a second request for the same call.
-    assert emu.requests[GET_VIDEO] == calls
-    assert emu.requests["POST /videos"] == 1
+    assert emu.requests[GET_VIDEO_ROUTE] == calls
+    assert emu.requests[CREATE_ROUTE] == 1
     assert 2 <= emu.token_requests <= 3
     assert emu.token_requests * 5 < calls
 
@@ -119,7 +126,7 @@ async def test_expired_token_is_refreshed_once_and_the_call_succeeds(
     video = await guru.get_video(created.id)
     assert video.status == "Pending"
     assert emulator.token_requests == 2
-    assert emulator.requests[GET_VIDEO] == 2
+    assert emulator.requests[GET_VIDEO_ROUTE] == 2
     old, rejected, fresh = _api_authorizations(emulator)
     assert old == rejected
     assert fresh != old
@@ -141,7 +148,7 @@ async def test_wrong_client_secret_fails_at_once(emulator: GuruEmulator) -> None
         with pytest.raises(AuthenticationError) as caught:
             await guru.get_analysis("0b8e4c1e-0000-4000-8000-000000000000")
     assert emulator.token_requests == 1
-    assert emulator.requests[ANALYSIS] == 0
+    assert emulator.requests[ANALYSIS_ROUTE] == 0
     assert secret not in str(caught.value)
     assert secret not in repr(caught.value)
     assert "invalid_client" in str(caught.value)
@@ -151,12 +158,12 @@ async def test_token_endpoint_401_raises_authentication_error(
     emulator: GuruEmulator, guru: GuruSession
 ) -> None:
     """A token endpoint that answers 401 raises AuthenticationError after one token request."""
-    emulator.faults.add(FaultRule(route="POST /oauth2/token", kind="status", status=401))
+    emulator.faults.add(FaultRule(route=TOKEN_ROUTE, kind="status", status=401))
     with pytest.raises(AuthenticationError) as caught:
         await guru.get_analysis("0b8e4c1e-0000-4000-8000-000000000000")
     assert caught.value.status == 401
     assert emulator.token_requests == 1
-    assert emulator.requests[ANALYSIS] == 0
+    assert emulator.requests[ANALYSIS_ROUTE] == 0
 
 
 async def test_file_token_store_survives_a_restart(
@@ -262,7 +269,7 @@ async def test_token_request_is_a_client_credentials_form(
 ) -> None:
     """The token request is a form POST with no Authorization header of its own."""
     await guru.create_video("clip.mp4", size=10)
-    (token_request,) = recorded_on(emulator, "POST /oauth2/token")
+    (token_request,) = recorded_on(emulator, TOKEN_ROUTE)
     headers = headers_of(token_request)
     assert headers["content-type"] == "application/x-www-form-urlencoded"
     assert "authorization" not in headers
@@ -375,7 +382,7 @@ async def test_processes_starting_together_make_one_token_request(
 ) -> None:
     """Four processes sharing a token file, released at once against a slow token endpoint,
     make one token request and all call the API with that token."""
-    emulator.faults.add(FaultRule(route="POST /oauth2/token", kind="delay", delay=0.3))
+    emulator.faults.add(FaultRule(route=TOKEN_ROUTE, kind="delay", delay=0.3))
     token_file = tmp_path / "cache" / "tokens.json"
     workers = [await _start_token_worker(emulator, token_file) for _ in range(4)]
     try:
@@ -395,13 +402,12 @@ async def test_processes_starting_together_make_one_token_request(
     assert [out for out, _ in outputs] == [b"done\n"] * 4
     assert [w.returncode for w in workers] == [0] * 4
     assert emulator.token_requests == 1
-    tokens = {headers_of(r)["authorization"] for r in recorded_on(emulator, GET_VIDEO)}
+    tokens = {headers_of(r)["authorization"] for r in recorded_on(emulator, GET_VIDEO_ROUTE)}
     assert len(tokens) == 1
     (entry,) = json.loads(token_file.read_text()).values()
     assert tokens == {entry["access_token"]}
 
 
-TOKEN_ROUTE = "POST /oauth2/token"
 MISSING_ID = "0b8e4c1e-0000-4000-8000-000000000000"
 
 
@@ -423,7 +429,7 @@ async def test_a_failed_token_fetch_is_shared_by_every_waiting_call(
             await guru.get_video(MISSING_ID)
     assert later.value is results[0]
     assert emulator.token_requests == 2
-    assert emulator.requests[GET_VIDEO] == 0
+    assert emulator.requests[GET_VIDEO_ROUTE] == 0
 
 
 async def test_a_remembered_token_failure_expires(
@@ -459,7 +465,7 @@ async def test_waiting_for_a_token_counts_against_the_calls_own_timeout(
         with pytest.raises(NotFoundError):
             await first
     assert emulator.token_requests == 1
-    assert emulator.requests[GET_VIDEO] == 1
+    assert emulator.requests[GET_VIDEO_ROUTE] == 1
 
 
 async def test_a_route_that_keeps_answering_401_refreshes_once(
@@ -469,7 +475,7 @@ async def test_a_route_that_keeps_answering_401_refreshes_once(
     token is rejected too, 401s are raised without refreshing, and other routes keep working
     with that token."""
     video_id = await _created_video_id(emulator)
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=401))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=401))
     async with make_session() as guru:
         for _ in range(10):
             with pytest.raises(AuthenticationError) as caught:
@@ -478,7 +484,7 @@ async def test_a_route_that_keeps_answering_401_refreshes_once(
         analysis = await guru.get_analysis(video_id)
     assert analysis.status == "Pending"
     assert emulator.token_requests == 2
-    assert emulator.requests[GET_VIDEO] == 11
+    assert emulator.requests[GET_VIDEO_ROUTE] == 11
     first, refreshed, *rest = _api_authorizations(emulator)
     assert first != refreshed
     assert set(rest) == {refreshed}
@@ -490,7 +496,7 @@ async def test_concurrent_401s_on_one_token_cause_one_refresh(
     """Two waves of 10 concurrent calls to a route answering 401 make one refresh between
     them."""
     video_id = await _created_video_id(emulator)
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=401))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=401))
     async with make_session() as guru:
         for _ in range(2):
             results = await asyncio.gather(
@@ -506,7 +512,7 @@ async def test_after_the_cool_down_a_401_refreshes_again(
     """With the cool-down over, each 401 refreshes once again (a revoked token still heals)."""
     monkeypatch.setattr(guru_auth, "REJECTED_TOKEN_COOLDOWN", 0.0)
     video_id = await _created_video_id(emulator)
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=401))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=401))
     async with make_session() as guru:
         for _ in range(3):
             with pytest.raises(AuthenticationError):
@@ -557,7 +563,7 @@ async def test_a_session_closed_mid_refresh_does_not_fail_another_sessions_call(
         with pytest.raises(NotFoundError):
             await waiting
     assert emulator.token_requests == 2
-    assert emulator.requests[GET_VIDEO] == 1
+    assert emulator.requests[GET_VIDEO_ROUTE] == 1
 
 
 async def test_a_token_that_cured_a_401_is_refreshed_when_it_is_revoked_later(
@@ -571,4 +577,4 @@ async def test_a_token_that_cured_a_401_is_refreshed_when_it_is_revoked_later(
         video = await guru.get_video(created.id)
         assert video.status == "Pending"
     assert emulator.token_requests == 3
-    assert emulator.requests[GET_VIDEO] == 4
+    assert emulator.requests[GET_VIDEO_ROUTE] == 4

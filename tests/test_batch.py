@@ -42,14 +42,21 @@ from guru_async import (
     VideoSpec,
 )
 from guru_async._client import Client
-from guru_async.testing import FAILURE_REASON, UNANALYZABLE_MARKER, FaultRule, GuruEmulator
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    CREATE_ROUTE,
+    DOWNLOAD_ROUTE,
+    FAILURE_REASON,
+    GET_VIDEO_ROUTE,
+    UNANALYZABLE_MARKER,
+    UPLOAD_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
 from tests.helpers import recorded_on
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("batch_worker.py")
-CREATE = "POST /videos"
-UPLOAD = "POST /storage"
-ANALYSIS = "GET /videos/{id}/analysis"
 
 MakeFile = Callable[..., Path]
 
@@ -71,7 +78,7 @@ def sha256(path: Path) -> str:
 
 def create_bodies(emulator: GuruEmulator) -> dict[str, dict[str, Any]]:
     """The JSON bodies of every Create Video request, by filename."""
-    bodies = [rec.json for rec in recorded_on(emulator, CREATE)]
+    bodies = [rec.json for rec in recorded_on(emulator, CREATE_ROUTE)]
     return {body["filename"]: body for body in bodies if isinstance(body, dict)}
 
 
@@ -110,7 +117,7 @@ async def test_200_items_give_one_complete_result_each(
         assert isinstance(r.item, Path)
         assert r.video_id is not None
         assert emulator.videos[r.video_id].content_sha256 == sha256(r.item)
-    assert emulator.requests[CREATE] == 200
+    assert emulator.requests[CREATE_ROUTE] == 200
 
 
 # -- 2. failures stay in their own result --------------------------------------------------------
@@ -132,7 +139,7 @@ async def test_each_failure_is_reported_in_its_own_result(
     items: list[Any] = [missing, folder, bad_activity, bad_pair, refused, unanalyzable, *good]
     # The first upload to reach storage is refused. One worker takes items in input order, so
     # that is `refused` (the items before it fail before any request).
-    emulator.faults.add(FaultRule(route=UPLOAD, kind="status", status=403, rate=1.0, times=1))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, kind="status", status=403, rate=1.0, times=1))
 
     results = await collect(guru.batch_upload(items, upload_concurrency=1, activity="squat"))
 
@@ -176,7 +183,7 @@ async def test_each_failure_is_reported_in_its_own_result(
         assert r.video_id is not None
         assert emulator.uploads_completed[r.video_id] == 1
     # Bad paths and bad metadata are caught before any request: only 5 videos were created.
-    assert emulator.requests[CREATE] == 5
+    assert emulator.requests[CREATE_ROUTE] == 5
     assert sorted(create_bodies(emulator)) == sorted(
         ["refused.mp4", "unanalyzable.mp4", *(p.name for p in good)]
     )
@@ -296,7 +303,7 @@ async def test_wait_false_yields_once_uploaded_without_polling(
         assert r.video_id is not None
         assert emu.uploads_completed[r.video_id] == 1
         assert emu.videos[r.video_id].analysis_status() is AnalysisStatus.PENDING
-    assert emu.requests[ANALYSIS] == 0
+    assert emu.requests[ANALYSIS_ROUTE] == 0
 
 
 # -- 5. kill and resume --------------------------------------------------------------------------
@@ -465,7 +472,7 @@ async def test_closed_batch_resumes_in_process_without_reuploading(
     finished_ids = {str(r.video_id) for r in first}
     attempts_before = Counter(emulator.upload_attempts)
     completed_before = sum(emulator.uploads_completed.values())
-    posts_before = emulator.requests[UPLOAD]
+    posts_before = emulator.requests[UPLOAD_ROUTE]
     assert completed_before < len(paths), "the first run uploaded everything before closing"
 
     async with session_for(emulator) as guru:
@@ -489,7 +496,7 @@ async def test_closed_batch_resumes_in_process_without_reuploading(
     assert set(emulator.uploads_completed.values()) == {1}
     assert sum(emulator.uploads_completed.values()) == len(paths)
     # The rerun uploaded only the items that had no completed upload yet.
-    assert emulator.requests[UPLOAD] - posts_before == len(paths) - completed_before
+    assert emulator.requests[UPLOAD_ROUTE] - posts_before == len(paths) - completed_before
     assert journal_states(journal) == {"done": len(paths)}
 
 
@@ -521,7 +528,7 @@ async def test_timed_out_items_resume_waiting_on_rerun(
     assert all(r.ok for r in second)
     assert {r.item: r.video_id for r in second} == {r.item: r.video_id for r in first}
     assert sum(emulator.uploads_completed.values()) == len(paths)
-    assert emulator.requests[CREATE] == len(paths)
+    assert emulator.requests[CREATE_ROUTE] == len(paths)
 
 
 # -- 6. a lazy input of 100,000 items ------------------------------------------------------------
@@ -667,7 +674,7 @@ async def test_progress_stays_monotonic_when_an_upload_is_retried(
     the batch still ends with bytes_sent == bytes_total."""
     paths = small_files(video_file, 4)
     emulator.faults.add(
-        FaultRule(route=UPLOAD, kind="status", status=503, rate=1.0, times=1, retry_after=0)
+        FaultRule(route=UPLOAD_ROUTE, kind="status", status=503, rate=1.0, times=1, retry_after=0)
     )
     snapshots: list[dict[str, int]] = []
 
@@ -678,8 +685,8 @@ async def test_progress_stays_monotonic_when_an_upload_is_retried(
     )
 
     assert all(r.ok for r in results)
-    assert emulator.faults.fired[UPLOAD] == 1
-    assert emulator.requests[UPLOAD] == 5
+    assert emulator.faults.fired[UPLOAD_ROUTE] == 1
+    assert emulator.requests[UPLOAD_ROUTE] == 5
     assert_monotonic(snapshots)
     assert snapshots[-1]["bytes_sent"] == snapshots[-1]["bytes_total"] == 4 * 2048
 
@@ -723,12 +730,12 @@ async def test_cut_short_download_leaves_dest_untouched(
     out.mkdir()
     dest = out / "dest.mp4"
     dest.write_bytes(b"keep me")
-    emulator.faults.add(FaultRule(route="GET /storage", kind="truncate", rate=1.0))
+    emulator.faults.add(FaultRule(route=DOWNLOAD_ROUTE, kind="truncate", rate=1.0))
 
     with pytest.raises(GuruConnectionError):
         await guru.download(video_id, dest, max_retries=0)
 
-    assert emulator.faults.fired["GET /storage"] == 1
+    assert emulator.faults.fired[DOWNLOAD_ROUTE] == 1
     assert dest.read_bytes() == b"keep me"
     assert [p.name for p in out.iterdir()] == ["dest.mp4"]
 
@@ -745,13 +752,13 @@ async def test_download_rejects_unknown_overlay_and_missing_content(
 
     with pytest.raises(ValueError, match="unknown overlay 'wireframe'"):
         await guru.download(created.id, dest, overlay="wireframe")
-    assert emulator.requests["GET /videos/{id}"] == 0
+    assert emulator.requests[GET_VIDEO_ROUTE] == 0
 
     with pytest.raises(ValueError, match="not available"):
         await guru.download(created.id, dest)
     with pytest.raises(ValueError, match="not available"):
         await guru.download(created.id, dest, overlay="all")
-    assert emulator.requests["GET /storage"] == 0
+    assert emulator.requests[DOWNLOAD_ROUTE] == 0
     assert list(out.iterdir()) == []
 
 

@@ -14,10 +14,9 @@ import pytest
 from aiohttp import web
 
 from guru_async import GuruSession, ResponseDecodeError
-from guru_async.testing import FaultRule, GuruEmulator
+from guru_async.testing import DOWNLOAD_ROUTE, FaultRule, GuruEmulator
 from tests.crafted_server import CraftedServer
 
-DOWNLOAD = "GET /storage"
 MIB = 1024 * 1024
 
 VideoFile = Callable[..., Path]
@@ -124,21 +123,23 @@ async def test_a_failing_write_is_raised_as_it_is_once(
         await guru.download(video_id, tmp_path / "out.mp4")
     assert type(caught.value) is OSError
     assert caught.value.errno == errno.EFBIG
-    assert emulator.requests[DOWNLOAD] == 1
+    assert emulator.requests[DOWNLOAD_ROUTE] == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
 
 
-async def test_download_progress_never_goes_back_across_a_retry(
+async def test_truncated_download_is_retried_whole(
     emulator: GuruEmulator, guru: GuruSession, uploaded: tuple[str, bytes], tmp_path: Path
 ) -> None:
-    """A download cut short and fetched again reports progress that only rises, to the size."""
+    """A download cut short once is fetched again: the file ends up whole, no partial file is
+    left, and progress only rises, to the size."""
     video_id, content = uploaded
-    emulator.faults.add(FaultRule(route=DOWNLOAD, kind="truncate", times=1))
+    emulator.faults.add(FaultRule(route=DOWNLOAD_ROUTE, kind="truncate", times=1))
     calls: list[int] = []
     out = await guru.download(
         video_id, tmp_path / "out.mp4", progress=lambda got, total: calls.append(got)
     )
     assert out.read_bytes() == content
-    assert emulator.requests[DOWNLOAD] == 2
+    assert emulator.requests[DOWNLOAD_ROUTE] == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
     assert calls == sorted(set(calls))
     assert calls[-1] == len(content)

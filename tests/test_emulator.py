@@ -21,8 +21,14 @@ import pytest
 
 from guru_async._enums import Activity, Domain
 from guru_async.testing import (
+    CREATE_ROUTE,
+    DOWNLOAD_ROUTE,
+    GET_VIDEO_ROUTE,
     SCOPE,
+    TOKEN_ROUTE,
     UNANALYZABLE_MARKER,
+    UPDATE_ROUTE,
+    UPLOAD_ROUTE,
     EmulatedVideo,
     FaultRule,
     GuruEmulator,
@@ -166,7 +172,7 @@ async def test_token_endpoint_issues_and_rejects(
     async with http.post(emu.token_url, json=good) as response:
         assert (response.status, await response.json()) == (400, {"error": "invalid_request"})
     assert emu.token_requests == 6
-    assert emu.requests["POST /oauth2/token"] == 6
+    assert emu.requests[TOKEN_ROUTE] == 6
 
 
 async def test_fractional_token_lifetime_is_emitted_as_a_float(
@@ -248,7 +254,7 @@ async def test_create_returns_an_s3_presigned_post(
     video = emu.videos[video_id]
     assert (video.activity, video.rep_count, video.domain) == (Activity.SQUAT, 3, None)
     recorded = emu.recorded[-1]
-    assert recorded.route == "POST /videos"
+    assert recorded.route == CREATE_ROUTE
     assert recorded.json == {
         "filename": "squat.mp4",
         "size": 1234,
@@ -304,7 +310,7 @@ async def test_large_upload_is_stored_byte_identical(
     assert video.stored_size == len(content)
     assert video.uploaded_at is not None
     recorded = emu.recorded[-1]
-    assert recorded.route == "POST /storage"
+    assert recorded.route == UPLOAD_ROUTE
     assert int(recorded.headers["Content-Length"]) > len(content)
     assert "Authorization" not in recorded.headers
     assert recorded.part_names == [
@@ -604,7 +610,7 @@ async def test_update_video_changes_only_given_fields(
     async with http.put(url, json={"domain": "mobility"}, headers=auth(emu)) as response:
         assert response.status == 200
     assert video.domain is Domain.MOBILITY
-    assert emu.requests["PUT /videos/{id}"] == 7
+    assert emu.requests[UPDATE_ROUTE] == 7
 
 
 async def test_download_serves_signed_content_only(
@@ -626,7 +632,7 @@ async def test_download_serves_signed_content_only(
         assert (response.status, s3_code(await response.text())) == (403, "SignatureDoesNotMatch")
     async with http.get(video["uri"], headers={"Authorization": "token"}) as response:
         assert (response.status, s3_code(await response.text())) == (400, "InvalidArgument")
-    assert emu.requests["GET /storage"] == 4
+    assert emu.requests[DOWNLOAD_ROUTE] == 4
 
 
 async def test_reupload_overwrites_and_restarts_the_clock(http: aiohttp.ClientSession) -> None:
@@ -655,17 +661,15 @@ async def test_status_fault_fires_a_limited_number_of_times(
     emu: GuruEmulator, http: aiohttp.ClientSession
 ) -> None:
     """A status fault with times=2 answers 503 and Retry-After twice, then lets requests by."""
-    emu.faults.add(
-        FaultRule(route="GET /videos/{id}", rate=1.0, status=503, retry_after=2, times=2)
-    )
+    emu.faults.add(FaultRule(route=GET_VIDEO_ROUTE, rate=1.0, status=503, retry_after=2, times=2))
     statuses = []
     for _ in range(3):
         async with http.get(f"{emu.base_url}/videos/nope", headers=auth(emu)) as response:
             statuses.append((response.status, response.headers.get("Retry-After")))
             assert "message" in await response.json()
     assert statuses == [(503, "2"), (503, "2"), (404, None)]
-    assert emu.faults.fired["GET /videos/{id}"] == 2
-    assert emu.requests["GET /videos/{id}"] == 3
+    assert emu.faults.fired[GET_VIDEO_ROUTE] == 2
+    assert emu.requests[GET_VIDEO_ROUTE] == 3
 
 
 async def test_storage_status_fault_uses_s3_errors(
@@ -684,13 +688,13 @@ async def test_storage_status_fault_uses_s3_errors(
 async def test_delay_and_malformed_faults(emu: GuruEmulator, http: aiohttp.ClientSession) -> None:
     """A delay fault postpones a normal answer; a malformed fault answers 200 with HTML."""
     url = f"{emu.base_url}/videos/nope"
-    emu.faults.add(FaultRule(route="GET /videos/{id}", kind="delay", delay=0.2, times=1))
+    emu.faults.add(FaultRule(route=GET_VIDEO_ROUTE, kind="delay", delay=0.2, times=1))
     started = time.monotonic()
     async with http.get(url, headers=auth(emu)) as response:
         assert response.status == 404
     assert time.monotonic() - started >= 0.2
     emu.faults.clear()
-    emu.faults.add(FaultRule(route="POST /oauth2/token", kind="malformed"))
+    emu.faults.add(FaultRule(route=TOKEN_ROUTE, kind="malformed"))
     async with http.post(emu.token_url, data={"grant_type": "client_credentials"}) as response:
         assert response.status == 200
         assert response.content_type == "text/html"
@@ -714,11 +718,11 @@ async def test_drop_faults_disconnect(emu: GuruEmulator, http: aiohttp.ClientSes
 async def test_truncate_fault_cuts_the_body(emu: GuruEmulator, http: aiohttp.ClientSession) -> None:
     """A truncate fault announces the full length but sends only part of the body."""
     video_id = await upload(http, emu, b"t" * 1000)
-    emu.faults.add(FaultRule(route="GET /videos/{id}", kind="truncate", times=1))
+    emu.faults.add(FaultRule(route=GET_VIDEO_ROUTE, kind="truncate", times=1))
     with pytest.raises(aiohttp.ClientPayloadError):
         await get_json(http, emu, f"/videos/{video_id}")
     _, video = await get_json(http, emu, f"/videos/{video_id}")
-    emu.faults.add(FaultRule(route="GET /storage", kind="truncate", times=1))
+    emu.faults.add(FaultRule(route=DOWNLOAD_ROUTE, kind="truncate", times=1))
     async with http.get(video["uri"]) as response:
         assert response.content_length == 1000
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -730,7 +734,7 @@ async def test_faults_are_reproducible_for_a_seed(http: aiohttp.ClientSession) -
     patterns = []
     for _ in range(2):
         async with GuruEmulator(seed=42) as emu:
-            emu.faults.add(FaultRule(route="GET /videos/{id}", rate=0.5, status=500))
+            emu.faults.add(FaultRule(route=GET_VIDEO_ROUTE, rate=0.5, status=500))
             statuses = []
             for _ in range(12):
                 async with http.get(f"{emu.base_url}/videos/x", headers=auth(emu)) as response:
@@ -743,8 +747,8 @@ async def test_faults_are_reproducible_for_a_seed(http: aiohttp.ClientSession) -
 async def test_reset_counters(emu: GuruEmulator, http: aiohttp.ClientSession) -> None:
     """reset_counters zeroes request, token and upload counters but keeps the videos."""
     video_id = await upload(http, emu, b"r" * 10)
-    assert emu.requests["POST /videos"] == 1
-    assert emu.requests["POST /storage"] == 1
+    assert emu.requests[CREATE_ROUTE] == 1
+    assert emu.requests[UPLOAD_ROUTE] == 1
     emu.reset_counters()
     assert not emu.requests
     assert emu.token_requests == 0

@@ -23,13 +23,17 @@ from guru_async import (
     PollPolicy,
     VideoStatus,
 )
-from guru_async.testing import UNANALYZABLE_MARKER, FaultRule, GuruEmulator
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    CREATE_ROUTE,
+    GET_VIDEO_ROUTE,
+    UNANALYZABLE_MARKER,
+    UPDATE_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
 from tests.helpers import recorded_on, wait_until
 
-CREATE = "POST /videos"
-GET_VIDEO = "GET /videos/{id}"
-UPDATE = "PUT /videos/{id}"
-ANALYSIS = "GET /videos/{id}/analysis"
 UNKNOWN_ID = "0b8e4c1e-0000-4000-8000-000000000000"
 
 VideoFile = Callable[..., Path]
@@ -42,7 +46,7 @@ async def test_create_video_body_on_the_wire(emulator: GuruEmulator, guru: GuruS
     created = await guru.create_video(
         "some/folder/squat.mp4", size=1234, activity=Activity.SQUAT, rep_count=12, source="my-app"
     )
-    (sent,) = recorded_on(emulator, CREATE)
+    (sent,) = recorded_on(emulator, CREATE_ROUTE)
     assert sent.json == {
         "filename": "squat.mp4",
         "size": 1234,
@@ -61,7 +65,7 @@ async def test_create_video_omits_fields_not_given(
 ) -> None:
     """Fields the caller did not give are left out of the body, not sent as null."""
     await guru.create_video("clip.mp4", size=10)
-    (sent,) = recorded_on(emulator, CREATE)
+    (sent,) = recorded_on(emulator, CREATE_ROUTE)
     assert sent.json == {"filename": "clip.mp4", "size": 10}
 
 
@@ -71,7 +75,7 @@ async def test_create_video_reads_the_size_from_a_path(
     """With a path and no size, the file's real size is sent."""
     path = video_file("lunge.mp4", size=12_345)
     await guru.create_video(path, activity="lunge")
-    (sent,) = recorded_on(emulator, CREATE)
+    (sent,) = recorded_on(emulator, CREATE_ROUTE)
     assert sent.json == {
         "filename": "lunge.mp4",
         "size": 12_345,
@@ -117,7 +121,7 @@ async def test_get_video_include_sends_one_query_value(
     video_id = await guru.upload_video(video_file(), activity="squat", rep_count=4)
     await guru.await_analysis(video_id, timeout=10)
     video = await guru.get_video(video_id, include=["j2p", "analysis", "objects"])
-    sent = recorded_on(emulator, GET_VIDEO)[-1]
+    sent = recorded_on(emulator, GET_VIDEO_ROUTE)[-1]
     assert parse_qs(sent.query) == {"include": ["j2p,analysis,objects"]}
     assert video.analysis is not None
     assert video.analysis.status is AnalysisStatus.COMPLETE
@@ -141,7 +145,7 @@ async def test_update_video_sends_only_given_fields(
     video_id = await guru.upload_video(video_file(), activity="squat", rep_count=3)
     assert await guru.update_video(video_id, rep_count=6) == video_id
     assert await guru.update_video(video_id, activity="bodyweight_squat") == video_id
-    first, second = recorded_on(emulator, UPDATE)
+    first, second = recorded_on(emulator, UPDATE_ROUTE)
     assert first.json == {"repCount": 6}
     assert second.json == {"activity": "bodyweight_squat"}
     analysis = await guru.await_analysis(video_id, timeout=10)
@@ -258,7 +262,7 @@ async def test_unknown_video_is_not_found(emulator: GuruEmulator, guru: GuruSess
     assert caught.value.status == 404
     assert caught.value.body == {"message": "Video not found"}
     assert UNKNOWN_ID in str(caught.value)
-    assert emulator.requests[ANALYSIS] == 1
+    assert emulator.requests[ANALYSIS_ROUTE] == 1
     with pytest.raises(NotFoundError):
         await guru.get_video(UNKNOWN_ID)
     with pytest.raises(NotFoundError):
@@ -311,7 +315,7 @@ async def test_await_analysis_timeout(
     assert caught.value.last is not None
     assert caught.value.last.status is AnalysisStatus.PENDING
     assert video_id in str(caught.value)
-    assert emu.requests[ANALYSIS] >= 3
+    assert emu.requests[ANALYSIS_ROUTE] >= 3
 
 
 async def test_await_again_after_a_timeout(
@@ -335,12 +339,12 @@ async def test_transient_errors_do_not_end_the_wait(
     """Three 503s on analysis polls (not retried: max_retries=0) do not stop await_analysis."""
     async with make_session(max_retries=0) as guru:
         video_id = await guru.upload_video(video_file(), activity="squat", rep_count=3)
-        emulator.faults.add(FaultRule(route=ANALYSIS, rate=1.0, times=3, status=503))
+        emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, rate=1.0, times=3, status=503))
         analysis = await guru.await_analysis(video_id, timeout=10)
     assert analysis.status is AnalysisStatus.COMPLETE
     assert len(analysis.reps) == 3
-    assert emulator.faults.fired[ANALYSIS] == 3
-    assert emulator.requests[ANALYSIS] >= 4
+    assert emulator.faults.fired[ANALYSIS_ROUTE] == 3
+    assert emulator.requests[ANALYSIS_ROUTE] >= 4
 
 
 async def test_cancelling_await_analysis(
@@ -351,7 +355,7 @@ async def test_cancelling_await_analysis(
     async with session_for(emu) as guru:
         video_id = await guru.upload_video(video_file(), activity="squat")
         task = asyncio.create_task(guru.await_analysis(video_id, timeout=30))
-        await wait_until(lambda: emu.requests[ANALYSIS] >= 2)
+        await wait_until(lambda: emu.requests[ANALYSIS_ROUTE] >= 2)
         started = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -379,7 +383,7 @@ async def test_analyze_end_to_end(
     assert analysis.activity is Activity.DEADLIFT
     assert analysis.domain is Domain.WEIGHTLIFTING
     assert len(analysis.reps) == 4
-    assert emulator.requests[CREATE] == 1
+    assert emulator.requests[CREATE_ROUTE] == 1
     (video_id,) = emulator.uploads_completed
     assert emulator.videos[video_id].source == "tests"
     assert emulator.stored_path(video_id).read_bytes() == path.read_bytes()
@@ -397,7 +401,7 @@ async def test_poll_count_follows_the_policy(
         analysis = await guru.await_analysis(video_id, timeout=10)
     assert analysis.status is AnalysisStatus.COMPLETE
     # Waits of 0.05, 0.075, 0.1, 0.1 ... (±10%): polls near 0, .05, .125, .225, .325 s.
-    assert 4 <= emu.requests[ANALYSIS] <= 7
+    assert 4 <= emu.requests[ANALYSIS_ROUTE] <= 7
 
 
 async def test_await_analysis_timeout_bounds_a_slow_poll(
@@ -407,7 +411,7 @@ async def test_await_analysis_timeout_bounds_a_slow_poll(
     await_analysis past its timeout by more than the last poll's grace."""
     async with make_session() as guru:
         video_id = await guru.upload_video(video_file(), activity="squat")
-        emulator.faults.add(FaultRule(route=ANALYSIS, rate=1.0, status=503, retry_after=3.0))
+        emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, rate=1.0, status=503, retry_after=3.0))
         started = time.monotonic()
         with pytest.raises(AnalysisTimeoutError):
             await guru.await_analysis(video_id, timeout=0.5)
@@ -421,4 +425,4 @@ async def test_update_video_with_nothing_to_change_is_refused(
     """update_video without any field raises ValueError and sends nothing."""
     with pytest.raises(ValueError, match="at least one of rep_count, domain, activity"):
         await guru.update_video("abc-123")
-    assert emulator.requests[UPDATE] == 0
+    assert emulator.requests[UPDATE_ROUTE] == 0

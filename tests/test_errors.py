@@ -1,18 +1,15 @@
-"""Errors: bad input fails before sending, statuses map to typed errors, secrets never leak."""
+"""Errors: bad input fails before sending, and statuses map to typed errors. (Secrets in errors:
+test_security.py; broken responses, retries and closing: test_reliability.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import logging
 import pickle
 import re
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -37,13 +34,15 @@ from guru_async import (
     Unvalidated,
     UploadError,
 )
-from guru_async.testing import FaultRule, GuruEmulator
-from tests.helpers import headers_of, total_requests, wait_until
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    CREATE_ROUTE,
+    GET_VIDEO_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
+from tests.helpers import total_requests
 
-CREATE = "POST /videos"
-GET_VIDEO = "GET /videos/{id}"
-ANALYSIS = "GET /videos/{id}/analysis"
-UPLOAD = "POST /storage"
 SOME_ID = "0b8e4c1e-0000-4000-8000-000000000000"
 
 MakeSession = Callable[..., GuruSession]
@@ -189,7 +188,7 @@ async def test_unvalidated_value_is_sent_as_given(
         await guru.create_video(
             "x.mp4", size=1, domain="calisthenics", activity=Unvalidated("handstand")
         )
-    (sent,) = [r for r in emulator.recorded if r.route == CREATE]
+    (sent,) = [r for r in emulator.recorded if r.route == CREATE_ROUTE]
     assert sent.json == {
         "filename": "x.mp4",
         "size": 1,
@@ -201,7 +200,7 @@ async def test_unvalidated_value_is_sent_as_given(
     message = caught.value.body["message"]
     assert "'activity' must be one of" in message
     assert message in str(caught.value)
-    assert emulator.requests[CREATE] == 1  # a 400 is not retried
+    assert emulator.requests[CREATE_ROUTE] == 1  # a 400 is not retried
 
 
 @pytest.mark.parametrize(
@@ -224,7 +223,7 @@ async def test_status_maps_to_its_error(
     attempts: int,
 ) -> None:
     """Each error status raises its APIError subclass; only 5xx are retried (max_retries=1)."""
-    emulator.faults.add(FaultRule(route=ANALYSIS, kind="status", status=status))
+    emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="status", status=status))
     async with make_session(max_retries=1) as guru:
         with pytest.raises(error) as caught:
             await guru.get_analysis(SOME_ID)
@@ -233,7 +232,7 @@ async def test_status_maps_to_its_error(
     assert caught.value.body == {"message": "Injected fault"}
     assert f"HTTP {status}" in str(caught.value)
     assert "Injected fault" in str(caught.value)
-    assert emulator.requests[ANALYSIS] == attempts
+    assert emulator.requests[ANALYSIS_ROUTE] == attempts
 
 
 async def test_rate_limit_honours_retry_after(
@@ -241,7 +240,7 @@ async def test_rate_limit_honours_retry_after(
 ) -> None:
     """429 is retried after Retry-After, then raised as RateLimitError with retry_after parsed."""
     emulator.faults.add(
-        FaultRule(route=ANALYSIS, kind="status", status=429, retry_after=0.05, times=10)
+        FaultRule(route=ANALYSIS_ROUTE, kind="status", status=429, retry_after=0.05, times=10)
     )
     async with make_session(max_retries=1) as guru:
         await guru.create_video("x.mp4", size=1)  # fetch the token outside the timing
@@ -251,7 +250,7 @@ async def test_rate_limit_honours_retry_after(
         elapsed = time.monotonic() - started
     assert caught.value.status == 429
     assert caught.value.retry_after == pytest.approx(0.05)
-    assert emulator.requests[ANALYSIS] == 2
+    assert emulator.requests[ANALYSIS_ROUTE] == 2
     assert 0.05 <= elapsed < 1.0
 
 
@@ -259,180 +258,12 @@ async def test_persistent_401_raises_after_one_refresh(
     emulator: GuruEmulator, guru: GuruSession
 ) -> None:
     """A 401 that survives one token refresh raises AuthenticationError: one refresh, no storm."""
-    emulator.faults.add(FaultRule(route=ANALYSIS, kind="status", status=401))
+    emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="status", status=401))
     with pytest.raises(AuthenticationError) as caught:
         await guru.get_analysis(SOME_ID)
     assert caught.value.status == 401
     assert emulator.token_requests == 2
-    assert emulator.requests[ANALYSIS] == 2
-
-
-async def test_html_body_raises_response_decode_error(
-    emulator: GuruEmulator, make_session: MakeSession
-) -> None:
-    """A 200 with an HTML page instead of JSON is retried, then raised as ResponseDecodeError."""
-    emulator.faults.add(FaultRule(route=ANALYSIS, kind="malformed"))
-    async with make_session(max_retries=1) as guru:
-        with pytest.raises(ResponseDecodeError) as caught:
-            await guru.get_analysis(SOME_ID)
-    assert caught.value.status == 200
-    assert caught.value.body.startswith("<html>")
-    assert "not JSON" in str(caught.value)
-    assert emulator.requests[ANALYSIS] == 2
-
-
-async def test_dropped_connections_raise_connection_error(
-    emulator: GuruEmulator, make_session: MakeSession, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A connection dropped on every attempt raises GuruConnectionError after the retries."""
-    caplog.set_level(logging.DEBUG, logger="guru_async")
-    emulator.faults.add(FaultRule(route=ANALYSIS, kind="drop"))
-    async with make_session(max_retries=1) as guru:
-        with pytest.raises(GuruConnectionError) as caught:
-            await guru.get_analysis(SOME_ID)
-    assert SOME_ID in str(caught.value)
-    attempts = [r for r in caplog.records if "/analysis -> error" in r.getMessage()]
-    assert len(attempts) == 2
-    # aiohttp itself re-sends an idempotent request once when a reused connection drops.
-    assert 2 <= emulator.requests[ANALYSIS] <= 4
-
-
-async def test_truncated_response_is_retried(
-    emulator: GuruEmulator, guru: GuruSession, video_file: VideoFile
-) -> None:
-    """A response cut off half way is retried transparently and the call returns whole data."""
-    video_id = await guru.upload_video(video_file(), activity="squat", rep_count=3)
-    await guru.await_analysis(video_id, timeout=10)
-    emulator.faults.add(FaultRule(route="GET /videos/{id}/j2p", kind="truncate", times=1))
-    joints = await guru.get_joint_data(video_id)
-    assert len(joints.joint_to_points) == 17
-    assert emulator.requests["GET /videos/{id}/j2p"] == 2
-
-
-async def test_closed_session_refuses_calls(emulator: GuruEmulator, guru: GuruSession) -> None:
-    """After close() (twice is harmless), calls raise SessionClosedError and send nothing."""
-    await guru.close()
-    await guru.close()
-    assert guru.closed
-    with pytest.raises(SessionClosedError, match="closed"):
-        await guru.get_analysis(SOME_ID)
-    with pytest.raises(SessionClosedError):
-        await guru.create_video("x.mp4", size=1)
-    assert total_requests(emulator) == 0
-    assert "closed" in repr(guru)
-
-
-async def test_close_ends_an_in_flight_wait(emulator: GuruEmulator, guru: GuruSession) -> None:
-    """Closing a session ends a running await_analysis with SessionClosedError, promptly."""
-    created = await guru.create_video("x.mp4", size=1)  # never uploaded: Pending forever
-    task = asyncio.create_task(guru.await_analysis(created.id, timeout=30))
-    await wait_until(lambda: emulator.requests[ANALYSIS] >= 2)
-    started = time.monotonic()
-    await guru.close()
-    with pytest.raises(SessionClosedError):
-        await asyncio.wait_for(task, timeout=5)
-    assert time.monotonic() - started < 1.0
-
-
-def _signature_of(url: str) -> str:
-    (signature,) = parse_qs(urlsplit(url).query)["X-Amz-Signature"]
-    return signature
-
-
-async def test_secrets_stay_out_of_reprs_and_errors(
-    emulator: GuruEmulator, make_session: MakeSession, video_file: VideoFile
-) -> None:
-    """Client secret, token and presigned signature/policy appear in no repr and no error text."""
-    texts: list[str] = []
-    async with make_session() as guru:
-        texts.append(repr(guru))
-        path = video_file()
-        created = await guru.create_video(path, activity="squat")
-        texts += [repr(created), str(created)]
-        await guru.upload(created, path)
-        await guru.await_analysis(created.id, timeout=10)
-        video = await guru.get_video(created.id)
-        texts += [repr(video), repr(video.overlays)]
-        emulator.faults.add(FaultRule(route=UPLOAD, kind="status", status=403))
-        emulator.faults.add(FaultRule(route=ANALYSIS, kind="status", status=500))
-        failures: list[Exception] = []
-        with pytest.raises(UploadError) as upload_error:
-            await guru.upload(created, path, max_retries=0)
-        failures.append(upload_error.value)
-        with pytest.raises(ServerError) as server_error:
-            await guru.get_analysis(created.id, max_retries=0)
-        failures.append(server_error.value)
-    emulator.faults.clear()
-    token = emulator.issue_token()
-    async with GuruSession(
-        access_token=token, base_url=emulator.base_url, token_url=emulator.token_url
-    ) as static:
-        texts.append(repr(static))
-        emulator.revoke_token(token)
-        with pytest.raises(AuthenticationError) as auth_error:
-            await static.get_analysis(created.id)
-        failures.append(auth_error.value)
-    for failure in failures:
-        texts += [str(failure), repr(failure), repr(getattr(failure, "body", ""))]
-
-    assert video.uri is not None
-    secrets = {
-        emulator.client_secret,
-        token,
-        created.fields["x-amz-signature"],
-        created.fields["policy"],
-        _signature_of(video.uri),
-        *(headers_of(r).get("authorization") for r in emulator.recorded),
-    } - {None}
-    assert upload_error.value.code == "AccessDenied"
-    for text in texts:
-        for secret in secrets:
-            assert secret not in text, f"secret leaked into {text!r}"
-
-
-_LOG_LINE = re.compile(r"^(GET|POST|PUT) 127\.0\.0\.1(/\S*) -> (\d{3}) in [\d.]+ ms$")
-
-
-async def test_debug_log_has_one_secret_free_line_per_request(
-    emulator: GuruEmulator,
-    guru: GuruSession,
-    video_file: VideoFile,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """At DEBUG, each request logs method, path and status once, and no secret is ever logged."""
-    caplog.set_level(logging.DEBUG, logger="guru_async")
-    emulator.faults.add(FaultRule(route=UPLOAD, kind="status", status=503, times=1))
-    path = video_file()
-    video_id = await guru.upload_video(path, activity="squat")
-    await guru.await_analysis(video_id, timeout=10)
-    video = await guru.get_video(video_id, include=["analysis"])
-    assert video.uri is not None
-
-    lines: Counter[tuple[str, str, str]] = Counter()
-    for record in caplog.records:
-        if record.name == "guru_async" and record.levelno == logging.DEBUG:
-            match = _LOG_LINE.match(record.getMessage())
-            assert match, record.getMessage()
-            lines[(match[1], match[2], match[3])] += 1
-    requests: Counter[tuple[str, str]] = Counter((r.method, r.path) for r in emulator.recorded)
-    assert sum(lines.values()) == total_requests(emulator)
-    assert Counter((method, path) for method, path, _ in lines.elements()) == requests
-    assert lines[("POST", "/guru-videos", "503")] == 1
-    assert lines[("POST", "/guru-videos", "204")] == 1
-    assert lines[("POST", "/oauth2/token", "200")] == 1
-    assert any(r.levelno == logging.INFO and "retrying" in r.getMessage() for r in caplog.records)
-
-    fields = emulator.videos[video_id].fields
-    secrets: set[Any] = {
-        emulator.client_secret,
-        fields["x-amz-signature"],
-        fields["policy"],
-        _signature_of(video.uri),
-        *(headers_of(r).get("authorization") for r in emulator.recorded),
-    } - {None}
-    assert len(secrets) >= 4
-    for secret in secrets:
-        assert secret not in caplog.text
+    assert emulator.requests[ANALYSIS_ROUTE] == 2
 
 
 # One instance of every public error, with every attribute a caller reads set.
@@ -549,7 +380,7 @@ async def test_per_call_max_retries_is_checked_like_the_session_one(
         await guru.get_video(SOME_ID, max_retries="2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^max_retries must be >= 0, got -1$"):
         await guru.get_video(SOME_ID, max_retries=-1)
-    assert emulator.requests[GET_VIDEO] == 0
+    assert emulator.requests[GET_VIDEO_ROUTE] == 0
 
 
 async def test_await_and_batch_say_an_analysis_timeout_the_same_way(

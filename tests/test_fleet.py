@@ -20,7 +20,7 @@ from aiohttp import web
 
 from guru_async import AnalysisStatus, BatchResult, SourceError, StreamSource, VideoSpec
 from guru_async.fleet import Fleet, RedisUnavailableError
-from guru_async.testing import GuruEmulator
+from guru_async.testing import CREATE_ROUTE, GuruEmulator
 
 from .fleet_helpers import WorkerProcess, start_worker, worker_env
 from .helpers import wait_until
@@ -152,7 +152,7 @@ async def test_missing_path_on_the_worker_is_its_items_typed_error(
     assert isinstance(by_item[folder].error, IsADirectoryError)
     assert by_item[missing].video_id is None
     assert_all_complete([by_item[p] for p in files], files)
-    assert fleet_emulator.requests["POST /videos"] == 3
+    assert fleet_emulator.requests[CREATE_ROUTE] == 3
 
 
 async def test_bad_item_metadata_fails_that_item_in_the_producer(redis_url: str) -> None:

@@ -13,8 +13,7 @@ import pytest
 
 from guru_async import GuruSession, NotFoundError
 from guru_async.fleet import RedisRateLimiter, RedisUnavailableError
-from guru_async.testing import FaultRule, GuruEmulator
-from guru_async.testing._emulator import GET_VIDEO_ROUTE, TOKEN_ROUTE
+from guru_async.testing import GET_VIDEO_ROUTE, TOKEN_ROUTE, FaultRule, GuruEmulator
 
 from .fleet_procs import Workers, emulator_stats, standalone_emulator
 from .redis_server import RedisServer

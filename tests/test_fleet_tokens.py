@@ -14,8 +14,7 @@ import redis.asyncio as redis_async
 
 from guru_async import GuruSession, NotFoundError, Token
 from guru_async.fleet import RedisTokenStore, RedisUnavailableError
-from guru_async.testing import FaultRule, GuruEmulator
-from guru_async.testing._emulator import TOKEN_ROUTE
+from guru_async.testing import GET_VIDEO_ROUTE, TOKEN_ROUTE, FaultRule, GuruEmulator
 
 from .fleet_procs import Workers, emulator_stats, standalone_emulator
 from .redis_server import RedisServer, free_port
@@ -59,7 +58,7 @@ async def test_six_processes_of_thirty_calls_make_one_token_request(
         stats = await emulator_stats(endpoints)
     assert [o["errors"] for o in outcomes] == [[]] * 6
     assert stats["token_requests"] == 1
-    assert stats["requests"]["GET /videos/{id}"] == 180
+    assert stats["requests"][GET_VIDEO_ROUTE] == 180
 
 
 @pytest.mark.slow

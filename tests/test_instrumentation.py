@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -32,6 +33,7 @@ from guru_async.testing import (
     FaultRule,
     GuruEmulator,
 )
+from tests.helpers import total_requests
 
 MakeSession = Callable[..., GuruSession]
 VideoFile = Callable[..., Path]
@@ -142,6 +144,40 @@ async def test_default_logging_hook_logs_with_structured_extra_fields(
     assert getattr(retry, "guru_async.cause") == "ServerError"
     assert getattr(retry, "guru_async.attempt") == 1
     assert 0 <= getattr(retry, "guru_async.wait") <= 0.02
+
+
+_LOG_LINE = re.compile(r"^(GET|POST|PUT) 127\.0\.0\.1(/\S*) -> (\d{3}) in [\d.]+ ms$")
+
+
+async def test_default_logging_hook_logs_one_line_per_request(
+    emulator: GuruEmulator,
+    guru: GuruSession,
+    video_file: VideoFile,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At DEBUG, each request (token, API and storage, retries included) logs its method, path
+    and status once. (That no secret reaches a log: test_security.py.)"""
+    caplog.set_level(logging.DEBUG, logger="guru_async")
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, kind="status", status=503, times=1))
+    path = video_file()
+    video_id = await guru.upload_video(path, activity="squat")
+    await guru.await_analysis(video_id, timeout=10)
+    video = await guru.get_video(video_id, include=["analysis"])
+    assert video.uri is not None
+
+    lines: Counter[tuple[str, str, str]] = Counter()
+    for record in caplog.records:
+        if record.name == "guru_async" and record.levelno == logging.DEBUG:
+            match = _LOG_LINE.match(record.getMessage())
+            assert match, record.getMessage()
+            lines[(match[1], match[2], match[3])] += 1
+    requests: Counter[tuple[str, str]] = Counter((r.method, r.path) for r in emulator.recorded)
+    assert sum(lines.values()) == total_requests(emulator)
+    assert Counter((method, path) for method, path, _ in lines.elements()) == requests
+    assert lines[("POST", "/guru-videos", "503")] == 1
+    assert lines[("POST", "/guru-videos", "204")] == 1
+    assert lines[("POST", "/oauth2/token", "200")] == 1
+    assert any(r.levelno == logging.INFO and "retrying" in r.getMessage() for r in caplog.records)
 
 
 async def test_hooks_replace_the_logging_hook(

@@ -32,12 +32,10 @@ from guru_async import (
     UploadError,
 )
 from guru_async._journal import Journal
-from guru_async.testing import FaultRule, GuruEmulator
+from guru_async.testing import CREATE_ROUTE, UPLOAD_ROUTE, FaultRule, GuruEmulator
 from tests.helpers import wait_until
 from tests.test_batch import (
-    CREATE,
     REPO,
-    UPLOAD,
     collect,
     emulator_stats,
     journal_states,
@@ -77,7 +75,7 @@ async def test_same_file_three_times_is_uploaded_once(
     assert all(r.ok for r in results), [r.error for r in results]
     assert len({r.video_id for r in results}) == 1
     video_id = str(results[0].video_id)
-    assert emulator.requests[CREATE] == 1
+    assert emulator.requests[CREATE_ROUTE] == 1
     assert emulator.uploads_completed == {video_id: 1}
     assert emulator.videos[video_id].content_sha256 == sha256(path)
 
@@ -105,7 +103,7 @@ async def test_two_batches_sharing_a_journal_upload_each_file_once(
         assert Counter(r.item for r in results) == Counter(paths)
         assert all(r.ok for r in results), [r.error for r in results]
     assert {r.item: r.video_id for r in first} == {r.item: r.video_id for r in second}
-    assert emulator.requests[CREATE] == len(paths)
+    assert emulator.requests[CREATE_ROUTE] == len(paths)
     assert set(emulator.uploads_completed.values()) == {1}
     assert set(emulator.uploads_completed) == {r.video_id for r in first}
     assert journal_states(journal) == {"done": len(paths)}
@@ -134,7 +132,7 @@ async def test_two_processes_sharing_a_journal_upload_each_file_once(
         assert all(r["ok"] for r in out), out
     ids = [{r["item"]: r["video_id"] for r in out} for out in outputs]
     assert ids[0] == ids[1]
-    assert stats["requests"][CREATE] == len(files)
+    assert stats["requests"][CREATE_ROUTE] == len(files)
     assert stats["uploads_completed"] == dict.fromkeys(ids[0].values(), 1)
 
 
@@ -162,7 +160,7 @@ async def test_overwritten_file_is_uploaded_again(
     assert new_ids[untouched] == old_ids[untouched]
     assert new_ids[changed] != old_ids[changed]
     assert emulator.videos[str(new_ids[changed])].content_sha256 == sha256(changed)
-    assert emulator.requests[CREATE] == 3
+    assert emulator.requests[CREATE_ROUTE] == 3
     assert sum(emulator.uploads_completed.values()) == 3
 
 
@@ -317,12 +315,12 @@ async def test_journaled_video_that_is_gone_is_recreated_once(
         first = await collect(guru.batch_upload([path], journal=journal, wait=False))
     else:
         # Created, upload refused: the journal holds the id without an upload.
-        emulator.faults.add(FaultRule(route=UPLOAD, kind="status", status=403, times=1))
+        emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, kind="status", status=403, times=1))
         first = await collect(guru.batch_upload([path], journal=journal))
         assert isinstance(first[0].error, UploadError)
     gone = str(first[0].video_id)
     del emulator.videos[gone]  # deleted on the service's side
-    creates = emulator.requests[CREATE]
+    creates = emulator.requests[CREATE_ROUTE]
 
     second = await collect(guru.batch_upload([path], journal=journal))
     third = await collect(guru.batch_upload([path], journal=journal))
@@ -332,11 +330,11 @@ async def test_journaled_video_that_is_gone_is_recreated_once(
     assert new != gone
     assert second[0].analysis is not None
     assert second[0].analysis.status == AnalysisStatus.COMPLETE
-    assert emulator.requests[CREATE] == creates + 1
+    assert emulator.requests[CREATE_ROUTE] == creates + 1
     assert emulator.uploads_completed[new] == 1
     assert third[0].video_id == new
     assert third[0].analysis == second[0].analysis
-    assert emulator.requests[CREATE] == creates + 1
+    assert emulator.requests[CREATE_ROUTE] == creates + 1
     assert journal_states(journal) == {"done": 1}
 
 
@@ -371,13 +369,13 @@ async def test_leaving_async_with_stops_creates_and_uploads(
             if seen == 5:
                 break
     assert batch_tasks() == []
-    creates, uploads = emulator.requests[CREATE], emulator.requests[UPLOAD]
+    creates, uploads = emulator.requests[CREATE_ROUTE], emulator.requests[UPLOAD_ROUTE]
     # Anything still running would use the network in the next round trip of this session.
     await guru.get_video(str(next(iter(emulator.videos))))
 
     assert creates < len(paths)
-    assert emulator.requests[CREATE] == creates
-    assert emulator.requests[UPLOAD] == uploads
+    assert emulator.requests[CREATE_ROUTE] == creates
+    assert emulator.requests[UPLOAD_ROUTE] == uploads
 
 
 @CANCELLED_UPLOAD_LEAK
@@ -400,10 +398,10 @@ async def test_breaking_out_of_a_plain_loop_stops_the_batch(
             break
     await wait_until(lambda: batch_tasks() == [])
 
-    creates = emulator.requests[CREATE]
+    creates = emulator.requests[CREATE_ROUTE]
     await guru.get_video(str(next(iter(emulator.videos))))
     assert creates < len(paths)
-    assert emulator.requests[CREATE] == creates
+    assert emulator.requests[CREATE_ROUTE] == creates
 
 
 # -- 14. orphans are named --------------------------------------------------------------------

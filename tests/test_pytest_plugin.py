@@ -20,7 +20,7 @@ import threading
 
 import pytest
 from guru_async import AnalysisStatus, NotFoundError, PermissionDeniedError
-from guru_async.testing import FaultRule
+from guru_async.testing import GET_VIDEO_ROUTE, FaultRule
 
 
 @pytest.mark.asyncio
@@ -36,12 +36,12 @@ async def test_analyze(guru, guru_emulator, tmp_path):
 
 @pytest.mark.asyncio
 @pytest.mark.guru_emulator(
-    faults=[FaultRule(route="GET /videos/{id}", rate=1.0, status=403)], token_lifetime=5.0
+    faults=[FaultRule(route=GET_VIDEO_ROUTE, rate=1.0, status=403)], token_lifetime=5.0
 )
 async def test_marker(guru, guru_emulator):
     with pytest.raises(PermissionDeniedError):
         await guru.get_video("00000000-0000-0000-0000-000000000000")
-    assert guru_emulator.faults.fired["GET /videos/{id}"] == 1
+    assert guru_emulator.faults.fired[GET_VIDEO_ROUTE] == 1
 
 
 @pytest.mark.asyncio
@@ -72,17 +72,17 @@ def test_sync(guru_emulator):
 SESSION_SCOPE_TESTS = """
 import pytest
 from guru_async import NotFoundError
-from guru_async.testing import FaultRule
+from guru_async.testing import CREATE_ROUTE, GET_VIDEO_ROUTE, FaultRule
 
 MISSING = "00000000-0000-0000-0000-000000000000"
 seen = []
 
 
 @pytest.mark.asyncio
-@pytest.mark.guru_emulator(faults=[FaultRule(route="POST /videos", status=429, times=1)])
+@pytest.mark.guru_emulator(faults=[FaultRule(route=CREATE_ROUTE, status=429, times=1)])
 async def test_first(guru, guru_emulator):
     await guru.create_video("clip.mp4", size=10, activity="squat")  # retried once
-    assert guru_emulator.faults.fired["POST /videos"] == 1
+    assert guru_emulator.faults.fired[CREATE_ROUTE] == 1
     with pytest.raises(NotFoundError):
         await guru.get_video(MISSING)
     seen.append(guru_emulator)
@@ -97,7 +97,7 @@ async def test_second_shares_it(guru, guru_emulator):
     assert not guru_emulator.faults.rules and not guru_emulator.faults.fired
     with pytest.raises(NotFoundError):
         await guru.get_video(MISSING)
-    assert guru_emulator.requests["GET /videos/{id}"] == 1
+    assert guru_emulator.requests[GET_VIDEO_ROUTE] == 1
 
 
 @pytest.mark.guru_emulator(analysis_delay=5.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import os
+import logging
 import random
 import time
 import types
@@ -36,15 +36,21 @@ from guru_async import (
     VideoSpec,
 )
 from guru_async._retry import parse_retry_after, wait_times
-from guru_async.testing import FaultRule, GuruEmulator
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    CREATE_ROUTE,
+    DOWNLOAD_ROUTE,
+    GET_VIDEO_ROUTE,
+    J2P_ROUTE,
+    TOKEN_ROUTE,
+    UPLOAD_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
 from tests.conftest import FAST_POLLS
-from tests.helpers import wait_until
+from tests.helpers import open_fds, total_requests, wait_until
 
-GET_VIDEO = "GET /videos/{id}"
-ANALYSIS = "GET /videos/{id}/analysis"
-CREATE = "POST /videos"
-UPLOAD = "POST /storage"
-DOWNLOAD = "GET /storage"
+MISSING_ID = "0b8e4c1e-0000-4000-8000-000000000000"
 
 MakeSession = Callable[..., GuruSession]
 VideoFile = Callable[..., Path]
@@ -53,17 +59,6 @@ VideoFile = Callable[..., Path]
 def quick(max_retries: int = 4) -> RetryPolicy:
     """A retry policy that backs off for milliseconds, not seconds."""
     return RetryPolicy(max_retries=max_retries, wait_initial=0.01, wait_max=0.05)
-
-
-def open_fds() -> list[str]:
-    """What every open file descriptor of this process points at."""
-    targets = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # the fd of the listing itself, closed by now
-            continue
-    return targets
 
 
 @pytest.fixture
@@ -90,23 +85,23 @@ async def test_two_503s_then_success_takes_three_requests(
     emulator: GuruEmulator, fast: GuruSession, video_id: str
 ) -> None:
     """Two 503s followed by a success make the call succeed on its third request."""
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=503, times=2))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=503, times=2))
     video = await fast.get_video(video_id)
     assert video.status == "Pending"
-    assert emulator.requests[GET_VIDEO] == 3
-    assert emulator.faults.fired[GET_VIDEO] == 2
+    assert emulator.requests[GET_VIDEO_ROUTE] == 3
+    assert emulator.faults.fired[GET_VIDEO_ROUTE] == 2
 
 
 async def test_max_retries_zero_fails_at_the_first_503(
     emulator: GuruEmulator, make_session: MakeSession, video_id: str
 ) -> None:
     """A session with max_retries=0 raises ServerError at the first 503, after one request."""
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=503, times=1))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=503, times=1))
     async with make_session(max_retries=0) as guru:
         with pytest.raises(ServerError, match="HTTP 503") as info:
             await guru.get_video(video_id)
     assert info.value.status == 503
-    assert emulator.requests[GET_VIDEO] == 1
+    assert emulator.requests[GET_VIDEO_ROUTE] == 1
 
 
 async def test_per_call_max_retries_overrides_the_session(
@@ -115,17 +110,17 @@ async def test_per_call_max_retries_overrides_the_session(
     """max_retries on a call beats the session's: more retries where it has none, fewer where it
     has many."""
     async with make_session(retry_policy=quick(), max_retries=0) as guru:
-        emulator.faults.add(FaultRule(route=GET_VIDEO, status=503, times=2))
+        emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=503, times=2))
         await guru.get_video(video_id, max_retries=2)
-        assert emulator.requests[GET_VIDEO] == 3
+        assert emulator.requests[GET_VIDEO_ROUTE] == 3
 
     emulator.faults.clear()
     emulator.reset_counters()
     async with make_session(retry_policy=quick(8)) as guru:
-        emulator.faults.add(FaultRule(route=GET_VIDEO, status=503))
+        emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=503))
         with pytest.raises(ServerError):
             await guru.get_video(video_id, max_retries=1)
-        assert emulator.requests[GET_VIDEO] == 2
+        assert emulator.requests[GET_VIDEO_ROUTE] == 2
 
 
 @pytest.mark.parametrize(
@@ -137,35 +132,35 @@ async def test_client_errors_are_not_retried(
     emulator: GuruEmulator, fast: GuruSession, video_id: str, status: int, error: type[Exception]
 ) -> None:
     """400, 403 and 404 are final: one request, the matching error class."""
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=status))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=status))
     with pytest.raises(error, match=f"HTTP {status}"):
         await fast.get_video(video_id)
-    assert emulator.requests[GET_VIDEO] == 1
+    assert emulator.requests[GET_VIDEO_ROUTE] == 1
 
 
 async def test_429_retry_after_is_waited_then_retried(
     emulator: GuruEmulator, fast: GuruSession, video_id: str
 ) -> None:
     """A 429 with Retry-After 0.2 is waited at least 0.2 s before the successful retry."""
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=429, retry_after=0.2, times=1))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=429, retry_after=0.2, times=1))
     started = time.monotonic()
     await fast.get_video(video_id)
     elapsed = time.monotonic() - started
     assert elapsed >= 0.2
-    assert emulator.requests[GET_VIDEO] == 2
+    assert emulator.requests[GET_VIDEO_ROUTE] == 2
 
 
 async def test_long_retry_after_is_capped(
     emulator: GuruEmulator, make_session: MakeSession, video_id: str
 ) -> None:
     """A Retry-After of 30 s is shortened to the policy's max_retry_after (0.1 s here)."""
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=429, retry_after=30, times=1))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=429, retry_after=30, times=1))
     async with make_session(retry_policy=RetryPolicy(max_retries=2, max_retry_after=0.1)) as guru:
         started = time.monotonic()
         await guru.get_video(video_id)
         elapsed = time.monotonic() - started
     assert 0.1 <= elapsed < 5.0
-    assert emulator.requests[GET_VIDEO] == 2
+    assert emulator.requests[GET_VIDEO_ROUTE] == 2
 
 
 def _started(policy: RetryPolicy, deadline: float | None, seed: int) -> object:
@@ -260,11 +255,11 @@ async def test_exhausted_budget_stops_retrying(
 ) -> None:
     """With a budget that pays for one retry, a dead route gets two requests, not eleven."""
     budget = RetryBudget(capacity=5, available=5)
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=503))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=503))
     async with make_session(retry_policy=quick(10), retry_budget=budget) as guru:
         with pytest.raises(ServerError):
             await guru.get_video(video_id)
-    assert emulator.requests[GET_VIDEO] == 2
+    assert emulator.requests[GET_VIDEO_ROUTE] == 2
     assert budget.available == 0
 
 
@@ -273,27 +268,40 @@ async def test_a_failure_that_is_not_retried_costs_no_budget(
 ) -> None:
     """With max_retries=0 no retry happens, so the retry budget is left untouched."""
     budget = RetryBudget(capacity=100, available=100)
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=503))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=503))
     async with make_session(max_retries=0, retry_budget=budget) as guru:
         with pytest.raises(ServerError):
             await guru.get_video(video_id)
-    assert emulator.requests[GET_VIDEO] == 1
+    assert emulator.requests[GET_VIDEO_ROUTE] == 1
     assert budget.available == 100
 
 
 # -- broken responses --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["drop", "truncate", "malformed"])
+@pytest.mark.parametrize("kind", ["drop", "malformed"])
 async def test_one_broken_response_is_retried(
     emulator: GuruEmulator, fast: GuruSession, video_id: str, kind: str
 ) -> None:
-    """A dropped connection, a cut-short body or an HTML page once is retried and succeeds."""
-    emulator.faults.add(FaultRule(route=GET_VIDEO, kind=kind, times=1))  # type: ignore[arg-type]
+    """A dropped connection or an HTML page once is retried and succeeds (a cut-short body:
+    the next test)."""
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, kind=kind, times=1))  # type: ignore[arg-type]
     video = await fast.get_video(video_id, include=["analysis"])
     assert video.status == "Pending"
     assert video.analysis is not None
-    assert emulator.requests[GET_VIDEO] == 2
+    assert emulator.requests[GET_VIDEO_ROUTE] == 2
+
+
+async def test_truncated_response_is_retried(
+    emulator: GuruEmulator, fast: GuruSession, video_file: VideoFile
+) -> None:
+    """A response cut off half way is retried transparently and the call returns whole data."""
+    video_id = await fast.upload_video(video_file(), activity="squat", rep_count=3)
+    await fast.await_analysis(video_id, timeout=10)
+    emulator.faults.add(FaultRule(route=J2P_ROUTE, kind="truncate", times=1))
+    joints = await fast.get_joint_data(video_id)
+    assert len(joints.joint_to_points) == 17
+    assert emulator.requests[J2P_ROUTE] == 2
 
 
 @pytest.mark.parametrize(
@@ -312,10 +320,13 @@ async def test_persistently_broken_responses_end_in_a_clear_error(
     kind: str,
     error: type[Exception],
     detail: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Always-broken responses end, after the retries, in a typed error naming the call and the
-    problem, without the URL or its query."""
-    emulator.faults.add(FaultRule(route=GET_VIDEO, kind=kind))  # type: ignore[arg-type]
+    problem, without the URL or its query; a dropped attempt is logged as an error, and an HTML
+    page is kept on the error with its status."""
+    caplog.set_level(logging.DEBUG, logger="guru_async")
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, kind=kind))  # type: ignore[arg-type]
     with pytest.raises(error) as info:
         await fast.get_video(video_id, include=["analysis"])
     message = str(info.value)
@@ -323,9 +334,15 @@ async def test_persistently_broken_responses_end_in_a_clear_error(
     assert detail.lower() in message.lower()
     assert "include=" not in message
     assert emulator.base_url not in message
+    if kind == "drop":
+        failed = [r for r in caplog.records if f"/videos/{video_id} -> error" in r.getMessage()]
+        assert len(failed) == 5
+    if isinstance(info.value, ResponseDecodeError):
+        assert info.value.status == 200
+        assert info.value.body.startswith("<html>")
     # 5 attempts; aiohttp itself resends an idempotent GET once when a kept-alive connection
     # drops (RFC 9112 9.3.1), so a drop may cost two requests per attempt.
-    assert emulator.requests[GET_VIDEO] in ((5, 10) if kind == "drop" else (5,))
+    assert emulator.requests[GET_VIDEO_ROUTE] in ((5, 10) if kind == "drop" else (5,))
 
 
 async def test_dropped_download_error_has_no_signature(
@@ -336,26 +353,13 @@ async def test_dropped_download_error_has_no_signature(
     uri = (await fast.get_video(uploaded)).uri
     assert uri is not None
     signature = uri.split("X-Amz-Signature=")[1]
-    emulator.faults.add(FaultRule(route=DOWNLOAD, kind="drop"))
+    emulator.faults.add(FaultRule(route=DOWNLOAD_ROUTE, kind="drop"))
     with pytest.raises(GuruConnectionError) as info:
         await fast.download(uploaded, tmp_path / "out.mp4")
     assert f"video {uploaded}" in str(info.value)
     assert signature not in str(info.value)
     assert "X-Amz" not in str(info.value)
     assert not (tmp_path / "out.mp4").exists()
-
-
-async def test_truncated_download_is_retried_whole(
-    emulator: GuruEmulator, fast: GuruSession, video_file: VideoFile, tmp_path: Path
-) -> None:
-    """A download cut short once is fetched again and the file ends up whole."""
-    source = video_file("raw.mp4", size=300_000)
-    uploaded = await fast.upload_video(source, activity="squat")
-    emulator.faults.add(FaultRule(route=DOWNLOAD, kind="truncate", times=1))
-    out = await fast.download(uploaded, tmp_path / "out.mp4")
-    assert out.read_bytes() == source.read_bytes()
-    assert emulator.requests[DOWNLOAD] == 2
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
 
 
 # -- upload replay ----------------------------------------------------------------------------
@@ -367,12 +371,12 @@ async def test_upload_dropped_twice_is_restreamed_from_the_start(
     """Two connections dropped mid-upload: the file is re-sent from byte 0 each time and stored
     byte-identical."""
     source = video_file("big.mp4", size=3 * 1024 * 1024 + 123)
-    emulator.faults.add(FaultRule(route=UPLOAD, kind="drop", times=2))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, kind="drop", times=2))
     progress: list[int] = []
     uploaded = await fast.upload_video(
         source, activity="squat", progress=lambda sent, total: progress.append(sent)
     )
-    assert emulator.requests[UPLOAD] == 3
+    assert emulator.requests[UPLOAD_ROUTE] == 3
     assert emulator.uploads_completed[uploaded] == 1
     assert emulator.stored_path(uploaded).read_bytes() == source.read_bytes()
     # Progress never goes back nor counts re-sent bytes twice: one rise from 0 to the end.
@@ -388,7 +392,7 @@ async def test_upload_dropped_mid_body_closes_the_file(
     raised, and the session goes on."""
     source = video_file("dropped.mp4", size=4096)
     created = await fast.create_video(source, activity="squat")
-    emulator.faults.add(FaultRule(route=UPLOAD, kind="drop"))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, kind="drop"))
     with pytest.raises(GuruConnectionError, match=f"Upload of video {created.id}"):
         await fast.upload(created, source, max_retries=0)
     assert str(source) not in open_fds()
@@ -407,13 +411,13 @@ async def test_stalled_upload_fails_by_inactivity_then_is_retried(
     """An upload whose storage host stops reading fails after Timeouts.read of silence (no
     total bounds uploads), and the retry sends it whole."""
     source = video_file("stalled.mp4", size=24 * 1024 * 1024)
-    emulator.faults.add(FaultRule(route=UPLOAD, kind="delay", delay=5.0, times=1))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, kind="delay", delay=5.0, times=1))
     async with make_session(timeouts=Timeouts(read=0.5), retry_policy=quick(2)) as guru:
         started = time.monotonic()
         video_id = await guru.upload_video(source, activity="squat")
         elapsed = time.monotonic() - started
     assert elapsed < 4.0  # the stalled attempt was abandoned, not waited out
-    assert emulator.requests[UPLOAD] == 2
+    assert emulator.requests[UPLOAD_ROUTE] == 2
     assert emulator.stored_path(video_id).read_bytes() == source.read_bytes()
 
 
@@ -423,7 +427,7 @@ async def test_read_timeout_fails_fast(
     """A server that stalls 2 s hits a 0.3 s read timeout: GuruConnectionError well before 2 s."""
     async with make_session(timeouts=Timeouts(read=0.3, total=1.0), max_retries=0) as guru:
         await guru.get_video(video_id)  # token and connection ready
-        emulator.faults.add(FaultRule(route=GET_VIDEO, kind="delay", delay=2.0, times=1))
+        emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, kind="delay", delay=2.0, times=1))
         started = time.monotonic()
         with pytest.raises(GuruConnectionError, match="timed out") as info:
             await guru.get_video(video_id)
@@ -508,7 +512,7 @@ async def test_limiter_engages_under_a_429_storm(
     """200 concurrent calls with 30 % of requests throttled all succeed, and the limiter is on."""
     limiter = AdaptiveLimiter()
     async with make_session(retry_policy=quick(15), limiter=limiter) as guru:
-        emulator.faults.add(FaultRule(route=GET_VIDEO, rate=0.3, status=429))
+        emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, rate=0.3, status=429))
         # Without the limiter this takes well under a second; paced, it must still not crawl.
         videos = await asyncio.wait_for(
             asyncio.gather(*(guru.get_video(video_id) for _ in range(200))), timeout=15
@@ -516,7 +520,7 @@ async def test_limiter_engages_under_a_429_storm(
         assert len(videos) == 200
         assert all(v.status == "Pending" for v in videos)
         assert limiter.enabled is True
-        assert emulator.faults.fired[GET_VIDEO] > 0
+        assert emulator.faults.fired[GET_VIDEO_ROUTE] > 0
 
 
 # -- cancellation ------------------------------------------------------------------------------
@@ -527,16 +531,16 @@ async def test_cancelled_call_is_not_retried_and_the_session_goes_on(
 ) -> None:
     """Cancelling a call stuck on a slow server raises CancelledError, sends nothing more, and
     the session serves the next call."""
-    emulator.faults.add(FaultRule(route=GET_VIDEO, kind="delay", delay=3.0, times=1))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, kind="delay", delay=3.0, times=1))
     task = asyncio.create_task(fast.get_video(video_id))
-    await wait_until(lambda: emulator.requests[GET_VIDEO] == 1)
+    await wait_until(lambda: emulator.requests[GET_VIDEO_ROUTE] == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert emulator.requests[GET_VIDEO] == 1
+    assert emulator.requests[GET_VIDEO_ROUTE] == 1
     video = await fast.get_video(video_id)
     assert video.status == "Pending"
-    assert emulator.requests[GET_VIDEO] == 2
+    assert emulator.requests[GET_VIDEO_ROUTE] == 2
 
 
 async def test_cancelled_upload_closes_the_file(
@@ -569,19 +573,36 @@ async def test_cancelled_upload_closes_the_file(
 # -- lifecycle ---------------------------------------------------------------------------------
 
 
+async def test_closed_session_refuses_calls(emulator: GuruEmulator, guru: GuruSession) -> None:
+    """After close() (twice is harmless), calls raise SessionClosedError and send nothing."""
+    await guru.close()
+    await guru.close()
+    assert guru.closed
+    with pytest.raises(SessionClosedError, match="closed"):
+        await guru.get_analysis(MISSING_ID)
+    with pytest.raises(SessionClosedError):
+        await guru.create_video("x.mp4", size=1)
+    assert total_requests(emulator) == 0
+    assert "closed" in repr(guru)
+
+
 async def test_close_ends_calls_in_flight(
     emulator: GuruEmulator, make_session: MakeSession, video_id: str
 ) -> None:
-    """Closing the session while calls wait on a slow server ends them with SessionClosedError."""
+    """Closing the session ends calls waiting on a slow server and a wait between polls with
+    SessionClosedError, long before they would have ended by themselves."""
     guru = make_session(retry_policy=quick())
     await guru.__aenter__()
-    emulator.faults.add(FaultRule(route=GET_VIDEO, kind="delay", delay=3.0, times=5))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, kind="delay", delay=3.0, times=5))
     tasks = [asyncio.create_task(guru.get_video(video_id)) for _ in range(5)]
-    await wait_until(lambda: emulator.requests[GET_VIDEO] == 5)
+    # Never uploaded, so Pending forever: the wait polls until its 30 s timeout or the close.
+    tasks.append(asyncio.create_task(guru.await_analysis(video_id, timeout=30)))
+    await wait_until(lambda: emulator.requests[GET_VIDEO_ROUTE] == 5)
+    await wait_until(lambda: emulator.requests[ANALYSIS_ROUTE] >= 2)
     await guru.close()
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=2.5)
-    assert [type(r) for r in results] == [SessionClosedError] * 5
-    assert emulator.requests[GET_VIDEO] == 5
+    assert [type(r) for r in results] == [SessionClosedError] * 6
+    assert emulator.requests[GET_VIDEO_ROUTE] == 5
     with pytest.raises(SessionClosedError, match="closed"):
         await guru.get_video(video_id)
     with pytest.raises(SessionClosedError):
@@ -645,7 +666,7 @@ async def test_token_churn_under_load(tmp_path: Path) -> None:
         # A call sent in the refresh margin's last moments can reach the emulator after its token
         # expired when the machine is loaded; it is then refreshed and resent once, never failed.
         # Such resends stay rare: the proactive refresh, not the 401, does the work.
-        resent = emu.requests["GET /videos/{id}/analysis"] - calls
+        resent = emu.requests[ANALYSIS_ROUTE] - calls
         assert 0 <= resent <= calls // 100
 
 
@@ -673,12 +694,12 @@ async def test_soak_batch_of_200_under_faults(
         retry_policy=quick(),
         retry_budget=RetryBudget(capacity=10**9, available=10**9),
     ) as guru:
-        for route in ("POST /oauth2/token", UPLOAD, ANALYSIS):  # every other route a batch uses
+        for route in (TOKEN_ROUTE, UPLOAD_ROUTE, ANALYSIS_ROUTE):  # every other route a batch uses
             emulator.faults.add(FaultRule(route=route, rate=0.3, kind="status", status=503))
             emulator.faults.add(FaultRule(route=route, rate=0.05, kind="drop"))
         # Create is retried only when the service says it did not act (test_retry_polling.py).
-        emulator.faults.add(FaultRule(route=CREATE, rate=0.3, status=503, retry_after=0.01))
-        emulator.faults.add(FaultRule(route=CREATE, rate=0.05, status=429, retry_after=0.01))
+        emulator.faults.add(FaultRule(route=CREATE_ROUTE, rate=0.3, status=503, retry_after=0.01))
+        emulator.faults.add(FaultRule(route=CREATE_ROUTE, rate=0.05, status=429, retry_after=0.01))
         items = [VideoSpec(p, activity="squat") if i % 2 else p for i, p in enumerate(paths)]
         results: list[BatchResult] = []
 

@@ -25,14 +25,16 @@ from guru_async import (
     ServerError,
     Timeouts,
 )
-from guru_async.testing import FaultRule, GuruEmulator
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    CREATE_ROUTE,
+    GET_VIDEO_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
 from tests.crafted_server import CraftedServer
 from tests.helpers import wait_until
 from tests.redis_server import free_port
-
-ANALYSIS = "GET /videos/{id}/analysis"
-GET_VIDEO = "GET /videos/{id}"
-CREATE = "POST /videos"
 
 MakeSession = Callable[..., GuruSession]
 StartEmulator = Callable[..., Awaitable[GuruEmulator]]
@@ -118,7 +120,7 @@ async def test_await_analysis_ends_with_a_network_error_when_the_api_is_gone(
     async with session_for(emu, poll_policy=policy, retry_policy=quick(1)) as guru:
         video_id = await guru.upload_video(video_file(), activity="squat")
         waiting = asyncio.create_task(guru.await_analysis(video_id, timeout=10))
-        await wait_until(lambda: emu.requests[ANALYSIS] >= 2)
+        await wait_until(lambda: emu.requests[ANALYSIS_ROUTE] >= 2)
         base_url = emu.base_url
         await emu.close()
         with pytest.raises(GuruConnectionError) as info:
@@ -151,7 +153,7 @@ async def test_await_analysis_rides_out_a_short_outage(
     async with session_for(emu, poll_policy=policy, retry_policy=quick(0)) as guru:
         video_id = await guru.upload_video(video_file(), activity="squat")
         waiting = asyncio.create_task(guru.await_analysis(video_id, timeout=20))
-        await wait_until(lambda: emu.requests[ANALYSIS] >= 1)
+        await wait_until(lambda: emu.requests[ANALYSIS_ROUTE] >= 1)
         await emu.close()
 
         def failed_polls() -> int:
@@ -199,7 +201,7 @@ async def test_a_maintenance_window_longer_than_the_deadline_leaves_the_budget_w
     """Calls failing with a 503 whose Retry-After is past their deadline are not retried and
     cost no budget, so once the service recovers a transient 503 is still retried."""
     budget = RetryBudget(capacity=20, available=20)
-    emulator.faults.add(FaultRule(route=GET_VIDEO, status=503, retry_after=5))
+    emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=503, retry_after=5))
     async with make_session(
         retry_policy=quick(), retry_budget=budget, timeouts=Timeouts(total=1)
     ) as guru:
@@ -207,13 +209,15 @@ async def test_a_maintenance_window_longer_than_the_deadline_leaves_the_budget_w
             with pytest.raises(ServerError) as info:
                 await guru.get_video(video_id)
             assert info.value.retry_after == 5
-        assert emulator.requests[GET_VIDEO] == 10  # one attempt each: the wait is past the deadline
+        assert (
+            emulator.requests[GET_VIDEO_ROUTE] == 10
+        )  # one attempt each: the wait is past the deadline
         assert budget.available == 20
         emulator.faults.clear()
-        emulator.faults.add(FaultRule(route=GET_VIDEO, status=503, times=1))
+        emulator.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=503, times=1))
         video = await guru.get_video(video_id)
     assert video.status == "Pending"
-    assert emulator.requests[GET_VIDEO] == 12
+    assert emulator.requests[GET_VIDEO_ROUTE] == 12
     assert budget.available == 20  # the retry's cost was given back by its success
 
 
@@ -223,14 +227,14 @@ async def test_a_maintenance_window_longer_than_the_deadline_leaves_the_budget_w
 @pytest.mark.parametrize(
     ("rule", "error", "detail"),
     [
-        (FaultRule(route=CREATE, kind="drop"), GuruConnectionError, "disconnected"),
-        (FaultRule(route=CREATE, kind="truncate"), GuruConnectionError, "payload"),
-        (FaultRule(route=CREATE, kind="malformed"), ResponseDecodeError, "not JSON"),
-        (FaultRule(route=CREATE, kind="delay", delay=0.6), GuruConnectionError, "timed out"),
-        (FaultRule(route=CREATE, status=500), ServerError, "HTTP 500"),
-        (FaultRule(route=CREATE, status=502), ServerError, "HTTP 502"),
-        (FaultRule(route=CREATE, status=503), ServerError, "HTTP 503"),
-        (FaultRule(route=CREATE, status=504), ServerError, "HTTP 504"),
+        (FaultRule(route=CREATE_ROUTE, kind="drop"), GuruConnectionError, "disconnected"),
+        (FaultRule(route=CREATE_ROUTE, kind="truncate"), GuruConnectionError, "payload"),
+        (FaultRule(route=CREATE_ROUTE, kind="malformed"), ResponseDecodeError, "not JSON"),
+        (FaultRule(route=CREATE_ROUTE, kind="delay", delay=0.6), GuruConnectionError, "timed out"),
+        (FaultRule(route=CREATE_ROUTE, status=500), ServerError, "HTTP 500"),
+        (FaultRule(route=CREATE_ROUTE, status=502), ServerError, "HTTP 502"),
+        (FaultRule(route=CREATE_ROUTE, status=503), ServerError, "HTTP 503"),
+        (FaultRule(route=CREATE_ROUTE, status=504), ServerError, "HTTP 504"),
     ],
     ids=["drop", "truncate", "malformed", "read-timeout", "500", "502", "503-no-hint", "504"],
 )
@@ -253,7 +257,7 @@ async def test_create_is_not_retried_after_an_ambiguous_failure(
     assert message.endswith(
         "; not retried, as the video may have been created (a retry could create a second one)"
     )
-    assert emulator.requests[CREATE] == 1
+    assert emulator.requests[CREATE_ROUTE] == 1
     assert len(emulator.videos) <= 1
 
 
@@ -262,22 +266,22 @@ async def test_a_create_whose_answer_was_cut_short_made_exactly_one_video(
 ) -> None:
     """When the service created the video but its answer was cut short, that one video is all
     there is: the call is not repeated into a second one."""
-    emulator.faults.add(FaultRule(route=CREATE, kind="truncate"))
+    emulator.faults.add(FaultRule(route=CREATE_ROUTE, kind="truncate"))
     async with make_session(retry_policy=quick()) as guru:
         with pytest.raises(GuruConnectionError) as info:
             await guru.create_video("clip.mp4", size=10, activity="squat")
     assert len(emulator.videos) == 1  # 5 before the fix: one per attempt
-    assert emulator.requests[CREATE] == 1
+    assert emulator.requests[CREATE_ROUTE] == 1
     assert "may have been created" in str(info.value)
 
 
 @pytest.mark.parametrize(
     "rule",
     [
-        FaultRule(route=CREATE, status=429, times=2),
-        FaultRule(route=CREATE, status=429, retry_after=0.01, times=2),
-        FaultRule(route=CREATE, status=503, retry_after=0.01, times=2),
-        FaultRule(route=CREATE, status=408, times=2),
+        FaultRule(route=CREATE_ROUTE, status=429, times=2),
+        FaultRule(route=CREATE_ROUTE, status=429, retry_after=0.01, times=2),
+        FaultRule(route=CREATE_ROUTE, status=503, retry_after=0.01, times=2),
+        FaultRule(route=CREATE_ROUTE, status=408, times=2),
     ],
     ids=["429", "429-retry-after", "503-retry-after", "408"],
 )
@@ -290,7 +294,7 @@ async def test_create_is_retried_when_the_service_asks_for_it(
     async with make_session(retry_policy=quick()) as guru:
         created = await guru.create_video("clip.mp4", size=10, activity="squat")
     assert list(emulator.videos) == [created.id]
-    assert emulator.requests[CREATE] == 3
+    assert emulator.requests[CREATE_ROUTE] == 3
 
 
 async def test_create_is_retried_when_the_request_surely_was_not_sent(
@@ -317,5 +321,5 @@ async def test_create_is_retried_when_the_request_surely_was_not_sent(
         await emu.start()
         created = await creating
     assert list(emu.videos) == [created.id]
-    assert emu.requests[CREATE] == 1
+    assert emu.requests[CREATE_ROUTE] == 1
     assert refused() >= 2

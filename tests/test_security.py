@@ -37,19 +37,31 @@ from guru_async import (
     UploadError,
 )
 from guru_async._auth import credentials_key
-from guru_async.testing import FaultRule, GuruEmulator
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    CREATE_ROUTE,
+    DOWNLOAD_ROUTE,
+    GET_VIDEO_ROUTE,
+    J2P_ROUTE,
+    TOKEN_ROUTE,
+    UPDATE_ROUTE,
+    UPLOAD_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
 from tests.conftest import FAST_POLLS
 from tests.crafted_server import CraftedServer
+from tests.helpers import headers_of
 
 CLIENT_ID = "security-client"
 CLIENT_SECRET = "cs-" + secrets.token_hex(16)
-STORAGE_ROUTES = ("POST /storage", "GET /storage")
+STORAGE_ROUTES = (UPLOAD_ROUTE, DOWNLOAD_ROUTE)
 API_ROUTES = (
-    "POST /videos",
-    "GET /videos/{id}",
-    "PUT /videos/{id}",
-    "GET /videos/{id}/analysis",
-    "GET /videos/{id}/j2p",
+    CREATE_ROUTE,
+    GET_VIDEO_ROUTE,
+    UPDATE_ROUTE,
+    ANALYSIS_ROUTE,
+    J2P_ROUTE,
 )
 
 
@@ -80,6 +92,9 @@ class Flow:
         for video in self.emu.videos.values():
             self.secrets.add(video.fields["x-amz-signature"])
             self.secrets.add(video.fields["policy"])
+        # Every token the session ever sent, not only the one stored now.
+        sent = (headers_of(r).get("authorization") for r in self.emu.recorded)
+        self.secrets.update(token for token in sent if token is not None)
 
     def assert_clean(self, text: str, where: str) -> None:
         for secret in self.secrets:
@@ -130,18 +145,18 @@ async def full_flow(tmp_path: Path) -> AsyncIterator[Flow]:
             retry_policy=RetryPolicy(max_retries=4, wait_initial=0.01, wait_max=0.05),
         ) as guru:
             for route, kind in [
-                ("POST /oauth2/token", "status"),
-                ("POST /videos", "status"),
-                ("POST /storage", "status"),
-                ("GET /videos/{id}/analysis", "status"),
-                ("GET /videos/{id}", "truncate"),
-                ("GET /videos/{id}/j2p", "malformed"),
-                ("GET /storage", "truncate"),
+                (TOKEN_ROUTE, "status"),
+                (CREATE_ROUTE, "status"),
+                (UPLOAD_ROUTE, "status"),
+                (ANALYSIS_ROUTE, "status"),
+                (GET_VIDEO_ROUTE, "truncate"),
+                (J2P_ROUTE, "malformed"),
+                (DOWNLOAD_ROUTE, "truncate"),
             ]:
                 # 500 on storage, not 503 (SlowDown), which would engage the limiter.
-                status = 500 if route == "POST /storage" else 503
+                status = 500 if route == UPLOAD_ROUTE else 503
                 # Create is retried only when the service asks (a 503 with Retry-After).
-                hint = 0.01 if route == "POST /videos" else None
+                hint = 0.01 if route == CREATE_ROUTE else None
                 emu.faults.add(
                     FaultRule(route=route, kind=kind, status=status, retry_after=hint, times=1)  # type: ignore[arg-type]
                 )
@@ -163,7 +178,7 @@ async def full_flow(tmp_path: Path) -> AsyncIterator[Flow]:
                 assert overlay.uri is not None
                 state.secrets.add(signature_of(overlay.uri))
             state.secrets.add(CLIENT_SECRET)
-            state.models += [analysis, video, joints, created, store, guru]
+            state.models += [analysis, video, video.overlays, joints, created, store, guru]
             await state.collect()
             yield state
 
@@ -176,25 +191,33 @@ async def flow(tmp_path: Path) -> AsyncIterator[Flow]:
 
 
 async def test_reprs_hide_secrets(flow: Flow, tmp_path: Path) -> None:
-    """repr() and str() of the session, models, token and token stores show no secret."""
+    """repr() and str() of the sessions (client credentials or a static token), models, token
+    and token stores show no secret."""
     file_store = FileTokenStore(tmp_path / "tokens.json")
     token = Token(access_token="tok-" + secrets.token_hex(8), expires_at=1e10)
     flow.secrets.add(token.access_token)
     await file_store.save("k", token)
+    static_token = flow.emu.issue_token()
+    flow.secrets.add(static_token)
     objects = [*flow.models, file_store, token, flow.guru._transport, flow.guru._transport.token]
-    for obj in objects:
-        flow.assert_clean(repr(obj), f"repr({type(obj).__name__})")
-        flow.assert_clean(str(obj), f"str({type(obj).__name__})")
-    assert len(flow.secrets) >= 6  # secret, token, 2 signatures + 2 policies, download sigs
+    async with GuruSession(
+        access_token=static_token, base_url=flow.emu.base_url, token_url=flow.emu.token_url
+    ) as static:
+        await static.get_video(flow.video_id)
+        objects += [static, static._transport]
+        for obj in objects:
+            flow.assert_clean(repr(obj), f"repr({type(obj).__name__})")
+            flow.assert_clean(str(obj), f"str({type(obj).__name__})")
+    assert len(flow.secrets) >= 7  # secret, 2 tokens, 2 signatures + 2 policies, download sigs
 
 
 async def _server_error(f: Flow) -> object:
-    f.emu.faults.add(FaultRule(route="GET /videos/{id}", status=503))
+    f.emu.faults.add(FaultRule(route=GET_VIDEO_ROUTE, status=503))
     return await f.guru.get_video(f.video_id, max_retries=1)
 
 
 async def _storage_refusal(f: Flow) -> object:
-    f.emu.faults.add(FaultRule(route="POST /storage", status=403))
+    f.emu.faults.add(FaultRule(route=UPLOAD_ROUTE, status=403))
     try:
         return await f.guru.upload_video(f.tmp / "squat.mp4", activity="squat")
     finally:
@@ -212,17 +235,17 @@ async def _storage_unreachable(f: Flow) -> object:
 
 
 async def _download_dropped(f: Flow) -> object:
-    f.emu.faults.add(FaultRule(route="GET /storage", kind="drop"))
+    f.emu.faults.add(FaultRule(route=DOWNLOAD_ROUTE, kind="drop"))
     return await f.guru.download(f.video_id, f.tmp / "x.mp4", max_retries=0)
 
 
 async def _download_refused(f: Flow) -> object:
-    f.emu.faults.add(FaultRule(route="GET /storage", status=403))
+    f.emu.faults.add(FaultRule(route=DOWNLOAD_ROUTE, status=403))
     return await f.guru.download(f.video_id, f.tmp / "x.mp4", max_retries=0)
 
 
 async def _decode_error(f: Flow) -> object:
-    f.emu.faults.add(FaultRule(route="GET /videos/{id}/analysis", kind="malformed"))
+    f.emu.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="malformed"))
     return await f.guru.get_analysis(f.video_id, max_retries=0)
 
 

@@ -15,11 +15,9 @@ from aiohttp import web
 from yarl import URL
 
 from guru_async import GuruConnectionError, GuruSession, SourceError, StreamSource
-from guru_async.testing import FaultRule, GuruEmulator
+from guru_async.testing import CREATE_ROUTE, UPLOAD_ROUTE, FaultRule, GuruEmulator
 from tests.helpers import recorded_on, total_requests
 
-UPLOAD = "POST /storage"
-CREATE = "POST /videos"
 MIB = 1024 * 1024
 SECRET = "sig-0123456789abcdef"
 
@@ -112,7 +110,7 @@ async def test_a_url_is_streamed_into_storage(
         progress=lambda sent, total: calls.append(sent),
     )
     assert emulator.stored_path(video_id).read_bytes() == source.content
-    (create,) = recorded_on(emulator, CREATE)
+    (create,) = recorded_on(emulator, CREATE_ROUTE)
     assert create.json is not None
     assert (create.json["filename"], create.json["size"]) == ("video.mp4", MIB)
     assert source.hits == ["video.mp4"]
@@ -143,12 +141,12 @@ async def test_a_url_is_fetched_again_for_a_retried_upload(
 ) -> None:
     """A storage connection dropped mid-upload is retried by fetching the URL again; one video,
     stored identical."""
-    emulator.faults.add(FaultRule(route=UPLOAD, rate=1.0, times=1, kind="drop"))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, rate=1.0, times=1, kind="drop"))
     video_id = await guru.upload_video(f"{source.url}/video.mp4")
     assert emulator.upload_attempts[video_id] == 2
     assert emulator.stored_path(video_id).read_bytes() == source.content
     assert source.hits == ["video.mp4", "video.mp4"]
-    assert emulator.requests[CREATE] == 1
+    assert emulator.requests[CREATE_ROUTE] == 1
 
 
 async def test_a_redirected_url_is_followed(
@@ -185,8 +183,8 @@ async def test_an_unusable_url_fails_before_anything_is_created(
     assert SECRET not in str(caught.value)
     assert source.hits[0] == name
     assert len(source.hits) <= 2  # the redirect's second hop is refused before it is sent
-    assert emulator.requests[CREATE] == 0
-    assert emulator.requests[UPLOAD] == 0
+    assert emulator.requests[CREATE_ROUTE] == 0
+    assert emulator.requests[UPLOAD_ROUTE] == 0
 
 
 async def test_a_url_that_sends_fewer_bytes_than_announced_fails_once(
@@ -196,7 +194,7 @@ async def test_a_url_that_sends_fewer_bytes_than_announced_fails_once(
     with pytest.raises(SourceError, match="delivered 1047576 bytes but announced 1048576"):
         await guru.upload_video(f"{source.url}/short.mp4")
     assert source.hits == ["short.mp4"]
-    assert emulator.requests[UPLOAD] == 1
+    assert emulator.requests[UPLOAD_ROUTE] == 1
     assert not emulator.stored_path(create_id(emulator)).exists()
 
 
@@ -219,7 +217,7 @@ async def test_a_url_that_sends_more_bytes_than_announced_fails(
     finally:
         server.close()
         await server.wait_closed()
-    assert emulator.requests[UPLOAD] == 0
+    assert emulator.requests[UPLOAD_ROUTE] == 0
 
 
 async def test_a_plain_http_url_to_a_remote_host_is_refused_before_sending(
@@ -244,7 +242,7 @@ async def test_an_async_iterable_with_a_size_is_uploaded(
         StreamSource(_chunks(content), size=len(content), filename="live.mp4"), activity="squat"
     )
     assert emulator.stored_path(video_id).read_bytes() == content
-    (create,) = recorded_on(emulator, CREATE)
+    (create,) = recorded_on(emulator, CREATE_ROUTE)
     assert create.json is not None
     assert (create.json["filename"], create.json["size"]) == ("live.mp4", MIB + 5)
 
@@ -271,7 +269,7 @@ async def test_an_upload_file_gives_its_own_size_and_name(
     content = os.urandom(300_000)
     video_id = await guru.upload_video(StreamSource(UploadFileLike(content, "form.mov")))
     assert emulator.stored_path(video_id).read_bytes() == content
-    (create,) = recorded_on(emulator, CREATE)
+    (create,) = recorded_on(emulator, CREATE_ROUTE)
     assert create.json is not None
     assert (create.json["filename"], create.json["size"]) == ("form.mov", 300_000)
 
@@ -313,7 +311,7 @@ async def test_an_aiohttp_multipart_part_is_streamed_through_a_web_app(
     finally:
         await runner.cleanup()
     assert emulator.stored_path(video_id).read_bytes() == content
-    (create,) = recorded_on(emulator, CREATE)
+    (create,) = recorded_on(emulator, CREATE_ROUTE)
     assert create.json is not None
     assert create.json["filename"] == "browser.mp4"
 
@@ -327,18 +325,18 @@ async def test_a_stream_of_the_wrong_length_fails_once(
     content = os.urandom(100_000 + delta)
     with pytest.raises(SourceError, match=message):
         await guru.upload_video(StreamSource(_chunks(content, 7000), size=100_000))
-    assert emulator.requests[UPLOAD] == 1
+    assert emulator.requests[UPLOAD_ROUTE] == 1
     assert not emulator.stored_path(create_id(emulator)).exists()
 
 
 async def test_a_stream_upload_is_not_retried(emulator: GuruEmulator, guru: GuruSession) -> None:
     """A stream cannot be rewound: a dropped upload from it fails after its one attempt."""
-    emulator.faults.add(FaultRule(route=UPLOAD, rate=1.0, times=1, kind="drop"))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, rate=1.0, times=1, kind="drop"))
     content = os.urandom(MIB)
     with pytest.raises(GuruConnectionError):
         await guru.upload_video(StreamSource(_chunks(content), size=MIB))
-    assert emulator.requests[UPLOAD] == 1
-    assert emulator.requests[CREATE] == 1
+    assert emulator.requests[UPLOAD_ROUTE] == 1
+    assert emulator.requests[CREATE_ROUTE] == 1
 
 
 @pytest.mark.parametrize(
@@ -374,7 +372,7 @@ async def test_the_step_by_step_calls_take_a_url(
     created = await guru.create_video(url, size=MIB, activity="squat")
     await guru.upload(created, url)
     assert emulator.stored_path(created.id).read_bytes() == source.content
-    create = recorded_on(emulator, CREATE)[0]
+    create = recorded_on(emulator, CREATE_ROUTE)[0]
     assert create.json is not None
     assert create.json["filename"] == "video.mp4"
     analysis = await guru.analyze(URL(url), activity="squat", timeout=10)

@@ -19,11 +19,9 @@ import aiohttp
 import pytest
 
 from guru_async import GuruSession, MemoryTokenStore, Timeouts, UploadError
-from guru_async.testing import FaultRule, GuruEmulator
+from guru_async.testing import CREATE_ROUTE, UPLOAD_ROUTE, FaultRule, GuruEmulator
 from tests.helpers import headers_of, open_fds, recorded_on
 
-UPLOAD = "POST /storage"
-CREATE = "POST /videos"
 MIB = 1024 * 1024
 
 VideoFile = Callable[..., Path]
@@ -71,7 +69,7 @@ async def test_upload_wire_format(
         created = await guru.create_video(path, activity="squat")
         await guru.upload(created, path)
     assert not http.closed  # a caller's http_session is left open
-    (upload,) = recorded_on(emulator, UPLOAD)
+    (upload,) = recorded_on(emulator, UPLOAD_ROUTE)
     headers = headers_of(upload)
     assert int(headers["content-length"]) == sent.by_url[created.url]
     assert int(headers["content-length"]) > 300_000
@@ -89,7 +87,7 @@ async def test_large_file_is_stored_byte_identical(
     path = video_file("big.mp4", size=5 * MIB)
     video_id = await guru.upload_video(path, activity="squat")
     assert emulator.stored_path(video_id).read_bytes() == path.read_bytes()
-    (create,) = recorded_on(emulator, CREATE)
+    (create,) = recorded_on(emulator, CREATE_ROUTE)
     assert create.json is not None
     assert create.json["size"] == 5 * MIB
     assert emulator.upload_attempts[video_id] == 1
@@ -109,7 +107,7 @@ async def test_upload_from_an_open_file(
         assert not f.closed
     assert emulator.stored_path(whole_id).read_bytes() == content
     assert emulator.stored_path(tail_id).read_bytes() == content[1000:]
-    first, second = recorded_on(emulator, CREATE)
+    first, second = recorded_on(emulator, CREATE_ROUTE)
     assert first.json == {
         "filename": "from-object.mp4",
         "size": 200_000,
@@ -185,7 +183,7 @@ async def test_expired_presign_is_refused_before_sending(
     assert caught.value.status is None
     assert created.id in str(caught.value)
     assert emu.upload_attempts[created.id] == 0
-    assert emu.requests[UPLOAD] == 0
+    assert emu.requests[UPLOAD_ROUTE] == 0
 
 
 async def test_upload_video_creates_once_more_after_an_expired_presign(
@@ -199,8 +197,8 @@ async def test_upload_video_creates_once_more_after_an_expired_presign(
         with pytest.raises(UploadError) as caught:
             await guru.upload_video(video_file(), activity="squat")
     assert caught.value.code == "PolicyExpired"
-    assert emu.requests[CREATE] == 2
-    assert emu.requests[UPLOAD] == 0
+    assert emu.requests[CREATE_ROUTE] == 2
+    assert emu.requests[UPLOAD_ROUTE] == 0
 
 
 async def test_file_that_shrinks_during_upload(
@@ -220,7 +218,7 @@ async def test_file_that_shrinks_during_upload(
     assert caught.value.code == "FileChanged"
     assert caught.value.status is None
     assert "changed while uploading" in str(caught.value)
-    assert emulator.requests[UPLOAD] <= 1
+    assert emulator.requests[UPLOAD_ROUTE] <= 1
     assert emulator.uploads_completed[created.id] == 0
     assert not emulator.stored_path(created.id).exists()
 
@@ -247,11 +245,11 @@ async def test_storage_slowdown_is_retried(
     emulator: GuruEmulator, guru: GuruSession, video_file: VideoFile
 ) -> None:
     """A 503 SlowDown from storage is retried and the file is still stored byte-identical."""
-    emulator.faults.add(FaultRule(route=UPLOAD, rate=1.0, times=1, kind="status", status=503))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, rate=1.0, times=1, kind="status", status=503))
     path = video_file(size=512 * 1024)
     video_id = await guru.upload_video(path, activity="squat")
-    assert emulator.faults.fired[UPLOAD] == 1
-    assert emulator.requests[UPLOAD] == 2
+    assert emulator.faults.fired[UPLOAD_ROUTE] == 1
+    assert emulator.requests[UPLOAD_ROUTE] == 2
     assert emulator.uploads_completed[video_id] == 1
     assert emulator.stored_path(video_id).read_bytes() == path.read_bytes()
 
@@ -260,7 +258,7 @@ async def test_dropped_upload_is_restreamed_from_the_start(
     emulator: GuruEmulator, guru: GuruSession, video_file: VideoFile
 ) -> None:
     """A connection dropped mid-upload is retried from the file's first byte."""
-    emulator.faults.add(FaultRule(route=UPLOAD, rate=1.0, times=1, kind="drop"))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, rate=1.0, times=1, kind="drop"))
     path = video_file(size=MIB)
     video_id = await guru.upload_video(path, activity="squat")
     assert emulator.upload_attempts[video_id] == 2
@@ -272,13 +270,13 @@ async def test_storage_error_without_retries_keeps_its_code(
     emulator: GuruEmulator, make_session: MakeSession, video_file: VideoFile
 ) -> None:
     """With retries off, a storage 503 surfaces as UploadError(status=503, code="SlowDown")."""
-    emulator.faults.add(FaultRule(route=UPLOAD, rate=1.0, kind="status", status=503))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, rate=1.0, kind="status", status=503))
     async with make_session(max_retries=0) as guru:
         with pytest.raises(UploadError) as caught:
             await guru.upload_video(video_file(), activity="squat")
     assert caught.value.status == 503
     assert caught.value.code == "SlowDown"
-    assert emulator.requests[UPLOAD] == 1
+    assert emulator.requests[UPLOAD_ROUTE] == 1
 
 
 async def test_a_raising_progress_callback_fails_the_upload_once(
@@ -294,7 +292,7 @@ async def test_a_raising_progress_callback_fails_the_upload_once(
 
     with pytest.raises(ValueError, match="bug in my progress bar"):
         await guru.upload(created, video_file("cb.mp4", size=3 * 1024 * 1024), progress=progress)
-    assert emulator.requests["POST /storage"] == 1
+    assert emulator.requests[UPLOAD_ROUTE] == 1
 
 
 class FailingFile(io.BytesIO):
@@ -321,7 +319,7 @@ async def test_a_local_read_error_is_raised_as_it_is_once(
         await guru.upload(created, FailingFile(os.urandom(MIB), fail_after=300_000))
     assert type(caught.value) is OSError
     assert caught.value.errno == errno.EIO
-    assert emulator.requests[UPLOAD] == 1
+    assert emulator.requests[UPLOAD_ROUTE] == 1
     assert emulator.uploads_completed[created.id] == 0
 
 
@@ -350,7 +348,7 @@ async def test_progress_never_goes_back_across_a_retried_attempt(
 ) -> None:
     """A dropped attempt re-sends the file, but progress rises once from 0 to the size:
     re-sent bytes are not counted twice."""
-    emulator.faults.add(FaultRule(route=UPLOAD, rate=1.0, times=1, kind="drop"))
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, rate=1.0, times=1, kind="drop"))
     size = 2 * MIB + 7
     path = video_file(size=size)
     calls: list[tuple[int, int]] = []
@@ -414,7 +412,7 @@ async def test_upload_from_memory_with_a_filename(
         with pytest.raises(ValueError, match="filename must name a file"):
             await guru.upload_video(io.BytesIO(content), filename="")
     assert emulator.stored_path(video_id).read_bytes() == content
-    (create,) = recorded_on(emulator, CREATE)
+    (create,) = recorded_on(emulator, CREATE_ROUTE)
     assert create.json is not None
     assert create.json["filename"] == "squat.mp4"
     assert create.json["size"] == 100_000

@@ -10,26 +10,26 @@
 ``python -m guru_async.testing`` runs it standalone.
 """
 
+from guru_async.testing._api import FAILURE_REASON
 from guru_async.testing._cli import main
-from guru_async.testing._emulator import (
+from guru_async.testing._emulator import GuruEmulator
+from guru_async.testing._faults import (
     ANALYSIS_ROUTE,
     CREATE_ROUTE,
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
     DOWNLOAD_ROUTE,
-    FAILURE_REASON,
     GET_VIDEO_ROUTE,
     J2P_ROUTE,
-    SCOPE,
     TOKEN_ROUTE,
-    UNANALYZABLE_MARKER,
     UPDATE_ROUTE,
     UPLOAD_ROUTE,
-    AnalysisDelay,
-    GuruEmulator,
+    FaultKind,
+    FaultRule,
+    Faults,
 )
-from guru_async.testing._models import EmulatedVideo, FaultKind, FaultRule, Faults, RecordedRequest
+from guru_async.testing._models import EmulatedVideo, RecordedRequest
+from guru_async.testing._state import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SCOPE, AnalysisDelay
 from guru_async.testing._storage import BUCKET
+from guru_async.testing._storage_server import UNANALYZABLE_MARKER
 
 __all__ = [
     "ANALYSIS_ROUTE",

@@ -10,12 +10,9 @@ import shlex
 import signal
 import sys
 
-from guru_async.testing._emulator import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
-    STATS_PATH,
-    GuruEmulator,
-)
+from guru_async.testing._api import STATS_PATH
+from guru_async.testing._emulator import GuruEmulator
+from guru_async.testing._state import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):

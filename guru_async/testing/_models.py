@@ -1,18 +1,13 @@
-"""Records the emulator exposes to tests: videos, recorded requests and fault rules."""
+"""Records the emulator exposes to tests: its videos and the requests it received."""
 
 from __future__ import annotations
 
-import collections
-import random
 import time
-from typing import Any, Literal
+from typing import Any
 
-from attrs import Factory, define, field, frozen, validators
+from attrs import Factory, define
 
 from guru_async._enums import ACTIVITY_DOMAINS, Activity, AnalysisStatus, Domain, VideoStatus
-
-FaultKind = Literal["status", "delay", "drop", "truncate", "malformed"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("status", "delay", "drop", "truncate", "malformed")
 
 
 @define
@@ -94,76 +89,3 @@ class RecordedRequest:
     json: Any | None = None
     part_names: list[str] = Factory(list)
     received_at: float = Factory(time.monotonic)
-
-
-def _check_rate(_: object, __: object, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"rate must be between 0 and 1, got {value!r}")
-
-
-@frozen
-class FaultRule:
-    """A fault to inject into matching requests.
-
-    Attributes:
-        route: A route name such as ``"GET /videos/{id}/analysis"``, or ``"*"`` for every route
-            (token and storage included).
-        rate: The probability, 0 to 1, that a matching request gets the fault.
-        kind: ``"status"`` (answer ``status`` in the route's error format), ``"delay"`` (sleep
-            ``delay`` seconds, then answer normally), ``"drop"`` (close the connection without
-            answering; uploads are dropped part-way through the body), ``"truncate"`` (announce
-            the full Content-Length, send half the body, close) or ``"malformed"`` (200 with an
-            HTML gateway page).
-        status: The status code for ``"status"`` faults.
-        retry_after: If set, the ``Retry-After`` header value for ``"status"`` faults.
-        delay: Seconds to sleep for ``"delay"`` faults.
-        times: If set, the rule fires at most this many times.
-    """
-
-    route: str
-    rate: float = field(default=1.0, validator=_check_rate)
-    kind: FaultKind = field(default="status", validator=validators.in_(FAULT_KINDS))
-    status: int = 503
-    retry_after: float | None = None
-    delay: float = 0.0
-    times: int | None = None
-
-
-class Faults:
-    """The emulator's fault rules, drawn from a seeded random generator.
-
-    Attributes:
-        fired: How many faults fired, per route name.
-    """
-
-    def __init__(self, seed: int) -> None:
-        # A private generator keeps fault draws reproducible whatever else the emulator does.
-        self._rng = random.Random(seed)
-        self._rules: list[tuple[FaultRule, list[int]]] = []
-        self.fired: collections.Counter[str] = collections.Counter()
-
-    @property
-    def rules(self) -> list[FaultRule]:
-        """The active rules, in the order added."""
-        return [rule for rule, _ in self._rules]
-
-    def add(self, rule: FaultRule) -> None:
-        """Add a rule; rules are tried in the order added and at most one fires per request."""
-        self._rules.append((rule, [0]))
-
-    def clear(self) -> None:
-        """Remove every rule (the ``fired`` counts are kept)."""
-        self._rules.clear()
-
-    def draw(self, route: str) -> FaultRule | None:
-        """Return the rule that fires for a request to ``route``, if any."""
-        for rule, used in self._rules:
-            if rule.route not in ("*", route):
-                continue
-            if rule.times is not None and used[0] >= rule.times:
-                continue
-            if self._rng.random() < rule.rate:
-                used[0] += 1
-                self.fired[route] += 1
-                return rule
-        return None
