@@ -101,7 +101,7 @@ class SentVideos:
                 self._seen[number] = (item_path(upload.item), upload.video_id)
 
     def result(self, result: BatchResult) -> None:
-        """Note a result: a video whose upload (or analysis) failed is not one to wait for."""
+        """Note a result: a video that failed (but for a timeout) is not one to wait for."""
         error = result.error
         if error is not None and not isinstance(error, AnalysisTimeoutError) and result.video_id:
             self._failed.add(result.video_id)
