@@ -106,11 +106,14 @@ class UploadProgress:
         item: The input item being uploaded, exactly as given.
         bytes_sent: Its bytes sent so far; never goes back when an attempt is retried.
         bytes_total: Its size in bytes.
+        video_id: The video it goes to (from Create Video): a caller interrupted mid-batch
+            can name the videos it already sent.
     """
 
     item: BatchItem
     bytes_sent: int = 0
     bytes_total: int = 0
+    video_id: str | None = None
 
 
 @define
@@ -600,6 +603,7 @@ class BatchRun:
             for attempt in (1, 2):
                 created = await self._create(item, source, fields)
                 await journal_created(created)
+                mine.video_id = created.id
                 self.progress.uploading[number] = mine
                 self._report()
                 try:

@@ -25,6 +25,9 @@ import pytest
 
 from guru_async import BatchProgress, GuruSession, PollPolicy, UploadProgress
 from guru_async.cli._output import RESULT_HEADER, BatchDisplay, format_table, printable
+from guru_async.testing import FaultRule
+
+from .test_cli import emulator_env, thread_emulator
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS, LINES = 200, 40  # wide enough that no cell wraps
@@ -241,6 +244,50 @@ def test_pipe_gets_plain_lines_and_the_same_table(
     }
 
 
+# A row's bytes as rich shows them, e.g. "1.2/8.0 MB".
+SHOWN_BYTES = re.compile(r"([\d.]+)/[\d.]+ (kB|MB)")
+
+
+def shown_bytes(frames: list[list[str]], row: re.Pattern[str]) -> list[float]:
+    """The bytes sent that ``row`` showed, frame after frame (frames without it left out)."""
+    sent = []
+    for frame in frames:
+        line = next((line for line in frame if row.match(line)), None)
+        found = SHOWN_BYTES.search(line) if line is not None else None
+        if found is not None:
+            sent.append(float(found.group(1)) * (1e3 if found.group(2) == "kB" else 1e6))
+    return sent
+
+
+def test_progress_never_goes_back_when_an_upload_is_retried(tmp_path: Path) -> None:
+    """upload --json with its connection to storage dropped mid-body: the upload is sent again
+    from byte 0, yet the terminal's per-file and total bytes only rise, and the JSON result is
+    the one video, stored once."""
+    # Big enough that the first attempt shows megabytes sent (socket buffers take a few)
+    # before storage drops it, and that the second takes about a second at this bandwidth.
+    size, bandwidth = 8_000_000, 8_000_000.0
+    (tmp_path / "retried.mp4").write_bytes(os.urandom(size))
+    with thread_emulator(analysis_delay=0.1, storage_bandwidth=bandwidth) as emu:
+        emu.faults.add(FaultRule(route="POST /storage", kind="drop", times=1))
+        env = base_env(**emulator_env(emu, tmp_path / "cache"))
+        status, _, frames, piped = run_in_pty(
+            command("--json", "upload", "retried.mp4", "--wait", "--activity", "squat"),
+            env,
+            tmp_path,
+            stdout_pipe=True,
+        )
+        (result,) = json.loads(piped)
+        assert status == 0, "\n".join(frames[-1])
+        assert result["ok"] is True
+        assert emu.upload_attempts[result["videoId"]] == 2
+        assert emu.uploads_completed[result["videoId"]] == 1
+    for row in (re.compile(r"^retried\.mp4 "), re.compile(r"^uploads ")):
+        sent = shown_bytes(frames, row)
+        assert len(set(sent)) > 2, f"too few frames showed {row.pattern}: {sent}"
+        assert sent == sorted(sent), f"{row.pattern} went back: {sent}"
+    assert shown_bytes(frames, re.compile(r"^uploads "))[-1] == size
+
+
 def test_json_batch_keeps_stdout_clean_while_a_terminal_shows_progress(
     cli_env: dict[str, str], clips: list[str], tmp_path: Path
 ) -> None:
@@ -345,8 +392,9 @@ def test_terminal_table_wraps_only_the_long_columns() -> None:
 async def test_batch_progress_reports_each_upload_in_flight(
     start_emulator: Callable[..., Any], tmp_path: Path
 ) -> None:
-    """BatchProgress.uploading holds one entry per upload in flight, each with its own bytes
-    going only forward up to its size, at most upload_concurrency at once, empty at the end."""
+    """BatchProgress.uploading holds one entry per upload in flight, each with its video's id
+    and its own bytes going only forward up to its size, at most upload_concurrency at once,
+    empty at the end."""
     emu = await start_emulator(analysis_delay=0.05, storage_bandwidth=4_000_000)
     sizes = {f"v{i}.mp4": 100_000 * (i + 1) for i in range(4)}
     for name, size in sizes.items():
@@ -367,6 +415,7 @@ async def test_batch_progress_reports_each_upload_in_flight(
         results = [r async for r in batch]
         assert all(r.ok for r in results)
         assert batch.progress.uploading == {}
+        video_ids = {r.item: r.video_id for r in results}
     assert most == 2
     assert len(seen) == 4
     for snapshots in seen.values():
@@ -377,11 +426,17 @@ async def test_batch_progress_reports_each_upload_in_flight(
         assert sent == sorted(sent)
         assert {s.bytes_total for s in snapshots} == {size}
         assert sent[-1] == size
+        assert {s.video_id for s in snapshots} == {video_ids[item]}
 
 
 def vars_of(upload: UploadProgress) -> dict[str, Any]:
     """An UploadProgress's fields, to copy it at one moment."""
-    return {"item": upload.item, "bytes_sent": upload.bytes_sent, "bytes_total": upload.bytes_total}
+    return {
+        "item": upload.item,
+        "bytes_sent": upload.bytes_sent,
+        "bytes_total": upload.bytes_total,
+        "video_id": upload.video_id,
+    }
 
 
 async def test_display_writes_plain_lines_while_the_batch_runs(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,8 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from guru_async import AnalysisStatus, BatchResult
+from guru_async import AnalysisStatus, BatchResult, SourceError, StreamSource, VideoSpec
 from guru_async.fleet import Fleet, RedisUnavailableError
 from guru_async.testing import CREATE_ROUTE, GuruEmulator
 
@@ -153,8 +157,6 @@ async def test_missing_path_on_the_worker_is_its_items_typed_error(
 
 async def test_bad_item_metadata_fails_that_item_in_the_producer(redis_url: str) -> None:
     """An item with an unknown activity gets a ValueError result without reaching Redis."""
-    from guru_async import VideoSpec
-
     async with Fleet(redis_url) as fleet:
         results = [r async for r in fleet.batch_upload([VideoSpec("a.mp4", activity="juggling")])]
     assert len(results) == 1
@@ -346,3 +348,105 @@ async def test_sigterm_finishes_uploads_in_flight_and_hands_back_the_rest(
     assert_stored_once(emu, files)
     assert emu.upload_attempts == emu.uploads_completed  # no upload was cut short
     assert b"worker stopped" in first.log.read_bytes()
+
+
+@contextlib.asynccontextmanager
+async def source_server(content: bytes) -> AsyncIterator[str]:
+    """A real aiohttp server on 127.0.0.1 the workers fetch from: ``/video.mp4`` is
+    ``content``, ``/missing.mp4`` answers 404 and ``/short.mp4`` announces every byte of
+    ``content`` but sends all but the last 1000 before closing. Yields its root URL."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name == "missing.mp4":
+            return web.Response(status=404, text="<Error><Code>NoSuchKey</Code></Error>")
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        response.content_length = len(content)
+        await response.prepare(request)
+        if name == "short.mp4":
+            await response.write(content[:-1000])
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        await response.write(content)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_url_items_are_streamed_by_the_worker_and_bad_sources_fail_alone(
+    tmp_path: Path,
+    redis_url: str,
+    fleet_emulator: GuruEmulator,
+    workers: Callable[..., Awaitable[list[WorkerProcess]]],
+) -> None:
+    """A worker streams an http URL item into storage like a path; a source URL that 404s or
+    sends fewer bytes than its Content-Length fails with SourceError in its own result, and
+    the other items complete, each stored once."""
+    (path,) = make_clips(tmp_path / "clips", 1)
+    content = os.urandom(CLIP_SIZE)
+    await workers(redis_url, 1)
+    async with source_server(content) as root, Fleet(redis_url, heartbeat=2) as fleet:
+        good, missing, short = (f"{root}/{name}" for name in ("video", "missing", "short"))
+        good, missing, short = f"{good}.mp4?sig=s3cr3t", f"{missing}.mp4", f"{short}.mp4"
+        items = [good, path, missing, short]
+        results = {r.item: r async for r in fleet.batch_upload(items, activity="squat")}
+    assert len(results) == 4
+    for ok in (good, path):
+        analysis = results[ok].analysis
+        assert results[ok].error is None, f"{ok}: {results[ok].error!r}"
+        assert analysis is not None
+        assert analysis.status == AnalysisStatus.COMPLETE
+    stored = {v.filename: v.content_sha256 for v in fleet_emulator.videos.values()}
+    assert stored["video.mp4"] == hashlib.sha256(content).hexdigest()
+    assert_stored_once(fleet_emulator, [path])
+    not_found = results[missing].error
+    assert isinstance(not_found, SourceError)
+    assert not_found.status == 404
+    assert not_found.url == missing
+    assert results[missing].video_id is None  # refused before any video was created
+    lied = results[short].error
+    assert isinstance(lied, SourceError)
+    assert f"announced {CLIP_SIZE}" in str(lied)
+    assert results[short].video_id is not None
+    assert fleet_emulator.uploads_completed[results[short].video_id] == 0
+    assert "s3cr3t" not in "".join(str(r.error) for r in results.values())
+
+
+async def test_a_fleet_refuses_in_process_sources_before_enqueuing(redis_url: str) -> None:
+    """A file object or a StreamSource among a fleet's items is a TypeError from the call
+    itself, naming what a fleet takes, and nothing reaches the queue."""
+    stream = StreamSource(io.BytesIO(b"video"), size=5, filename="a.mp4")
+    async with Fleet(redis_url) as fleet:
+        for source in (io.BytesIO(b"video"), stream):
+            with pytest.raises(TypeError, match=r"a fleet takes paths .* and http\(s\) URLs"):
+                fleet.batch_upload(["a.mp4", VideoSpec(source)], activity="squat")  # type: ignore[arg-type]
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        assert client.keys("saq:*") == []
+    finally:
+        client.close()
+
+
+def test_saq_log_lines_never_show_a_source_urls_query(caplog: pytest.LogCaptureFixture) -> None:
+    """saq's job lines (which list a job's arguments) reach the log with a source URL's query,
+    a possible presigned signature, cut out."""
+    import guru_async.fleet._worker  # noqa: F401  (installs the filter on saq's logger)
+
+    caplog.set_level(logging.DEBUG, logger="saq")
+    job = {"path": "https://bucket.example/v.mp4?X-Amz-Signature=s3cr3t", "wait": True}
+    logging.getLogger("saq").debug("Processing %s", job)
+    (record,) = [r for r in caplog.records if r.name == "saq"]
+    assert "s3cr3t" not in record.getMessage()
+    assert "https://bucket.example/v.mp4?" in record.getMessage()

@@ -32,7 +32,6 @@ from .._polling import DEFAULT_TIMEOUT
 from .._version import __version__
 from ..plot import JOINT_ANGLES
 from ._commands import (
-    _parse_include,
     cmd_analysis,
     cmd_batch,
     cmd_download,
@@ -41,6 +40,7 @@ from ._commands import (
     cmd_update,
     cmd_upload,
     cmd_video,
+    parse_include,
     resume_command,
     timeout_message,
 )
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("video", "show a video's status, download links and overlays")
     p.add_argument("id", metavar="ID")
     p.add_argument(
-        "--include", type=_parse_include, metavar="LIST", help="any of j2p,analysis,objects"
+        "--include", type=parse_include, metavar="LIST", help="any of j2p,analysis,objects"
     )
     p.set_defaults(handler=cmd_video)
 

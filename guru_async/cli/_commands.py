@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import csv
 import io
@@ -18,14 +19,14 @@ from typing import IO, Final, TextIO, TypeVar
 
 import attrs
 
-from .._batch import BatchProgress, BatchResult, UploadProgress
+from .._batch import BatchProgress, BatchResult
 from .._converter import converter
 from .._enums import AnalysisStatus
-from .._errors import AnalysisTimeoutError, AuthenticationError, GuruError
+from .._errors import AnalysisTimeoutError, AuthenticationError
 from .._models import Analysis, JointData, Rep, Video
 from .._types import UNSET
 from .._upload import check_file
-from ._config import UsageError, _video_fields, open_session
+from ._config import UsageError, open_session, video_fields
 from ._constants import EXIT_FAILED, EXIT_OK, PROG, VIDEO_SUFFIXES
 from ._fleet import open_batch
 from ._output import (
@@ -36,13 +37,14 @@ from ._output import (
     Output,
     TransferDisplay,
     WaitDisplay,
-    _dumps,
-    _mb,
-    _summary,
+    compact_json,
     format_table,
+    item_path,
+    megabytes,
     result_json,
     result_row,
     result_status,
+    summary_line,
 )
 
 T = TypeVar("T")
@@ -78,67 +80,82 @@ def _cli_timeout(result: BatchResult) -> BatchResult:
     return attrs.evolve(result, error=cli_error)
 
 
+class SentVideos:
+    """The videos an upload command has sent, for the resume hint of an interrupted run.
+
+    A batch hands over a video's id with its result, which under ``--wait`` comes only once
+    the analysis is done; the id of each upload in flight is in the batch's progress, so it is
+    read from there. Feed it every progress report and every result.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[str, str]] = {}
+        self._sending: frozenset[int] = frozenset()
+        self._failed: set[str] = set()
+
+    def update(self, progress: BatchProgress) -> None:
+        """Note the uploads in flight and their videos."""
+        self._sending = frozenset(progress.uploading)
+        for number, upload in progress.uploading.items():
+            if upload.video_id is not None:
+                self._seen[number] = (item_path(upload.item), upload.video_id)
+
+    def result(self, result: BatchResult) -> None:
+        """Note a result: a video that failed (but for a timeout) is not one to wait for."""
+        error = result.error
+        if error is not None and not isinstance(error, AnalysisTimeoutError) and result.video_id:
+            self._failed.add(result.video_id)
+
+    def sent(self) -> dict[str, str]:
+        """Each file whose upload finished, with its video's id."""
+        return {
+            name: video_id
+            for number, (name, video_id) in self._seen.items()
+            if number not in self._sending and video_id not in self._failed
+        }
+
+
 async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
     """``upload FILE...``: upload each file (and wait for its analysis with ``--wait``)."""
     paths = [check_file(p) for p in args.files]
-    fields = _video_fields(args)
+    fields = video_fields(args)
     started = time.monotonic()
-    sizes = [p.stat().st_size for p in paths]
-    progress = BatchProgress(bytes_total=sum(sizes))
-    slots = asyncio.Semaphore(4)
+    bytes_total = sum(p.stat().st_size for p in paths)
+    display = BatchDisplay(total=len(paths), bytes_total=bytes_total, wait=args.wait)
+    videos = SentVideos()
 
-    async def one(number: int, given: str, path: Path) -> BatchResult:
-        mine = UploadProgress(given, bytes_total=sizes[number])
+    def on_progress(progress: BatchProgress) -> None:
+        display.update(progress)
+        videos.update(progress)
 
-        def on_bytes(sent: int, total: int) -> None:
-            # Counted only forward: a retried attempt starts again from 0.
-            if sent > mine.bytes_sent:
-                progress.bytes_sent += sent - mine.bytes_sent
-                mine.bytes_sent = sent
-
-        video_id: str | None = None
-        result: BatchResult
-        try:
-            async with slots:
-                progress.started += 1
-                progress.uploading[number] = mine
-                try:
-                    video_id = await guru.upload_video(path, progress=on_bytes, **fields)
-                finally:
-                    del progress.uploading[number]
-            progress.uploaded += 1
-            args.created[given] = video_id  # named if the command is interrupted
-            analysis: Analysis | None = None
-            if args.wait:
-                progress.waiting += 1
-                try:
-                    analysis = await guru.await_analysis(video_id, timeout=args.timeout)
-                finally:
-                    progress.waiting -= 1
-            result = BatchResult(given, video_id=video_id, analysis=analysis)
-        except AuthenticationError:
-            raise  # the same for every file: one message and exit 2, not a row per file
-        except (GuruError, OSError) as exc:
-            result = BatchResult(given, video_id=video_id, error=exc)
-        result = _cli_timeout(result)
-        if result.ok:
-            progress.succeeded += 1
-        else:
-            progress.failed += 1
-        return result
-
-    display = BatchDisplay(progress, total=len(paths), bytes_total=sum(sizes), wait=args.wait)
-    async with open_session(args) as guru, display:
-        results = await asyncio.gather(
-            *(one(n, g, p) for n, (g, p) in enumerate(zip(args.files, paths, strict=True)))
-        )
+    # Results come in completion order; the table and the JSON list keep the order given.
+    places: dict[str, collections.deque[int]] = collections.defaultdict(collections.deque)
+    for place, given in enumerate(args.files):
+        places[given].append(place)
+    results: list[BatchResult | None] = [None] * len(args.files)
+    try:
+        async with open_session(args) as guru, display:
+            batch = guru.batch_upload(
+                args.files, wait=args.wait, progress=on_progress, timeout=args.timeout, **fields
+            )
+            async with batch:
+                async for result in batch:
+                    if isinstance(result.error, AuthenticationError):
+                        # The same for every file: one message and exit 2, not a row per file.
+                        raise result.error
+                    videos.result(result)
+                    assert isinstance(result.item, str)
+                    results[places[result.item].popleft()] = _cli_timeout(result)
+    finally:
+        args.created.update(videos.sent())  # named if the command is interrupted
+    done = [r for r in results if r is not None]
     if out.json:
-        out.result(_dumps([result_json(r) for r in results]))
+        out.result(compact_json([result_json(r) for r in done]))
     else:
-        rows = [result_row(r, default_activity=fields["activity"], short_id=False) for r in results]
+        rows = [result_row(r, default_activity=fields["activity"], short_id=False) for r in done]
         out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
-        out.note(_summary([result_status(r) for r in results], time.monotonic() - started))
-    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+        out.note(summary_line([result_status(r) for r in done], time.monotonic() - started))
+    return EXIT_OK if all(r.ok for r in done) else EXIT_FAILED
 
 
 @attrs.define
@@ -218,7 +235,7 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
             suffixes = ", ".join(sorted(VIDEO_SUFFIXES))
             hint = "; add --recursive to look in its sub-folders" if probe.folders else ""
             raise UsageError(f"no video files ({suffixes}) in folder {given!r}{hint}")
-    fields = _video_fields(args)
+    fields = video_fields(args)
     total = None if any(Path(p).is_dir() for p in args.paths) else len(args.paths)
     found = [0]
     skipped = Skipped()
@@ -249,7 +266,7 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
                 async for raw in batch:
                     result = _cli_timeout(raw)
                     # Written as each result arrives, so an interrupted batch keeps its output.
-                    line = _dumps(result_json(result))
+                    line = compact_json(result_json(result))
                     if results_file is not None:
                         results_file.write(line + "\n")
                         results_file.flush()
@@ -264,7 +281,7 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
     if not out.json:
         rows.sort(key=lambda row: row[0])
         out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
-        out.note(_summary([s for s, _ in statuses], time.monotonic() - started))
+        out.note(summary_line([s for s, _ in statuses], time.monotonic() - started))
         if args.out is not None:
             out.note(f"results written to {args.out}")
     skipped_note = skipped.note()
@@ -273,7 +290,8 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK if all(ok for _, ok in statuses) else EXIT_FAILED
 
 
-def _kv(pairs: Iterable[tuple[str, object]]) -> str:
+def key_value_text(pairs: Iterable[tuple[str, object]]) -> str:
+    """``key  value`` lines, the values aligned in one column."""
     items = [(k, "" if v is None else str(v)) for k, v in pairs]
     width = max(len(k) for k, _ in items)
     return "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in items)
@@ -298,7 +316,8 @@ def _analysis_summary(analysis: Analysis) -> str:
     return ", ".join(parts)
 
 
-def _parse_include(value: str) -> list[str]:
+def parse_include(value: str) -> list[str]:
+    """``--include j2p,analysis`` as a list of names."""
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
@@ -307,9 +326,9 @@ async def cmd_video(args: argparse.Namespace, out: Output) -> int:
     async with open_session(args) as guru:
         video = await guru.get_video(args.id, include=args.include)
     if out.json:
-        out.result(_dumps(converter.unstructure(video)))
+        out.result(compact_json(converter.unstructure(video)))
         return EXIT_OK
-    out.result(_kv(_video_lines(args.id, video)))
+    out.result(key_value_text(_video_lines(args.id, video)))
     return EXIT_OK
 
 
@@ -377,7 +396,7 @@ def analysis_text(
                 f"{sum(m is not None for m in found)} yard lines, {len(markers.cones or [])} cones",
             )
         )
-    text = _kv(lines)
+    text = key_value_text(lines)
     if analysis.reps:
         # One column per analysis type, in the order the API lists them.
         kinds = list(dict.fromkeys(a.analysis_type for r in analysis.reps for a in r.analyses))
@@ -405,7 +424,7 @@ async def cmd_analysis(args: argparse.Namespace, out: Output) -> int:
         else:
             analysis = await guru.get_analysis(args.id)
     if out.json:
-        out.result(_dumps(converter.unstructure(analysis)))
+        out.result(compact_json(converter.unstructure(analysis)))
     else:
         width = shutil.get_terminal_size().columns if out.terminal else None
         out.result(analysis_text(args.id, analysis, terminal=out.terminal, width=width))
@@ -449,7 +468,7 @@ async def cmd_j2p(args: argparse.Namespace, out: Output) -> int:
         rows = write_j2p_csv(joint_data, buffer)
         what = f"{rows} rows"
     else:
-        buffer.write(_dumps(converter.unstructure(joint_data)) + "\n")
+        buffer.write(compact_json(converter.unstructure(joint_data)) + "\n")
         what = _joint_summary(joint_data)
     if args.out is None:
         sys.stdout.write(buffer.getvalue())
@@ -473,7 +492,7 @@ async def cmd_update(args: argparse.Namespace, out: Output) -> int:
     async with open_session(args) as guru:
         video_id = await guru.update_video(args.id, **changes)  # type: ignore[arg-type]
     if out.json:
-        out.result(_dumps({"id": video_id}))
+        out.result(compact_json({"id": video_id}))
     else:
         out.result(f"updated {video_id}: " + ", ".join(f"{k}={v}" for k, v in given.items()))
     return EXIT_OK
@@ -515,10 +534,10 @@ async def cmd_download(args: argparse.Namespace, out: Output) -> int:
     size = path.stat().st_size
     if out.json:
         out.result(
-            _dumps({"id": args.id, "overlay": args.overlay, "path": str(path), "bytes": size})
+            compact_json({"id": args.id, "overlay": args.overlay, "path": str(path), "bytes": size})
         )
     else:
-        out.result(f"downloaded {path} ({_mb(size)})")
+        out.result(f"downloaded {path} ({megabytes(size)})")
     return EXIT_OK
 
 
@@ -541,7 +560,7 @@ async def cmd_plot(args: argparse.Namespace, out: Output) -> int:
         return EXIT_FAILED
     path = await asyncio.to_thread(plot_joint_angle, joint_data, analysis, args.out, joints=joints)
     if out.json:
-        out.result(_dumps({"id": args.id, "path": str(path), "joints": list(joints)}))
+        out.result(compact_json({"id": args.id, "path": str(path), "joints": list(joints)}))
     else:
         out.result(f"wrote {path} ({'-'.join(joints)} angle, {len(analysis.reps)} reps marked)")
     return EXIT_OK

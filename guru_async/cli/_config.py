@@ -37,7 +37,8 @@ def token_cache_path() -> Path:
     return Path(base or "~/.cache").expanduser() / "guru-async" / "tokens.json"
 
 
-def _credentials() -> tuple[str, str]:
+def credentials() -> tuple[str, str]:
+    """The client id and secret from the environment, or a UsageError naming what is missing."""
     client_id = os.environ.get("GURU_CLIENT_ID", "")
     client_secret = os.environ.get("GURU_CLIENT_SECRET", "")
     missing = [
@@ -67,7 +68,7 @@ async def open_session(args: argparse.Namespace) -> AsyncIterator[GuruSession]:
             log.debug("embedded emulator at %s", emu.base_url)
             yield guru
         return
-    client_id, client_secret = _credentials()
+    client_id, client_secret = credentials()
     async with GuruSession(
         client_id,
         client_secret,
@@ -77,7 +78,7 @@ async def open_session(args: argparse.Namespace) -> AsyncIterator[GuruSession]:
         yield guru
 
 
-def _video_fields(args: argparse.Namespace) -> dict[str, Any]:
+def video_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The create-video fields shared by upload and batch, validated before any request."""
     return resolve_fields(
         domain=args.domain, activity=args.activity, rep_count=args.rep_count, source=args.source

@@ -20,6 +20,6 @@ VIDEO_SUFFIXES: Final = frozenset(
 # The embedded emulator analyses in about a second, so poll it far more often than the API.
 EMULATOR_POLLS: Final = PollPolicy(interval=0.2, max_interval=0.5)
 # At most this many analyses per rep in a table cell; the rest are counted.
-_TABLE_REP_VALUES = 6
+TABLE_REP_VALUES: Final = 6
 
 log = logging.getLogger("guru_async.cli")

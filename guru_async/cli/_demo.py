@@ -13,20 +13,20 @@ from typing import Final
 from .._batch import BatchResult, VideoSpec
 from .._enums import AnalysisStatus
 from .._session import GuruSession
-from ._commands import _kv
+from ._commands import key_value_text
 from ._constants import EMULATOR_POLLS, EXIT_FAILED, EXIT_OK, PROG
 from ._output import (
     RESULT_HEADER,
     RESULT_WRAP,
     BatchDisplay,
     Output,
-    _dumps,
-    _item_path,
-    _mb,
-    _summary,
+    compact_json,
+    item_path,
+    megabytes,
     result_json,
     result_row,
     result_status,
+    summary_line,
 )
 
 # -- demo ------------------------------------------------------------------------------------
@@ -87,10 +87,10 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     ):
         out.note(f"{PROG} demo: {len(specs)} sample clips, one journaled batch, a local emulator")
         out.note(
-            _kv(
+            key_value_text(
                 [
                     ("emulator", f"{emu.base_url} (analysis takes 1-2 s)"),
-                    ("clips", f"{clips}{os.sep} ({len(specs)} files, {_mb(clip_bytes)})"),
+                    ("clips", f"{clips}{os.sep} ({len(specs)} files, {megabytes(clip_bytes)})"),
                     ("journal", journal),
                 ]
             )
@@ -104,8 +104,8 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         async with display:
             results = [r async for r in batch]
         order = {Path(s.path).name: i for i, s in enumerate(specs)}
-        results.sort(key=lambda r: order.get(Path(_item_path(r.item)).name, len(order)))
-        lines = [_dumps(result_json(r)) for r in results]
+        results.sort(key=lambda r: order.get(Path(item_path(r.item)).name, len(order)))
+        lines = [compact_json(result_json(r)) for r in results]
         results_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         if out.json:
             for line in lines:
@@ -114,7 +114,7 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
             rows = (result_row(r, name=lambda p: Path(p).name) for r in results)
             out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
         out.note("")
-        out.note(_summary([result_status(r) for r in results], time.monotonic() - started))
+        out.note(summary_line([result_status(r) for r in results], time.monotonic() - started))
 
         # The journal's promise: the same batch again uploads nothing and restores every result.
         uploads_before = sum(emu.uploads_completed.values())
@@ -124,14 +124,14 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
             f"rerun with the journal: {len(again)} results restored, {new_uploads} new uploads"
         )
 
-        squat = next((r for r in results if Path(_item_path(r.item)).name == "squat.mp4"), None)
+        squat = next((r for r in results if Path(item_path(r.item)).name == "squat.mp4"), None)
         plot_note = await _demo_plot(guru, squat, plot_path)
         out.note(plot_note)
         out.note(f"results: {results_path}")
 
     expected = all(
         r.analysis is not None and r.analysis.status == AnalysisStatus.FAILED
-        if Path(_item_path(r.item)).name == DEMO_UNANALYZABLE
+        if Path(item_path(r.item)).name == DEMO_UNANALYZABLE
         else r.ok
         for r in results
     )

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from .._batch import BatchProgress, BatchResult
 from .._polling import PollPolicy
 from .._session import GuruSession
-from ._config import UsageError, _credentials, _video_fields, open_session
+from ._config import UsageError, credentials, open_session, video_fields
 from ._constants import EXIT_OK
 from ._output import Output
 
@@ -66,7 +66,7 @@ async def open_batch(
 ) -> AsyncIterator[BatchResult]:
     """The ``batch`` command's results: from this process, or with ``--fleet`` from the
     fleet's workers (this process then only enqueues and reads results)."""
-    fields = _video_fields(args)
+    fields = video_fields(args)
     fleet_option = getattr(args, "fleet", None)
     if fleet_option is None:
         guru = await stack.enter_async_context(open_session(args))
@@ -104,7 +104,7 @@ async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
     if args.verbose:
         logging.getLogger("saq").setLevel(logging.INFO)
     url = fleet_url(args.redis, option="--redis")
-    client_id, client_secret = _credentials()
+    client_id, client_secret = credentials()
     store = RedisTokenStore(url)
     limiter = None if args.rate is None else RedisRateLimiter(url, rate=args.rate)
     poll_policy = None

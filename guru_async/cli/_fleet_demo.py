@@ -28,10 +28,10 @@ from ._output import (
     RESULT_WRAP,
     BatchDisplay,
     Output,
-    _item_path,
-    _summary,
+    item_path,
     result_row,
     result_status,
+    summary_line,
 )
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ async def cmd_fleet_demo(args: argparse.Namespace, out: Output) -> int:
     rows = [result_row(r, name=lambda p: Path(p).name) for r in results]
     out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
     out.note("")
-    out.note(_summary([result_status(r) for r in results], time.monotonic() - started))
+    out.note(summary_line([result_status(r) for r in results], time.monotonic() - started))
     out.note(
         f"worker {killed} was SIGKILLed mid-run; its items finished on the other worker. "
         f"{len(results)} results for {len(specs)} clips, {stored} videos stored, "
@@ -156,7 +156,7 @@ async def cmd_fleet_demo(args: argparse.Namespace, out: Output) -> int:
     )
     expected = len(results) == len(specs) and twice == 0 and stored == len(specs)
     expected = expected and all(
-        r.analysis is not None if Path(_item_path(r.item)).name == DEMO_UNANALYZABLE else r.ok
+        r.analysis is not None if Path(item_path(r.item)).name == DEMO_UNANALYZABLE else r.ok
         for r in results
     )
     return EXIT_OK if expected else EXIT_FAILED
@@ -219,5 +219,5 @@ async def _run(
         ]
     killer.cancel()
     order = {Path(s.path).name: i for i, s in enumerate(specs)}
-    results.sort(key=lambda r: order.get(Path(_item_path(r.item)).name, len(order)))
+    results.sort(key=lambda r: order.get(Path(item_path(r.item)).name, len(order)))
     return results, killed

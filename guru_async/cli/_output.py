@@ -22,7 +22,7 @@ from .._enums import AnalysisStatus
 from .._errors import AnalysisTimeoutError
 from .._models import Rep
 from .._types import BatchItem
-from ._constants import _TABLE_REP_VALUES
+from ._constants import TABLE_REP_VALUES
 
 # -- rich, from the cli extra ---------------------------------------------------------------
 
@@ -75,7 +75,8 @@ def _draws(stream: IO[Any]) -> bool:
     return _isatty(stream) and os.environ.get("TERM", "").lower() not in ("dumb", "unknown")
 
 
-def _mb(n: int) -> str:
+def megabytes(n: int) -> str:
+    """A byte count in MB with one decimal, e.g. ``1.2 MB``."""
     return f"{n / 1e6:.1f} MB"
 
 
@@ -329,7 +330,7 @@ class BatchDisplay(LiveProgress):
         for number, upload in list(p.uploading.items()):
             row = self._rows.get(number)
             if row is None:
-                name = printable(Path(_item_path(upload.item)).name)
+                name = printable(Path(item_path(upload.item)).name)
                 row = self._rows[number] = files.add_task(name, total=upload.bytes_total)
             files.update(row, completed=upload.bytes_sent)
         for number in [n for n in self._rows if n not in p.uploading]:
@@ -401,9 +402,9 @@ class TransferDisplay(LiveProgress):
     def plain(self) -> str:
         """E.g. ``download x.mp4: 1.2/3.4 MB, 2.1 MB/s | 5.0 s``."""
         elapsed = self.elapsed
-        of = f"/{_mb(self.size)}" if self.size else ""
+        of = f"/{megabytes(self.size)}" if self.size else ""
         speed = f", {self.done / elapsed / 1e6:.1f} MB/s" if elapsed > 0 else ""
-        return f"{self.description}: {_mb(self.done)}{of}{speed} | {elapsed:.1f} s"
+        return f"{self.description}: {megabytes(self.done)}{of}{speed} | {elapsed:.1f} s"
 
     def renderable(self) -> RenderableType:
         """A rich Progress with one row."""
@@ -464,7 +465,8 @@ class WaitDisplay(LiveProgress):
 # -- results: rows, table, JSON --------------------------------------------------------------
 
 
-def _item_path(item: BatchItem) -> str:
+def item_path(item: BatchItem) -> str:
+    """A batch item's path (a VideoSpec's own), as text."""
     return os.fspath(item.path if isinstance(item, VideoSpec) else item)
 
 
@@ -486,7 +488,7 @@ def result_reason(result: BatchResult) -> str:
     return ""
 
 
-def key_analysis(reps: Sequence[Rep], limit: int = _TABLE_REP_VALUES) -> str:
+def key_analysis(reps: Sequence[Rep], limit: int = TABLE_REP_VALUES) -> str:
     """The most telling analysis type with its value per rep, e.g.
     ``HIP_KNEE_ANGLE_DEGREES 87.5 good, 102.3 bad``.
 
@@ -546,7 +548,7 @@ def result_row(
         video_id = result.video_id[:8]
     complete = analysis is not None and analysis.status == AnalysisStatus.COMPLETE
     return [
-        name(_item_path(result.item)),
+        name(item_path(result.item)),
         video_id,
         str(activity),
         result_status(result),
@@ -638,7 +640,7 @@ def result_json(result: BatchResult) -> dict[str, Any]:
     if result.error is not None:
         error = {"type": type(result.error).__name__, "message": str(result.error)}
     return {
-        "file": _item_path(result.item),
+        "file": item_path(result.item),
         "videoId": result.video_id,
         "ok": result.ok,
         "status": result_status(result),
@@ -647,11 +649,13 @@ def result_json(result: BatchResult) -> dict[str, Any]:
     }
 
 
-def _dumps(data: Any) -> str:
+def compact_json(data: Any) -> str:
+    """``data`` as JSON on one line, without spaces."""
     return json.dumps(data, separators=(",", ":"))
 
 
-def _summary(statuses: Sequence[str], elapsed: float) -> str:
+def summary_line(statuses: Sequence[str], elapsed: float) -> str:
+    """E.g. ``3 videos in 4.2 s: 2 complete, 1 failed``."""
     counts: dict[str, int] = {}
     for status in statuses:
         counts[status] = counts.get(status, 0) + 1

@@ -52,10 +52,13 @@ class ItemRecord:
     analysis: str | None
 
 
-def item_hash(service: str, path: Path, fields: dict[str, Any]) -> str:
-    """The identity of an item's work: a changed file (size or mtime) is a new item."""
-    st = path.stat()
-    identity = [service, str(path.resolve()), st.st_size, st.st_mtime_ns, fields]
+def item_hash(service: str, path: Path | str, fields: dict[str, Any]) -> str:
+    """The identity of an item's work: a changed file (size or mtime) is a new item; a URL
+    (a str) is identified by itself, since its content is known only by fetching it."""
+    identity: list[Any] = [service, path, fields]
+    if isinstance(path, Path):
+        st = path.stat()
+        identity = [service, str(path.resolve()), st.st_size, st.st_mtime_ns, fields]
     raw = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()
 

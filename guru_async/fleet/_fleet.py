@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Collection, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -21,11 +21,13 @@ from attrs import define
 from redis.exceptions import RedisError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
+from yarl import URL
 
 from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchProgress, BatchResult, VideoSpec
 from .._payloads import resolve_fields
 from .._polling import DEFAULT_TIMEOUT
 from .._types import ActivityArg, BatchItem, DomainArg
+from .._upload import is_url
 from .._validation import check_int
 from ._protocol import (
     DEFAULT_QUEUE,
@@ -162,11 +164,20 @@ class Fleet:
 
         The same contract as ``GuruSession.batch_upload``: results in completion order, every
         item accounted for (a path missing on the worker is a result with its
-        ``FileNotFoundError``), at most ``max_in_flight`` items enqueued and not yet reported,
-        so Redis and this process stay bounded for any number of items.
+        ``FileNotFoundError``, a source URL that fails one with its ``SourceError``), at most
+        ``max_in_flight`` items enqueued and not yet reported, so Redis and this process stay
+        bounded for any number of items.
+
+        A fleet takes sources any worker can reach: paths (on storage every worker mounts) and
+        http(s) URLs, which the worker that takes the item streams straight into the upload
+        (its size from Content-Length; never buffered whole, never written to disk). A file
+        object, a StreamSource or any other async byte stream lives in this process only and
+        cannot travel to a worker on another machine: upload those with
+        ``GuruSession.upload_video`` or ``GuruSession.batch_upload``.
 
         Args:
-            items: Paths every worker can read (shared storage), or VideoSpec.
+            items: Paths every worker can read, http(s) URLs, or VideoSpec with either as
+                its ``path``.
             journal: A name for this batch. Rerunning with the same name and items after a
                 crash restores finished items, awaits uploaded ones and uploads the rest
                 (within the fleet's ``retention``); nothing is uploaded twice.
@@ -181,6 +192,9 @@ class Fleet:
 
         Raises:
             RuntimeError: The Fleet is not open (use ``async with``).
+            TypeError: An item is neither a path nor an http(s) URL: raised here, before
+                anything is enqueued, when ``items`` is a list, tuple or other collection; by
+                the iteration when a lazy ``items`` reaches it (the items before it finish).
             RedisUnavailableError: Redis stayed unreachable for ``redis_timeout`` seconds.
         """
         if self._uploads is None or self._polls is None or self._client is None:
@@ -188,6 +202,9 @@ class Fleet:
         if isinstance(items, (str, os.PathLike)):
             raise TypeError("batch_upload takes an iterable of paths; wrap one path in a list")
         check_int("max_in_flight", max_in_flight, minimum=1)
+        if isinstance(items, Collection):
+            for item in items:
+                _location(item)
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         if journal is not None:
@@ -228,6 +245,24 @@ class _Pending:
     since: float
     uploaded: bool = False
     suspect: int = 0
+
+
+def _location(item: object) -> str:
+    """Where a worker finds an item's content: an absolute path (workers share the storage,
+    not this process's working directory) or an http(s) URL as given; else a TypeError."""
+    path = item.path if isinstance(item, VideoSpec) else item
+    if isinstance(path, URL):
+        # As given (encoded): re-encoding would break a presigned URL's signature.
+        return str(path)
+    if isinstance(path, str) and is_url(path):
+        return path
+    if isinstance(path, (str, os.PathLike)):
+        return os.path.abspath(os.fspath(path))
+    raise TypeError(
+        "a fleet takes paths every worker can read and http(s) URLs, got "
+        f"{type(path).__name__}: a file object or byte stream cannot travel to another "
+        "machine; upload it with GuruSession.upload_video or GuruSession.batch_upload"
+    )
 
 
 def _fields(spec: VideoSpec, d: dict[str, Any]) -> dict[str, Any]:
@@ -360,17 +395,13 @@ class _FleetRun:
         await self._maybe_end()
 
     async def _submit(self, number: int, item: BatchItem) -> None:
+        # Not a source a worker can reach: the caller's mistake, raised (see batch_upload).
+        path = _location(item)
         await self._slots.acquire()
         self.progress.started += 1
         try:
             spec = item if isinstance(item, VideoSpec) else VideoSpec(item)
-            if not isinstance(spec.path, (str, os.PathLike)):
-                raise TypeError(
-                    f"expected a file path (str or os.PathLike), got {type(spec.path).__name__}"
-                )
             fields = _fields(spec, self._defaults)
-            # Absolute here: workers share the storage, not this process's working directory.
-            path = os.path.abspath(os.fspath(spec.path))
         except (TypeError, ValueError) as exc:
             await self._emit(BatchResult(item, error=exc))
             return

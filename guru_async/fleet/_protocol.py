@@ -23,6 +23,7 @@ from .._errors import (
     APIError,
     GuruError,
     ResponseDecodeError,
+    SourceError,
     UploadError,
     _rebuild,
 )
@@ -111,7 +112,7 @@ def encode_result(
 def encode_error(error: BaseException) -> dict[str, Any]:
     """An error as its type name, message and the attributes a caller reads."""
     state: dict[str, Any] = {}
-    for name in ("status", "code", "retry_after", "video_id", "not_json"):
+    for name in ("status", "code", "retry_after", "video_id", "not_json", "url"):
         value = getattr(error, name, None)
         if isinstance(value, (str, int, float, bool)):
             state[name] = value
@@ -170,6 +171,8 @@ def decode_error(data: dict[str, Any]) -> BaseException:
             defaults = {"video_id": "", "last": None}
         elif issubclass(guru_type, ResponseDecodeError):
             defaults = {"status": None, "body": "", "not_json": False}
+        elif issubclass(guru_type, SourceError):
+            defaults = {"status": None, "url": None}
         return _rebuild(guru_type, message, {**defaults, **state})
     return FleetItemError(f"{name}: {message}", type_name=name)
 

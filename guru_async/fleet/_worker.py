@@ -40,12 +40,12 @@ from saq.worker import Worker
 from .._client import Client
 from .._converter import to_json
 from .._enums import VideoStatus
-from .._errors import GuruError
+from .._errors import GuruError, redact
 from .._models import CreatedVideo
 from .._payloads import VideoFields
 from .._polling import DEFAULT_TIMEOUT
 from .._session import GuruSession, client_of
-from .._upload import UploadSource, check_file
+from .._upload import UploadSource, check_file, is_url
 from .._validation import check_int
 from ._claims import Claims, LeaseLostError, item_hash
 from ._protocol import (
@@ -60,6 +60,21 @@ from ._protocol import (
 from ._redis import RedisUnavailableError, check_url, describe_url
 
 log = logging.getLogger("guru_async.fleet")
+
+
+class _RedactQueries(logging.Filter):
+    """saq logs a job with its arguments (at DEBUG, and when a job raises): a source URL's
+    query, which may hold a presigned signature, is cut out of those lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+logging.getLogger("saq").addFilter(_RedactQueries())
 
 DEFAULT_CONCURRENCY = 4
 # Each slot is a saq task with its own blocking dequeue (and Redis connection): enough for
@@ -205,9 +220,10 @@ async def _upload_item(
     session = fleet.session
     created_ids: list[str] = []
     try:
-        file = check_file(path)
-        size = file.stat().st_size
-        item = item_hash(fleet.service, file, fields)
+        # A URL is fetched only once the item is claimed and its content is still to send.
+        file = None if is_url(path) else check_file(path)
+        size = None if file is None else file.stat().st_size
+        item = item_hash(fleet.service, path if file is None else file, fields)
         # The producer resolved these against its own table: taken as they are.
         sent_fields = VideoFields.from_dict(fields)
         lease = max(float(job.heartbeat or 10), 1.0)
@@ -222,7 +238,12 @@ async def _upload_item(
                 video_id is not None
                 and (record.state == "uploaded" or await _arrived(session, video_id))
             ):
-                source = UploadSource(file)
+                if file is None:
+                    # Streamed from the URL into the upload: never held whole, never on disk.
+                    source = await fleet.client.source(path, None)
+                    size = source.size
+                else:
+                    source = UploadSource(file)
 
                 async def on_created(created: CreatedVideo) -> None:
                     created_ids.append(created.id)
