@@ -25,7 +25,7 @@ import pytest
 
 from guru_async import BatchProgress, GuruSession, PollPolicy, UploadProgress
 from guru_async.cli._output import RESULT_HEADER, BatchDisplay, format_table, printable
-from guru_async.testing import FaultRule
+from guru_async.testing import UPLOAD_ROUTE, FaultRule
 
 from .test_cli import emulator_env, thread_emulator
 
@@ -263,12 +263,12 @@ def test_progress_never_goes_back_when_an_upload_is_retried(tmp_path: Path) -> N
     """upload --json with its connection to storage dropped mid-body: the upload is sent again
     from byte 0, yet the terminal's per-file and total bytes only rise, and the JSON result is
     the one video, stored once."""
-    # Big enough that the first attempt shows megabytes sent (socket buffers take a few)
-    # before storage drops it, and that the second takes about a second at this bandwidth.
+    # Storage stops reading for 1.5 s before it hangs up, so the terminal draws the first
+    # attempt's bytes (what the socket buffers took) several times before the retry from 0.
     size, bandwidth = 8_000_000, 8_000_000.0
     (tmp_path / "retried.mp4").write_bytes(os.urandom(size))
     with thread_emulator(analysis_delay=0.1, storage_bandwidth=bandwidth) as emu:
-        emu.faults.add(FaultRule(route="POST /storage", kind="drop", times=1))
+        emu.faults.add(FaultRule(route=UPLOAD_ROUTE, kind="drop", delay=1.5, times=1))
         env = base_env(**emulator_env(emu, tmp_path / "cache"))
         status, _, frames, piped = run_in_pty(
             command("--json", "upload", "retried.mp4", "--wait", "--activity", "squat"),

@@ -51,7 +51,8 @@ class FaultRule:
             HTML gateway page).
         status: The status code for ``"status"`` faults.
         retry_after: If set, the ``Retry-After`` header value for ``"status"`` faults.
-        delay: Seconds to sleep for ``"delay"`` faults.
+        delay: Seconds to sleep for ``"delay"`` faults, and before a ``"drop"`` hangs up (so a
+            client is cut off mid-body after it has been sending for a while).
         times: If set, the rule fires at most this many times.
     """
 
@@ -131,6 +132,8 @@ async def inject(
     if rule.kind == "drop":
         if before_drop is not None:
             await before_drop(request)
+        if rule.delay:
+            await asyncio.sleep(rule.delay)
         disconnect(request)
         # Writing this to the closed transport fails quietly inside aiohttp.
         return web.Response()
