@@ -76,9 +76,10 @@ def test_learned_schedule_keeps_the_floor_hint_and_fallback() -> None:
 
 
 def test_no_learned_schedule_when_it_would_not_save_polls() -> None:
-    """Analyses done at once, or spread from 1 to 100 s, keep the policy's schedule."""
-    assert plan([0.01] * 5, policy=DEFAULT, origin=0.0) is None
+    """Durations spread from 1 to 100 s keep the policy's schedule: learning would not save
+    polls on them."""
     assert plan([1.0, 100.0] * 10, policy=DEFAULT, origin=0.0) is None
+    assert plan([1.0, 3.0, 100.0] * 10, policy=DEFAULT, origin=0.0) is None
 
 
 def test_estimate_is_the_midpoint_or_one_step_early() -> None:

@@ -120,36 +120,54 @@ class LearnedSchedule:
             yield min(step, remaining)
 
 
-def _learned_polls(policy: PollPolicy, first: float, late: float, lag: float) -> int:
-    # Polls (without jitter) until one lands at or after ``late``.
-    polls, at = 1, first
-    while at < late:
-        at += max(policy.interval, lag * at)
+def _learned_polls(policy: PollPolicy, first: float, late: float, lag: float, end: float) -> int:
+    # Polls (without jitter) until one lands at or after ``end``.
+    polls, at, wait = 1, first, policy.interval
+    while at < end:
+        if at < late:
+            step = max(policy.interval, lag * at)
+            wait = min(policy.max_interval, max(wait, step))
+        else:
+            step, wait = wait, min(policy.max_interval, wait * policy.multiplier)
+        at += step
         polls += 1
     return polls
 
 
-def _policy_polls(policy: PollPolicy, late: float) -> int:
+def _policy_polls(policy: PollPolicy, end: float) -> int:
     polls, at, wait = 1, 0.0, policy.interval
-    while at < late:
+    while at < end:
         at += wait
         wait = min(policy.max_interval, wait * policy.multiplier)
         polls += 1
     return polls
 
 
-def plan(
-    samples: Sequence[float], *, policy: PollPolicy, origin: float, lag: float = LAG
-) -> LearnedSchedule | None:
-    """The learned schedule for a video uploaded at ``origin`` (monotonic), or None while
-    fewer than MIN_SAMPLES durations are known or when it would not poll less than ``policy``."""
+def learn(
+    samples: Sequence[float], *, policy: PollPolicy, lag: float = LAG
+) -> tuple[float, float] | None:
+    """The learned schedule's first poll and fallback point (seconds after the upload), or
+    None while fewer than MIN_SAMPLES durations are known or when, on the durations seen, it
+    would not poll less than ``policy``."""
     if len(samples) < MIN_SAMPLES:
         return None
     first = max(quantile(samples, EARLY), 0.0)
     late = max(quantile(samples, LATE) * (1 + lag), first)
-    if _learned_polls(policy, first, late, lag) >= _policy_polls(policy, late):
+    learned = sum(_learned_polls(policy, first, late, lag, d) for d in samples)
+    if learned >= sum(_policy_polls(policy, d) for d in samples):
         return None
-    return LearnedSchedule(policy, origin=origin, first=first, late=late, lag=lag)
+    return first, late
+
+
+def plan(
+    samples: Sequence[float], *, policy: PollPolicy, origin: float, lag: float = LAG
+) -> LearnedSchedule | None:
+    """The learned schedule for a video uploaded at ``origin`` (monotonic), or None (see
+    :func:`learn`)."""
+    learned = learn(samples, policy=policy, lag=lag)
+    if learned is None:
+        return None
+    return LearnedSchedule(policy, origin=origin, first=learned[0], late=learned[1], lag=lag)
 
 
 def estimate(
@@ -222,6 +240,7 @@ class Durations:
         self._key = durations_key(queue)
         self._cached: list[float] = []
         self._read_at = -math.inf
+        self._learned: dict[PollPolicy, tuple[float, float] | None] = {}
 
     async def samples(self) -> list[float]:
         """The known durations (none when Redis fails: the policy's schedule then holds)."""
@@ -242,7 +261,18 @@ class Durations:
             if math.isfinite(value) and value >= 0:
                 values.append(value)
         self._cached, self._read_at = values, now
+        self._learned.clear()
         return values
+
+    async def plan(self, *, policy: PollPolicy, origin: float) -> LearnedSchedule | None:
+        """:func:`plan` on the known durations (the costly part computed once per read)."""
+        samples = await self.samples()
+        if policy not in self._learned:
+            self._learned[policy] = learn(samples, policy=policy)
+        learned = self._learned[policy]
+        if learned is None:
+            return None
+        return LearnedSchedule(policy, origin=origin, first=learned[0], late=learned[1])
 
     async def record(self, seconds: float, *, retention: int) -> None:
         """Add one duration, keeping the latest MAX_SAMPLES; a Redis failure loses only it."""

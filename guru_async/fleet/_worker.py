@@ -60,7 +60,7 @@ from ._protocol import (
     results_key,
 )
 from ._redis import RedisUnavailableError, check_url, describe_url
-from ._schedule import Durations, Observer, estimate, plan, redis_time
+from ._schedule import Durations, Observer, estimate, redis_time
 
 log = logging.getLogger("guru_async.fleet")
 
@@ -351,7 +351,7 @@ async def _await_analysis(
     schedule: PollSchedule = session.poll_policy
     delay = 0.0
     planned_first = None
-    learned = plan(await fleet.durations.samples(), policy=session.poll_policy, origin=origin)
+    learned = await fleet.durations.plan(policy=session.poll_policy, origin=origin)
     if learned is not None:
         schedule, delay, planned_first = learned, learned.delay(time.monotonic()), learned.first
     analysis = await poll_analysis(
