@@ -21,6 +21,7 @@ from guru_async.fleet._schedule import (
     estimate,
     plan,
     quantile,
+    usable,
 )
 from guru_async.testing import EmulatedVideo, GuruEmulator
 
@@ -85,10 +86,11 @@ def test_no_learned_schedule_when_it_would_not_save_polls() -> None:
 def test_estimate_is_the_midpoint_or_one_step_early() -> None:
     """A duration is the midpoint between the last Pending and first done answers; done at the
     planned first poll is recorded a step earlier; done at a late job's first poll is no news."""
-    assert estimate(pending=20.0, done=30.0, first_poll=0.1, planned_first=None) == 25.0
-    assert estimate(pending=None, done=23.0, first_poll=23.0, planned_first=23.0) == (
-        pytest.approx(23.0 / (1 + LAG))
-    )
+    assert estimate(pending=20.0, done=30.0, first_poll=0.1, planned_first=None) == (25.0, 10.0)
+    early = estimate(pending=None, done=23.0, first_poll=23.0, planned_first=23.0)
+    assert early is not None
+    assert early[0] == pytest.approx(23.0 / (1 + LAG))
+    assert early[1] == pytest.approx(23.0 - early[0])
     assert estimate(pending=None, done=60.0, first_poll=60.0, planned_first=23.0) is None
     assert estimate(pending=None, done=0.2, first_poll=0.2, planned_first=None) is None
 
@@ -112,6 +114,15 @@ async def test_first_poll_delay_counts_in_the_timeout(
     )
     assert analysis.status == AnalysisStatus.COMPLETE  # done 0.1 s after the upload
     assert emulator.requests["GET /videos/{id}/analysis"] == 1
+
+
+def test_coarse_estimates_give_way_to_precise_ones() -> None:
+    """Once 5 estimates are known within 30 %, the coarse ones of the first, default-polled
+    analyses are no longer learned from; before that, all are."""
+    coarse = [(6.4, 3.4), (10.6, 5.0)] * 20
+    precise = [(7.9, 1.0)] * 4
+    assert len(usable(coarse + precise)) == 44
+    assert usable(coarse + precise + [(8.1, 1.1)]) == [7.9] * 4 + [8.1]
 
 
 # -- real workers, real Redis, the emulator over real sockets -----------------------------------
@@ -179,10 +190,28 @@ async def test_fleet_polls_each_video_near_its_expected_finish(
     client = redis_sync.Redis.from_url(redis_url)
     try:
         key = f"guru:fleet:{QUEUE}:durations"
-        durations = [float(v) for v in client.lrange(key, 0, -1)]
+        durations = [float(v.split()[0]) for v in client.lrange(key, 0, -1)]
         ttl = client.ttl(key)
     finally:
         client.close()
     assert 8 <= len(durations) <= min(20, MAX_SAMPLES)
     assert all(1.0 < d < 2.2 for d in durations), durations
     assert ttl > 0
+
+
+@pytest.mark.slow
+async def test_benchmark_figure_counts_requests_and_lag(tmp_path: Path) -> None:
+    """Figure 9f runs three batches on real workers and reports requests per video (the create
+    and at least one poll each) and a lag fraction for the default and learned schedules."""
+    from benchmarks import fleet as fleet_benchmark
+
+    size = fleet_benchmark.Size(learn_videos=5, learn_seconds=1.0)
+    figure = await fleet_benchmark._learned_polls(size, tmp_path)
+    assert figure.number == "9f"
+    assert figure.met is not None
+    assert figure.ratio is not None
+    assert figure.ratio > 0
+    learned = float(figure.value.split(",")[0])
+    default = float(figure.baselines.split(":")[1].split(",")[0])
+    assert learned >= 2.0
+    assert default >= 2.0

@@ -10,7 +10,8 @@ Redis keys (``Q`` is the fleet's queue name, default ``guru-fleet``):
     guru:fleet:Q:lease:<sha256>  string: the claim's lease (a redis-py Lock), a few seconds
     guru:fleet:Q:results:<batch> list: result messages for one producer's batch; expires
                                  ``retention`` seconds after its last push
-    guru:fleet:Q:durations       list: the latest 200 analysis durations (seconds, as text),
+    guru:fleet:Q:durations       list: the latest 200 analysis durations, each "SECONDS WIDTH"
+                                 (the estimate and the width of the interval it lies in),
                                  the learned poll schedule's data; expires ``retention``
                                  seconds after its last push
 """

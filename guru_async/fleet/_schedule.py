@@ -25,6 +25,9 @@ already done at its planned first poll says only "done by then": it is recorded 
 (``done / (1 + LAG)``), so when analyses get faster the early quantile moves down instead of
 sticking (about ``EARLY`` of the analyses finish before the first poll, at equilibrium). A poll
 job that started late (behind a backlog, say) and found the analysis done learns nothing.
+Each estimate is kept with the width of its interval: once enough are precise (within
+``PRECISE`` of their value, as the learned schedule's are), the coarse ones of the first
+analyses, polled on the policy's schedule, are left out.
 
 Times come from Redis's clock (``TIME``), so the upload and the polls may happen on machines
 whose clocks disagree.
@@ -54,6 +57,8 @@ MAX_SAMPLES = 200
 LAG = 0.15
 EARLY = 0.05
 LATE = 0.95
+# An estimate known within this fraction of itself is precise: the learned schedule's are.
+PRECISE = 2 * LAG
 # Once learned, the durations change slowly: a worker rereads them at most this often.
 CACHE_SECONDS = 2.0
 
@@ -177,9 +182,10 @@ def estimate(
     first_poll: float,
     planned_first: float | None,
     lag: float = LAG,
-) -> float | None:
-    """The analysis's duration to record, from when it was last seen Pending and first seen
-    done (seconds after the upload), or None when the polls say nothing about it.
+) -> tuple[float, float] | None:
+    """The analysis's duration to record and how uncertain it is (the width of the interval
+    the finish lies in), from when it was last seen Pending and first seen done (seconds after
+    the upload), or None when the polls say nothing about it.
 
     Args:
         pending: When the last Pending answer came, or None if none did.
@@ -189,12 +195,23 @@ def estimate(
             job polled on the policy's own schedule.
     """
     if pending is not None:
-        return max((pending + done) / 2, 0.0)
+        return max((pending + done) / 2, 0.0), max(done - pending, 0.0)
     # On plan, give or take a round trip and the event loop's scheduling; later, the job was
     # held up and "done by then" is no news about the duration.
     if planned_first is not None and first_poll <= planned_first * (1 + lag) + 0.1:
-        return done / (1 + lag)
+        return done / (1 + lag), done - done / (1 + lag)
     return None
+
+
+def usable(entries: Sequence[tuple[float, float]]) -> list[float]:
+    """The durations to learn from: the precise ones (known within ``PRECISE`` of their value)
+    once there are enough, else all. The first analyses, polled on the policy's coarse
+    schedule, then stop pulling the quantiles off as soon as the learned schedule's own,
+    narrow, estimates come in, not only once they have left the list."""
+    precise = [seconds for seconds, width in entries if width <= PRECISE * seconds]
+    if len(precise) >= MIN_SAMPLES:
+        return precise
+    return [seconds for seconds, _ in entries]
 
 
 class Observer:
@@ -252,14 +269,15 @@ class Durations:
         except (RedisError, OSError) as exc:
             log.debug("fleet: analysis durations unavailable (%s)", type(exc).__name__)
             return self._cached
-        values = []
+        entries = []
         for item in raw:
             try:
-                value = float(item)
+                seconds, width = (float(part) for part in item.split())
             except ValueError:
                 continue
-            if math.isfinite(value) and value >= 0:
-                values.append(value)
+            if math.isfinite(seconds) and seconds >= 0 and width >= 0:
+                entries.append((seconds, width))
+        values = usable(entries)
         self._cached, self._read_at = values, now
         self._learned.clear()
         return values
@@ -274,11 +292,12 @@ class Durations:
             return None
         return LearnedSchedule(policy, origin=origin, first=learned[0], late=learned[1])
 
-    async def record(self, seconds: float, *, retention: int) -> None:
-        """Add one duration, keeping the latest MAX_SAMPLES; a Redis failure loses only it."""
+    async def record(self, seconds: float, width: float, *, retention: int) -> None:
+        """Add one duration and its uncertainty, keeping the latest MAX_SAMPLES; a Redis
+        failure loses only it."""
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lpush(self._key, f"{seconds:.3f}")
+                pipe.lpush(self._key, f"{seconds:.3f} {width:.3f}")
                 pipe.ltrim(self._key, 0, MAX_SAMPLES - 1)
                 pipe.expire(self._key, retention)
                 await pipe.execute()

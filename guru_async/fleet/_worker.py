@@ -359,14 +359,14 @@ async def _await_analysis(
     )
     if analysis.status == AnalysisStatus.COMPLETE and observer.done is not None:
         assert observer.first is not None
-        seconds = estimate(
+        sample = estimate(
             pending=observer.pending,
             done=observer.done,
             first_poll=observer.first,
             planned_first=planned_first,
         )
-        if seconds is not None:
-            await fleet.durations.record(seconds, retention=retention)
+        if sample is not None:
+            await fleet.durations.record(*sample, retention=retention)
     return analysis
 
 
