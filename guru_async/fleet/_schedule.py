@@ -15,16 +15,18 @@ job follows the learned schedule:
 
 A server's hint (``Retry-After`` on a Pending answer) still sets the next wait, no shorter than
 the policy's ``interval``, which is also the shortest step. The learned schedule is used only
-when it costs fewer polls than the policy's own would up to the late quantile (short or widely
-spread durations may not), and a Failed analysis is not learned from: it often ends early
-(unreadable content) and would pull every video's first poll forward.
+when, summed over the durations seen, it costs fewer polls than the policy's own (durations
+spread from 1 to 100 s, say, may not), and a Failed analysis is not learned from: it often ends
+early (unreadable content) and would pull every video's first poll forward. A job that starts
+after its planned first poll (behind a backlog of waiting videos) polls at once.
 
 How a duration is estimated: the true finish lies between the last Pending answer and the first
 finished one, and the midpoint is recorded, so the estimate does not carry the lag. A video found
 already done at its planned first poll says only "done by then": it is recorded one step earlier
 (``done / (1 + LAG)``), so when analyses get faster the early quantile moves down instead of
-sticking (about ``EARLY`` of the analyses finish before the first poll, at equilibrium). A poll
-job that started late (behind a backlog, say) and found the analysis done learns nothing.
+sticking (about ``EARLY`` of the analyses finish before the first poll, at equilibrium; their
+lag is the first poll's time minus their finish, small but not bound by ``LAG``). A poll job
+that started late and found the analysis done learns nothing.
 Each estimate is kept with the width of its interval: once enough are precise (within
 ``PRECISE`` of their value, as the learned schedule's are), the coarse ones of the first
 analyses, polled on the policy's schedule, are left out.

@@ -247,11 +247,11 @@ async def _upload_item(
         return
     message = encode_result(key, video_id=video_id, uploaded=True, size=size)
     await fleet.push(batch, message, retention)
-    # On Redis's clock: the poll job may run on a machine whose clock disagrees with this one.
-    uploaded_at = await redis_time(fleet.redis)
     if not wait:
         await fleet.push(batch, encode_result(key, video_id=video_id), retention)
         return
+    # On Redis's clock: the poll job may run on a machine whose clock disagrees with this one.
+    uploaded_at = await redis_time(fleet.redis)
     await fleet.poll.enqueue(
         POLL_FUNCTION,
         key=f"{key}:poll",
