@@ -16,7 +16,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, Protocol
 
 import backoff
 from attrs import frozen
@@ -53,6 +53,15 @@ class _PollState:
         self.last: Analysis | None = None
         self.error: BaseException | None = None  # the latest failed poll's, until one succeeds
         self.failing_since: float | None = None  # when the current run of failed polls began
+
+
+class PollSchedule(Protocol):
+    """What poll_analysis needs of a schedule: PollPolicy, or the fleet's learned schedule."""
+
+    @property
+    def max_outage(self) -> float | None: ...
+
+    def waits(self, *, deadline: float, state: _PollState) -> Generator[float, Any, None]: ...
 
 
 @frozen
@@ -121,17 +130,22 @@ async def poll_analysis(
     *,
     video_id: str,
     timeout: float,
-    policy: PollPolicy,
+    policy: PollSchedule,
+    delay: float = 0.0,
 ) -> Analysis:
     """Poll ``fetch`` until the analysis is done, or raise AnalysisTimeoutError at ``timeout``
     (GuruConnectionError once every poll has failed for ``policy.max_outage``).
 
     ``fetch`` returns the analysis and the server's hint (seconds) for the next poll, if any.
+    The first poll comes after ``delay`` seconds (a schedule that knows the analysis cannot be
+    done sooner), at the latest at the deadline: the delay counts in ``timeout``.
     """
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
         raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     deadline = time.monotonic() + timeout
     state = _PollState()
+    if delay > 0:
+        await asyncio.sleep(min(delay, timeout))
 
     async def poll() -> Analysis | None:
         # Each poll ends by the deadline (plus a moment for the last one): a poll's own retries

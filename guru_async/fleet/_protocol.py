@@ -10,6 +10,10 @@ Redis keys (``Q`` is the fleet's queue name, default ``guru-fleet``):
     guru:fleet:Q:lease:<sha256>  string: the claim's lease (a redis-py Lock), a few seconds
     guru:fleet:Q:results:<batch> list: result messages for one producer's batch; expires
                                  ``retention`` seconds after its last push
+    guru:fleet:Q:durations       list: the latest 200 analysis durations, each "SECONDS WIDTH"
+                                 (the estimate and the width of the interval it lies in),
+                                 the learned poll schedule's data; expires ``retention``
+                                 seconds after its last push
 """
 
 from __future__ import annotations
@@ -82,6 +86,10 @@ def lease_key(queue: str, item_hash: str) -> str:
 
 def results_key(queue: str, batch: str) -> str:
     return f"guru:fleet:{queue}:results:{batch}"
+
+
+def durations_key(queue: str) -> str:
+    return f"guru:fleet:{queue}:durations"
 
 
 # -- result messages -------------------------------------------------------------------------

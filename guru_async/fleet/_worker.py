@@ -3,9 +3,13 @@
 - The upload queue (``Q``) runs ``concurrency`` jobs at once; each claims its item, creates
   the video, records its id, uploads, and records the upload (see ``_claims``). With
   ``wait`` it then hands the video to the poll queue, so upload slots never sit waiting.
-- The poll queue (``Q-poll``) runs many cheap jobs at once, each awaiting one analysis with
-  the session's poll schedule; every poll goes through the session's limiter, so with
-  ``rate`` the fleet's polls share the fleet's one ceiling.
+- The poll queue (``Q-poll``) runs many cheap jobs at once, each awaiting one analysis; every
+  poll goes through the session's limiter, so with ``rate`` the fleet's polls share the
+  fleet's one ceiling. Once the fleet has seen a few analyses finish, a job sleeps until near
+  its video's expected finish and polls in steps proportional to the duration (``_schedule``);
+  until then, or when that would not save polls, it follows the session's poll policy. A job
+  holds its slot from its first wait to the result either way, so the learned schedule does
+  not keep slots any longer (it spends fewer requests in the same time).
 
 Every job keeps saq's heartbeat, so a job whose worker died is swept and retried elsewhere
 after ``heartbeat`` seconds; results go back to the producer on its batch's Redis list.
@@ -39,11 +43,11 @@ from saq.worker import Worker
 
 from .._client import Client
 from .._converter import to_json
-from .._enums import VideoStatus
+from .._enums import AnalysisStatus, VideoStatus
 from .._errors import GuruError, redact
-from .._models import CreatedVideo
+from .._models import Analysis, CreatedVideo
 from .._payloads import VideoFields
-from .._polling import DEFAULT_TIMEOUT
+from .._polling import DEFAULT_TIMEOUT, PollSchedule, poll_analysis
 from .._session import GuruSession, client_of
 from .._upload import UploadSource, check_file, is_url
 from .._validation import check_int
@@ -58,6 +62,7 @@ from ._protocol import (
     results_key,
 )
 from ._redis import RedisUnavailableError, check_url, describe_url
+from ._schedule import Durations, Observer, estimate, redis_time
 
 log = logging.getLogger("guru_async.fleet")
 
@@ -144,6 +149,7 @@ class _Context:
         self.queue = queue
         self.poll = poll
         self.claims = Claims(redis, queue=queue)
+        self.durations = Durations(redis, queue)
         self.service = self.client.service
 
     async def push(self, batch: str, message: str, retention: int) -> None:
@@ -269,6 +275,8 @@ async def _upload_item(
     if not wait:
         await fleet.push(batch, encode_result(key, video_id=video_id), retention)
         return
+    # On Redis's clock: the poll job may run on a machine whose clock disagrees with this one.
+    uploaded_at = await redis_time(fleet.redis)
     await fleet.poll.enqueue(
         POLL_FUNCTION,
         key=f"{key}:poll",
@@ -283,6 +291,7 @@ async def _upload_item(
         video_id=video_id,
         deadline=time.time() + analysis_timeout,
         retention=retention,
+        uploaded_at=uploaded_at,
     )
 
 
@@ -302,6 +311,7 @@ async def _poll_job(
     video_id: str,
     deadline: float,
     retention: int = DEFAULT_RETENTION,
+    uploaded_at: float | None = None,
 ) -> None:
     job: Job = ctx["job"]
     fleet: _Context = ctx["fleet"]
@@ -312,8 +322,8 @@ async def _poll_job(
                 message = encode_result(result_key, video_id=video_id, analysis=record.analysis)
             else:
                 try:
-                    analysis = await fleet.session.await_analysis(
-                        video_id, timeout=max(deadline - time.time(), 0.001)
+                    analysis = await _await_analysis(
+                        fleet, video_id, deadline, uploaded_at, retention
                     )
                 except GuruError as exc:
                     message = encode_result(result_key, video_id=video_id, error=exc)
@@ -333,6 +343,46 @@ async def _poll_job(
             await fleet.push(
                 batch, encode_result(result_key, video_id=video_id, error=exc), retention
             )
+
+
+async def _await_analysis(
+    fleet: _Context, video_id: str, deadline: float, uploaded_at: float | None, retention: int
+) -> Analysis:
+    """await_analysis on the learned schedule when there is one; learn from the answer."""
+    session = fleet.session
+    timeout = max(deadline - time.time(), 0.001)
+
+    def fetch() -> Awaitable[tuple[Analysis, float | None]]:
+        return fleet.client.get_analysis(video_id)
+
+    if uploaded_at is None:  # a job from a worker that did not note the upload's time
+        return await poll_analysis(
+            fetch, video_id=video_id, timeout=timeout, policy=session.poll_policy
+        )
+    offset = await redis_time(fleet.redis) - time.time()
+    since = time.time() + offset - uploaded_at
+    origin = time.monotonic() - since
+    observer = Observer(lambda: time.monotonic() - origin)
+    schedule: PollSchedule = session.poll_policy
+    delay = 0.0
+    planned_first = None
+    learned = await fleet.durations.plan(policy=session.poll_policy, origin=origin)
+    if learned is not None:
+        schedule, delay, planned_first = learned, learned.delay(time.monotonic()), learned.first
+    analysis = await poll_analysis(
+        observer.wrap(fetch), video_id=video_id, timeout=timeout, policy=schedule, delay=delay
+    )
+    if analysis.status == AnalysisStatus.COMPLETE and observer.done is not None:
+        assert observer.first is not None
+        sample = estimate(
+            pending=observer.pending,
+            done=observer.done,
+            first_poll=observer.first,
+            planned_first=planned_first,
+        )
+        if sample is not None:
+            await fleet.durations.record(*sample, retention=retention)
+    return analysis
 
 
 class FleetWorker:
