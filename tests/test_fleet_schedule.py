@@ -13,6 +13,7 @@ import pytest
 
 from guru_async import AnalysisStatus, BatchResult, GuruSession, PollPolicy
 from guru_async._polling import poll_analysis
+from guru_async._session import client_of
 from guru_async.fleet import Fleet
 from guru_async.fleet._schedule import (
     LAG,
@@ -23,7 +24,7 @@ from guru_async.fleet._schedule import (
     quantile,
     usable,
 )
-from guru_async.testing import EmulatedVideo, GuruEmulator
+from guru_async.testing import ANALYSIS_ROUTE, EmulatedVideo, GuruEmulator
 
 from .fleet_helpers import WorkerProcess, start_worker
 
@@ -104,7 +105,7 @@ async def test_first_poll_delay_counts_in_the_timeout(
     emulator.requests.clear()
     analysis = await asyncio.wait_for(
         poll_analysis(
-            lambda: guru._get_analysis(video_id),
+            lambda: client_of(guru).get_analysis(video_id),
             video_id=video_id,
             timeout=0.3,
             policy=PollPolicy(interval=1.0),
@@ -113,7 +114,7 @@ async def test_first_poll_delay_counts_in_the_timeout(
         timeout=30,
     )
     assert analysis.status == AnalysisStatus.COMPLETE  # done 0.1 s after the upload
-    assert emulator.requests["GET /videos/{id}/analysis"] == 1
+    assert emulator.requests[ANALYSIS_ROUTE] == 1
 
 
 def test_coarse_estimates_give_way_to_precise_ones() -> None:
