@@ -29,14 +29,13 @@ from ._retry import parse_retry_after
 from ._transport import Request, Response, Transport
 from ._types import FileSource, ProgressCallback
 from ._upload import (
-    MAX_REDIRECTS,
     MultipartUpload,
     UploadSource,
     check_not_expired,
     fetch_source,
     presign_expired,
 )
-from ._urls import check_server_url, checked_url
+from ._urls import MAX_REDIRECTS, check_server_url, checked_url
 
 T = TypeVar("T")
 

@@ -16,6 +16,7 @@ from yarl import URL
 
 from ._errors import BodyAbort, GuruConnectionError, GuruError
 from ._types import ProgressCallback
+from ._urls import REDIRECT_STATUSES
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -33,7 +34,7 @@ class Redirected(GuruError):
 
 def redirect_target(current: URL, status: int, location: str | None) -> Redirected | None:
     """The redirect a 3xx response asks for, or None when it is not one."""
-    if status not in (301, 302, 303, 307, 308) or not location:
+    if status not in REDIRECT_STATUSES or not location:
         return None
     return Redirected(current.join(URL(location, encoded=True)))
 

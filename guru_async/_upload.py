@@ -35,15 +35,13 @@ from yarl import URL
 from ._error_mapping import describe_network_error, source_status_error
 from ._errors import BodyAbort, GuruError, SourceError, UploadError
 from ._types import FileSource, ProgressCallback
+from ._urls import MAX_REDIRECTS, REDIRECT_STATUSES
 from ._validation import check_int
 
 CHUNK_SIZE = 256 * 1024
 # A presign that runs out within this margin is replaced rather than tried: an upload that
 # starts seconds before expiry would be refused by storage after the bytes went out.
 EXPIRY_MARGIN = 5.0
-# Redirects a source URL may take before it is refused (curl's and aiohttp's default is 10).
-MAX_REDIRECTS = 10
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class StreamSource:
