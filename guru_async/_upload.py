@@ -36,7 +36,7 @@ from ._error_mapping import describe_network_error, source_status_error
 from ._errors import BodyAbort, GuruError, SourceError, UploadError
 from ._types import FileSource, ProgressCallback
 from ._urls import MAX_REDIRECTS, REDIRECT_STATUSES
-from ._validation import check_int
+from ._validation import check_size
 
 CHUNK_SIZE = 256 * 1024
 # A presign that runs out within this margin is replaced rather than tried: an upload that
@@ -91,7 +91,7 @@ class StreamSource:
                     "StreamSource needs size=: the exact number of bytes the stream delivers "
                     "(storage refuses an upload without an exact Content-Length)"
                 )
-        check_int("size", size, unit="bytes")
+        check_size(size)
         if filename is None:
             own_name = getattr(stream, "filename", None)
             filename = own_name if isinstance(own_name, str) and own_name else None
