@@ -24,7 +24,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 from urllib.parse import urlencode
 
 from attrs import field, frozen
@@ -75,6 +75,12 @@ class Token:
         if self.issued_at is not None:
             margin = min(margin, (self.expires_at - self.issued_at) * _REFRESH_FRACTION)
         return now < self.expires_at - margin
+
+
+def reusable(token: Token | None, stale: str | None) -> TypeGuard[Token]:
+    """Whether a stored token can be handed out instead of fetching one: it is fresh, and it
+    is not ``stale`` (the token the API just rejected), the rule of ``fetch_once``."""
+    return token is not None and token.is_fresh() and token.access_token != stale
 
 
 @runtime_checkable
@@ -179,7 +185,7 @@ class FileTokenStore:
             handed_off = False
             try:
                 stored = _token_from((await asyncio.to_thread(self._read)).get(key))
-                if stored is not None and stored.is_fresh() and stored.access_token != stale:
+                if reusable(stored, stale):
                     return stored
                 token = await fetch()
                 # The thread releases the lock after writing, even if this task is cancelled
@@ -526,7 +532,7 @@ class TokenProvider:
     async def _refresh(self, shared: _Shared) -> Token:
         stale = shared.rejected
         stored = await self._store.load(self._key)
-        if stored is not None and stored.is_fresh() and stored.access_token != stale:
+        if reusable(stored, stale):
             return stored
         fetch_once = getattr(self._store, "fetch_once", None)
         if fetch_once is not None:
