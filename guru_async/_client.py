@@ -33,6 +33,7 @@ from ._upload import (
     UploadSource,
     check_not_expired,
     fetch_source,
+    policy_expiration,
     presign_expired,
 )
 from ._urls import MAX_REDIRECTS, check_server_url, checked_url
@@ -209,9 +210,10 @@ class Client:
         """Upload the content of a created video to its presigned URL."""
         what = f"Upload of video {created.id}"
         multipart = MultipartUpload(created.fields, source, progress=progress)
+        expires = policy_expiration(created.fields)
 
         def body() -> Any:
-            check_not_expired(created.fields, video_id=created.id)
+            check_not_expired(expires, video_id=created.id)
             return multipart.body()
 
         def errors(status: int, headers: Any, raw: bytes) -> GuruError:

@@ -250,8 +250,10 @@ class Transport:
 
     async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
         """Send ``req`` until it succeeds, fails for good, or runs out of retries or time."""
-        retries = self.policy.max_retries if max_retries is None else max_retries
-        check_int("max_retries", retries)
+        if max_retries is None:
+            retries = self.policy.max_retries  # checked once, when the policy was made
+        else:
+            retries = check_int("max_retries", max_retries)
         if not self.hooks.tracers:
             return await self._send(req, retries)
         name = req.route or req.method

@@ -583,9 +583,14 @@ def policy_expiration(fields: dict[str, str]) -> float | None:
         return None
 
 
-def check_not_expired(fields: dict[str, str], *, video_id: str) -> None:
-    """Raise UploadError(code="PolicyExpired") when the presign is (nearly) out of date."""
-    expires = policy_expiration(fields)
+def check_not_expired(expires: float | None, *, video_id: str) -> None:
+    """Raise UploadError(code="PolicyExpired") when the presign is (nearly) out of date.
+
+    Args:
+        expires: The policy's expiry, from ``policy_expiration`` (read once per upload, checked
+            before each attempt); None when unknown.
+        video_id: The video, for the message.
+    """
     if expires is not None and time.time() >= expires - EXPIRY_MARGIN:
         raise UploadError(
             f"the presigned upload for video {video_id} expired; create the video again "
