@@ -1,4 +1,5 @@
-"""Streaming a video or overlay from its presigned ``uri`` to a file, atomically."""
+"""Streaming a video or overlay from its presigned ``uri`` to a file, atomically, and handing a
+storage redirect back (``Redirected``) so the client checks each hop before following it."""
 
 from __future__ import annotations
 

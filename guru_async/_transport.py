@@ -3,8 +3,9 @@
 It owns what no endpoint should re-implement: the connection pool (made on first use, closed
 once), the Authorization header (API requests only, never storage), the single
 refresh-and-retry after a 401, retries with backoff under one policy and a shared budget,
-timeouts, mapping failures to typed errors, and instrumentation hooks (by default a DEBUG log
-line per request) that never see a secret.
+timeouts, raising typed errors (each request brings its mapping of an error status; what aiohttp
+raises is mapped by ``_error_mapping``), and instrumentation hooks (by default a DEBUG log line
+per request) that never see a secret.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ The content comes from an UploadSource: a local file (a path or a file object), 
 stream with a declared size, sent once). Each yields exactly its announced size or fails:
 SourceError for a URL or stream, UploadError("FileChanged") for a file, and a local OSError as
 it is.
+
+Also here: the checks of what to upload (``is_url``, ``check_file``, ``check_filename``), the GET
+of a source URL (``fetch_source``), and the presign's expiry (``policy_expiration``,
+``check_not_expired``, ``presign_expired``).
 """
 
 from __future__ import annotations
