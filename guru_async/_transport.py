@@ -128,7 +128,6 @@ class Request(Generic[T]):
     params: Mapping[str, str] | None = None
     authorized: bool = False
     total: float | UnsetType | None = UNSET  # UNSET: the session's Timeouts.total
-    allow_redirects: bool = False
     cleanup: Callable[[], None] | None = None
     idle_since: Callable[[], float] | None = None
     repeat_risk: str | None = None
@@ -408,7 +407,10 @@ class Transport:
             headers=headers,
             params=req.params,
             timeout=timeout,
-            allow_redirects=req.allow_redirects,
+            # Never followed by aiohttp (it would follow one to plain http on any host): a 3xx
+            # goes to the request's error mapper, which may hand it back to its caller to check
+            # the next hop (a download's Redirected).
+            allow_redirects=False,
         ) as resp:
             call.status = resp.status
             if resp.status >= 300:
