@@ -31,6 +31,7 @@ from attrs import field, frozen
 from yarl import URL
 
 from . import _routes as routes
+from ._aio import run_owning
 from ._converter import decode_json
 from ._error_mapping import token_error
 from ._errors import (
@@ -181,7 +182,8 @@ class FileTokenStore:
             stale: A token the API rejected, never to be returned; None if there is none.
         """
         async with self._process_guard():
-            fd = await self._acquire()
+            # Cancelled while waiting for the lock: it is released as soon as the thread has it.
+            fd = await run_owning(self._lock, os.close)
             handed_off = False
             try:
                 stored = _token_from((await asyncio.to_thread(self._read)).get(key))
@@ -214,15 +216,6 @@ class FileTokenStore:
             guard = _FILE_GUARDS[guard_key] = asyncio.Lock()
         async with guard:
             yield
-
-    async def _acquire(self) -> int:
-        future = asyncio.get_running_loop().run_in_executor(None, self._lock)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # The waiting thread cannot be interrupted: release the lock as soon as it has it.
-            future.add_done_callback(_close_acquired)
-            raise
 
     def _lock(self) -> int:
         """Open the sidecar lock file and wait for its exclusive lock; return its descriptor."""
@@ -324,11 +317,6 @@ def _token_from(entry: object) -> Token | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _close_acquired(future: asyncio.Future[int]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        os.close(future.result())
 
 
 def credentials_key(token_url: str, client_id: str, client_secret: str, scope: str) -> str:

@@ -36,6 +36,7 @@ from typing import IO, Any
 import aiohttp
 from yarl import URL
 
+from ._aio import run_owning
 from ._error_mapping import describe_network_error, source_status_error
 from ._errors import BodyAbort, GuruError, SourceError, UploadError
 from ._types import FileSource, ProgressCallback
@@ -149,22 +150,6 @@ def _url_name(url: URL) -> str:
 def public_url(url: URL) -> str:
     """A URL for messages: its query (a presigned signature) and credentials dropped."""
     return str(url.with_query(None).with_fragment(None).with_user(None))
-
-
-async def _run_owning(fn: Callable[[], IO[bytes]]) -> IO[bytes]:
-    """Run ``fn`` (which opens a file) in the executor; if the caller is cancelled while the
-    thread runs, the file it opens is closed when it arrives instead of being leaked."""
-    future = asyncio.get_running_loop().run_in_executor(None, fn)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(_close_result)
-        raise
-
-
-def _close_result(future: asyncio.Future[IO[bytes]]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        future.result().close()
 
 
 class UploadSource:
@@ -288,7 +273,7 @@ class UploadSource:
     async def _file_chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         if self.path is not None:
-            handle = await _run_owning(self._open_path)
+            handle = await run_owning(self._open_path, _close_file)
         else:
             assert self.file is not None
             handle = self.file
@@ -393,6 +378,10 @@ class UploadSource:
         for handle in list(self._open):
             self._close(handle)
         self._open.clear()
+
+
+def _close_file(handle: IO[bytes]) -> None:
+    handle.close()
 
 
 async def _read_stream(stream: object, chunk_size: int) -> AsyncIterator[bytes]:
