@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ import aiohttp
 from yarl import URL
 
 from ._errors import BodyAbort, GuruConnectionError, GuruError
+from ._progress import ProgressReporter
 from ._types import ProgressCallback
 from ._urls import REDIRECT_STATUSES
 
@@ -68,18 +68,9 @@ def stream_to_file(
 ) -> Callable[[aiohttp.ClientResponse], Awaitable[Path]]:
     """A transport stream handler writing the body to ``dest`` via a temporary file + rename,
     so ``dest`` is either the whole file or untouched. Reports progress monotonically across
-    attempts; errors of the local file are raised as the OSError they are, never retried."""
-    reported = -1
-
-    async def report(received: int, expected: int) -> None:
-        nonlocal reported
-        # A retried attempt starts from 0 again: report only new highs.
-        if progress is None or received <= reported:
-            return
-        reported = received
-        result = progress(received, expected)
-        if inspect.isawaitable(result):
-            await result
+    attempts; errors of the local file, and of the progress callback, are raised as they are,
+    never retried."""
+    report = ProgressReporter(progress)
 
     async def handle(resp: aiohttp.ClientResponse) -> Path:
         expected = resp.content_length

@@ -39,6 +39,7 @@ from yarl import URL
 from ._aio import run_owning
 from ._error_mapping import describe_network_error, source_status_error
 from ._errors import BodyAbort, GuruError, SourceError, UploadError
+from ._progress import ProgressReporter
 from ._types import FileSource, ProgressCallback
 from ._urls import MAX_REDIRECTS, REDIRECT_STATUSES
 from ._validation import check_size
@@ -463,7 +464,7 @@ class MultipartUpload:
     ) -> None:
         self.source = source
         self.boundary = "guru-" + secrets.token_hex(16)
-        self._progress = progress
+        self._report = ProgressReporter(progress)
         self._chunk_size = chunk_size
         parts = []
         for name, value in fields.items():
@@ -479,7 +480,6 @@ class MultipartUpload:
         # +inf until an attempt's body is first pulled: aiohttp pulls it only once it holds a
         # connection, so time queued for the pool or spent connecting is never a "stall".
         self.last_activity = math.inf
-        self._reported = -1  # the highest sent_bytes reported, across attempts
         self.head = "".join(parts).encode("utf-8")
         self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
         self.content_length = len(self.head) + source.size + len(self.tail)
@@ -538,19 +538,6 @@ class MultipartUpload:
     def close_files(self) -> None:
         """Close what an attempt left open (see UploadSource.close_attempt)."""
         self.source.close_attempt()
-
-    async def _report(self, sent: int, total: int) -> None:
-        # A retried attempt re-sends bytes already reported: report only new highs, so the
-        # caller sees one rise from 0 to total however many attempts it took.
-        if self._progress is None or sent <= self._reported:
-            return
-        self._reported = sent
-        try:
-            result = self._progress(sent, total)
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:
-            raise BodyAbort(exc) from None
 
 
 def _file_changed(source: UploadSource, read: int | None) -> UploadError:
