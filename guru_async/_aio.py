@@ -1,10 +1,12 @@
-"""asyncio helpers that behave the same on every supported Python."""
+"""asyncio helpers: a ``wait_for`` that behaves the same on every supported Python, and
+running a thread that acquires something (a file, a lock) without leaking it on cancel."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -21,3 +23,22 @@ async def wait_for(awaitable: Awaitable[T], timeout: float) -> T:
         async with asyncio.timeout(timeout):
             return await awaitable
     return await asyncio.wait_for(awaitable, timeout)
+
+
+async def run_owning(fn: Callable[[], T], release: Callable[[T], object]) -> T:
+    """Run ``fn``, which acquires something (opens a file, takes a file lock), in the executor.
+
+    A thread cannot be interrupted: if the caller is cancelled while it runs, what it acquires
+    is handed to ``release`` when it arrives instead of being leaked.
+    """
+    future = asyncio.get_running_loop().run_in_executor(None, fn)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(functools.partial(_release_result, release))
+        raise
+
+
+def _release_result(release: Callable[[T], object], future: asyncio.Future[T]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        release(future.result())

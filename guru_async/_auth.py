@@ -24,13 +24,14 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 from urllib.parse import urlencode
 
 from attrs import field, frozen
 from yarl import URL
 
 from . import _routes as routes
+from ._aio import run_owning
 from ._converter import decode_json
 from ._error_mapping import token_error
 from ._errors import (
@@ -75,6 +76,12 @@ class Token:
         if self.issued_at is not None:
             margin = min(margin, (self.expires_at - self.issued_at) * _REFRESH_FRACTION)
         return now < self.expires_at - margin
+
+
+def reusable(token: Token | None, stale: str | None) -> TypeGuard[Token]:
+    """Whether a stored token can be handed out instead of fetching one: it is fresh, and it
+    is not ``stale`` (the token the API just rejected), the rule of ``fetch_once``."""
+    return token is not None and token.is_fresh() and token.access_token != stale
 
 
 @runtime_checkable
@@ -175,11 +182,12 @@ class FileTokenStore:
             stale: A token the API rejected, never to be returned; None if there is none.
         """
         async with self._process_guard():
-            fd = await self._acquire()
+            # Cancelled while waiting for the lock: it is released as soon as the thread has it.
+            fd = await run_owning(self._lock, os.close)
             handed_off = False
             try:
                 stored = _token_from((await asyncio.to_thread(self._read)).get(key))
-                if stored is not None and stored.is_fresh() and stored.access_token != stale:
+                if reusable(stored, stale):
                     return stored
                 token = await fetch()
                 # The thread releases the lock after writing, even if this task is cancelled
@@ -208,15 +216,6 @@ class FileTokenStore:
             guard = _FILE_GUARDS[guard_key] = asyncio.Lock()
         async with guard:
             yield
-
-    async def _acquire(self) -> int:
-        future = asyncio.get_running_loop().run_in_executor(None, self._lock)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # The waiting thread cannot be interrupted: release the lock as soon as it has it.
-            future.add_done_callback(_close_acquired)
-            raise
 
     def _lock(self) -> int:
         """Open the sidecar lock file and wait for its exclusive lock; return its descriptor."""
@@ -318,11 +317,6 @@ def _token_from(entry: object) -> Token | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _close_acquired(future: asyncio.Future[int]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        os.close(future.result())
 
 
 def credentials_key(token_url: str, client_id: str, client_secret: str, scope: str) -> str:
@@ -526,7 +520,7 @@ class TokenProvider:
     async def _refresh(self, shared: _Shared) -> Token:
         stale = shared.rejected
         stored = await self._store.load(self._key)
-        if stored is not None and stored.is_fresh() and stored.access_token != stale:
+        if reusable(stored, stale):
             return stored
         fetch_once = getattr(self._store, "fetch_once", None)
         if fetch_once is not None:

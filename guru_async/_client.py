@@ -29,14 +29,14 @@ from ._retry import parse_retry_after
 from ._transport import Request, Response, Transport
 from ._types import FileSource, ProgressCallback
 from ._upload import (
-    MAX_REDIRECTS,
     MultipartUpload,
     UploadSource,
     check_not_expired,
     fetch_source,
+    policy_expiration,
     presign_expired,
 )
-from ._urls import check_server_url, checked_url
+from ._urls import MAX_REDIRECTS, check_server_url, checked_url
 
 T = TypeVar("T")
 
@@ -210,9 +210,10 @@ class Client:
         """Upload the content of a created video to its presigned URL."""
         what = f"Upload of video {created.id}"
         multipart = MultipartUpload(created.fields, source, progress=progress)
+        expires = policy_expiration(created.fields)
 
         def body() -> Any:
-            check_not_expired(created.fields, video_id=created.id)
+            check_not_expired(expires, video_id=created.id)
             return multipart.body()
 
         def errors(status: int, headers: Any, raw: bytes) -> GuruError:

@@ -1,4 +1,6 @@
-"""One cattrs converter, configured once, that turns the API's JSON into the models.
+"""One cattrs converter, configured once, for both directions of the wire: the API's JSON into
+the models (``decode_model``, ``structure``), and request bodies (``_payloads``) into JSON
+(``to_json``), so no endpoint parses or builds a body by hand.
 
 Wire rules it keeps:
 - attrs field ``snake_case`` reads wire key ``camelCase``, except where the API itself uses
@@ -7,6 +9,7 @@ Wire rules it keeps:
 - Primitives are strict: a string where a number belongs is a decode error, not a silent cast.
 - The doc's misspelled ``anaylsisScalar`` is read as ``analysis_scalar``.
 Anything that does not fit raises ``ResponseDecodeError``, never ``KeyError``/``TypeError``.
+Going out, keys are camelCase too and fields left at their default (not given) are left out.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Streaming a video or overlay from its presigned ``uri`` to a file, atomically."""
+"""Streaming a video or overlay from its presigned ``uri`` to a file, atomically, and handing a
+storage redirect back (``Redirected``) so the client checks each hop before following it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -15,7 +15,9 @@ import aiohttp
 from yarl import URL
 
 from ._errors import BodyAbort, GuruConnectionError, GuruError
+from ._progress import ProgressReporter
 from ._types import ProgressCallback
+from ._urls import REDIRECT_STATUSES
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -33,7 +35,7 @@ class Redirected(GuruError):
 
 def redirect_target(current: URL, status: int, location: str | None) -> Redirected | None:
     """The redirect a 3xx response asks for, or None when it is not one."""
-    if status not in (301, 302, 303, 307, 308) or not location:
+    if status not in REDIRECT_STATUSES or not location:
         return None
     return Redirected(current.join(URL(location, encoded=True)))
 
@@ -66,18 +68,9 @@ def stream_to_file(
 ) -> Callable[[aiohttp.ClientResponse], Awaitable[Path]]:
     """A transport stream handler writing the body to ``dest`` via a temporary file + rename,
     so ``dest`` is either the whole file or untouched. Reports progress monotonically across
-    attempts; errors of the local file are raised as the OSError they are, never retried."""
-    reported = -1
-
-    async def report(received: int, expected: int) -> None:
-        nonlocal reported
-        # A retried attempt starts from 0 again: report only new highs.
-        if progress is None or received <= reported:
-            return
-        reported = received
-        result = progress(received, expected)
-        if inspect.isawaitable(result):
-            await result
+    attempts; errors of the local file, and of the progress callback, are raised as they are,
+    never retried."""
+    report = ProgressReporter(progress)
 
     async def handle(resp: aiohttp.ClientResponse) -> Path:
         expected = resp.content_length

@@ -59,8 +59,7 @@ def json_error_body(raw: bytes) -> Any:
     try:
         return decode_json(raw, what="error body")
     except ResponseDecodeError:
-        text = raw.decode("utf-8", "replace")
-        return text if len(text) <= 1000 else text[:1000] + "…"
+        return preview(raw.decode("utf-8", "replace"), 1000)
 
 
 def error_for_status(

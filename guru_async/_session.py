@@ -149,17 +149,17 @@ class GuruSession:
         self.scope = scope
         self.poll_policy = poll_policy or PollPolicy()
         self.client_id: str | None
-        self._client_secret: str | None
         token: TokenProvider | StaticTokenProvider
         if access_token is not None:
             if not isinstance(access_token, str) or not access_token:
                 raise ValueError("access_token must be a non-empty string")
-            self.client_id, self._client_secret = client_id, None
+            self.client_id = client_id
             token = StaticTokenProvider(access_token)
         else:
             self.client_id = client_id or os.environ.get("GURU_CLIENT_ID")
-            self._client_secret = client_secret or os.environ.get("GURU_CLIENT_SECRET")
-            if not self.client_id or not self._client_secret:
+            # Kept only by the exchange (ClientCredentials), never on the session.
+            client_secret = client_secret or os.environ.get("GURU_CLIENT_SECRET")
+            if not self.client_id or not client_secret:
                 raise ValueError(
                     "no Guru credentials: pass client_id and client_secret, set GURU_CLIENT_ID "
                     "and GURU_CLIENT_SECRET, or pass access_token="
@@ -167,7 +167,7 @@ class GuruSession:
             credentials = ClientCredentials(
                 token_url=self.token_url,
                 client_id=self.client_id,
-                client_secret=self._client_secret,
+                client_secret=client_secret,
                 scope=scope,
                 send=lambda request: self._transport.send(request),
             )

@@ -3,8 +3,9 @@
 It owns what no endpoint should re-implement: the connection pool (made on first use, closed
 once), the Authorization header (API requests only, never storage), the single
 refresh-and-retry after a 401, retries with backoff under one policy and a shared budget,
-timeouts, mapping failures to typed errors, and instrumentation hooks (by default a DEBUG log
-line per request) that never see a secret.
+timeouts, raising typed errors (each request brings its mapping of an error status; what aiohttp
+raises is mapped by ``_error_mapping``), and instrumentation hooks (by default a DEBUG log line
+per request) that never see a secret.
 """
 
 from __future__ import annotations
@@ -127,7 +128,6 @@ class Request(Generic[T]):
     params: Mapping[str, str] | None = None
     authorized: bool = False
     total: float | UnsetType | None = UNSET  # UNSET: the session's Timeouts.total
-    allow_redirects: bool = False
     cleanup: Callable[[], None] | None = None
     idle_since: Callable[[], float] | None = None
     repeat_risk: str | None = None
@@ -250,8 +250,10 @@ class Transport:
 
     async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
         """Send ``req`` until it succeeds, fails for good, or runs out of retries or time."""
-        retries = self.policy.max_retries if max_retries is None else max_retries
-        check_int("max_retries", retries)
+        if max_retries is None:
+            retries = self.policy.max_retries  # checked once, when the policy was made
+        else:
+            retries = check_int("max_retries", max_retries)
         if not self.hooks.tracers:
             return await self._send(req, retries)
         name = req.route or req.method
@@ -405,7 +407,10 @@ class Transport:
             headers=headers,
             params=req.params,
             timeout=timeout,
-            allow_redirects=req.allow_redirects,
+            # Never followed by aiohttp (it would follow one to plain http on any host): a 3xx
+            # goes to the request's error mapper, which may hand it back to its caller to check
+            # the next hop (a download's Redirected).
+            allow_redirects=False,
         ) as resp:
             call.status = resp.status
             if resp.status >= 300:

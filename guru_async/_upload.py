@@ -10,6 +10,10 @@ The content comes from an UploadSource: a local file (a path or a file object), 
 stream with a declared size, sent once). Each yields exactly its announced size or fails:
 SourceError for a URL or stream, UploadError("FileChanged") for a file, and a local OSError as
 it is.
+
+Also here: the checks of what to upload (``is_url``, ``check_file``, ``check_filename``), the GET
+of a source URL (``fetch_source``), and the presign's expiry (``policy_expiration``,
+``check_not_expired``, ``presign_expired``).
 """
 
 from __future__ import annotations
@@ -32,18 +36,18 @@ from typing import IO, Any
 import aiohttp
 from yarl import URL
 
+from ._aio import run_owning
 from ._error_mapping import describe_network_error, source_status_error
 from ._errors import BodyAbort, GuruError, SourceError, UploadError
+from ._progress import ProgressReporter
 from ._types import FileSource, ProgressCallback
-from ._validation import check_int
+from ._urls import MAX_REDIRECTS, REDIRECT_STATUSES
+from ._validation import check_size
 
 CHUNK_SIZE = 256 * 1024
 # A presign that runs out within this margin is replaced rather than tried: an upload that
 # starts seconds before expiry would be refused by storage after the bytes went out.
 EXPIRY_MARGIN = 5.0
-# Redirects a source URL may take before it is refused (curl's and aiohttp's default is 10).
-MAX_REDIRECTS = 10
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class StreamSource:
@@ -93,7 +97,7 @@ class StreamSource:
                     "StreamSource needs size=: the exact number of bytes the stream delivers "
                     "(storage refuses an upload without an exact Content-Length)"
                 )
-        check_int("size", size, unit="bytes")
+        check_size(size)
         if filename is None:
             own_name = getattr(stream, "filename", None)
             filename = own_name if isinstance(own_name, str) and own_name else None
@@ -147,22 +151,6 @@ def _url_name(url: URL) -> str:
 def public_url(url: URL) -> str:
     """A URL for messages: its query (a presigned signature) and credentials dropped."""
     return str(url.with_query(None).with_fragment(None).with_user(None))
-
-
-async def _run_owning(fn: Callable[[], IO[bytes]]) -> IO[bytes]:
-    """Run ``fn`` (which opens a file) in the executor; if the caller is cancelled while the
-    thread runs, the file it opens is closed when it arrives instead of being leaked."""
-    future = asyncio.get_running_loop().run_in_executor(None, fn)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(_close_result)
-        raise
-
-
-def _close_result(future: asyncio.Future[IO[bytes]]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        future.result().close()
 
 
 class UploadSource:
@@ -286,7 +274,7 @@ class UploadSource:
     async def _file_chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         if self.path is not None:
-            handle = await _run_owning(self._open_path)
+            handle = await run_owning(self._open_path, _close_file)
         else:
             assert self.file is not None
             handle = self.file
@@ -393,6 +381,10 @@ class UploadSource:
         self._open.clear()
 
 
+def _close_file(handle: IO[bytes]) -> None:
+    handle.close()
+
+
 async def _read_stream(stream: object, chunk_size: int) -> AsyncIterator[bytes]:
     """Chunks of a web framework's upload or any async byte iterable, until it ends."""
     read = getattr(stream, "read_chunk", None) or getattr(stream, "read", None)
@@ -472,7 +464,7 @@ class MultipartUpload:
     ) -> None:
         self.source = source
         self.boundary = "guru-" + secrets.token_hex(16)
-        self._progress = progress
+        self._report = ProgressReporter(progress)
         self._chunk_size = chunk_size
         parts = []
         for name, value in fields.items():
@@ -488,7 +480,6 @@ class MultipartUpload:
         # +inf until an attempt's body is first pulled: aiohttp pulls it only once it holds a
         # connection, so time queued for the pool or spent connecting is never a "stall".
         self.last_activity = math.inf
-        self._reported = -1  # the highest sent_bytes reported, across attempts
         self.head = "".join(parts).encode("utf-8")
         self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
         self.content_length = len(self.head) + source.size + len(self.tail)
@@ -548,19 +539,6 @@ class MultipartUpload:
         """Close what an attempt left open (see UploadSource.close_attempt)."""
         self.source.close_attempt()
 
-    async def _report(self, sent: int, total: int) -> None:
-        # A retried attempt re-sends bytes already reported: report only new highs, so the
-        # caller sees one rise from 0 to total however many attempts it took.
-        if self._progress is None or sent <= self._reported:
-            return
-        self._reported = sent
-        try:
-            result = self._progress(sent, total)
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:
-            raise BodyAbort(exc) from None
-
 
 def _file_changed(source: UploadSource, read: int | None) -> UploadError:
     what = f"{read} bytes" if read is not None else f"more than {source.size} bytes"
@@ -585,9 +563,14 @@ def policy_expiration(fields: dict[str, str]) -> float | None:
         return None
 
 
-def check_not_expired(fields: dict[str, str], *, video_id: str) -> None:
-    """Raise UploadError(code="PolicyExpired") when the presign is (nearly) out of date."""
-    expires = policy_expiration(fields)
+def check_not_expired(expires: float | None, *, video_id: str) -> None:
+    """Raise UploadError(code="PolicyExpired") when the presign is (nearly) out of date.
+
+    Args:
+        expires: The policy's expiry, from ``policy_expiration`` (read once per upload, checked
+            before each attempt); None when unknown.
+        video_id: The video, for the message.
+    """
     if expires is not None and time.time() >= expires - EXPIRY_MARGIN:
         raise UploadError(
             f"the presigned upload for video {video_id} expired; create the video again "

@@ -1,16 +1,25 @@
-"""URL safety rules: which URLs the SDK will send a token, a file or a request to.
+"""URL safety rules: which URLs the SDK will send a token, a file or a request to, and how
+far it follows redirects.
 
 Plain http is refused except to this machine (or when the caller allows it for a trusted
 network), so a typo or a hostile redirect never sends a token or a presigned upload in clear.
+Redirects (of a source URL, of a download) are followed by hand, one hop at a time, each hop
+checked by these rules, at most ``MAX_REDIRECTS`` of them.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Final
 
 from yarl import URL
 
 from ._errors import ResponseDecodeError, redact
+
+# Redirects a source URL or a download may take before it is refused (curl's and aiohttp's
+# default is 10).
+MAX_REDIRECTS: Final = 10
+REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -143,3 +143,25 @@ async def test_truncated_download_is_retried_whole(
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
     assert calls == sorted(set(calls))
     assert calls[-1] == len(content)
+
+
+@pytest.mark.parametrize("error", [TimeoutError("my progress bar timed out"), OSError("my log")])
+async def test_a_raising_progress_callback_fails_the_download_once(
+    emulator: GuruEmulator,
+    guru: GuruSession,
+    uploaded: tuple[str, bytes],
+    tmp_path: Path,
+    error: Exception,
+) -> None:
+    """An exception from the caller's progress callback ends the download as it was raised
+    (as the upload's does), even one that looks like a network failure, never retried."""
+    video_id, _ = uploaded
+
+    def progress(got: int, total: int) -> None:
+        raise error
+
+    with pytest.raises(type(error)) as caught:
+        await guru.download(video_id, tmp_path / "out.mp4", progress=progress)
+    assert caught.value is error
+    assert emulator.requests[DOWNLOAD_ROUTE] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []

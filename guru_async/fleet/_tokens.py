@@ -11,7 +11,7 @@ from types import TracebackType
 
 import redis.asyncio as redis_async
 
-from .._auth import Token
+from .._auth import Token, reusable
 from ._redis import RedisLink, Unavailable, log
 
 DEFAULT_PREFIX = "guru_async:token:"
@@ -177,16 +177,14 @@ class RedisTokenStore:
         async with self._local_lock(key):
             # Callers of this process queue here; the ones after the first reuse its token.
             token = self._local.get(key)
-            if _usable(token, stale):
-                assert token is not None
+            if reusable(token, stale):
                 return token
             try:
                 return await self._fetch_fleet_wide(key, fetch, stale)
             except Unavailable:
                 pass
             token = self._local.get(key)
-            if _usable(token, stale):
-                assert token is not None
+            if reusable(token, stale):
                 return token
             token = await fetch()
             self._local[key] = token
@@ -207,8 +205,7 @@ class RedisTokenStore:
         delay = _POLL_FIRST
         while True:
             token = await self._read(key)
-            if _usable(token, stale):
-                assert token is not None
+            if reusable(token, stale):
                 self._local[key] = token
                 return token
             owner = secrets.token_hex(16)
@@ -216,8 +213,7 @@ class RedisTokenStore:
                 try:
                     # Re-read: the previous holder may have saved a token just before releasing.
                     token = await self._read(key)
-                    if _usable(token, stale):
-                        assert token is not None
+                    if reusable(token, stale):
                         self._local[key] = token
                         return token
                     return await self._fetch_and_save(key, fetch)
@@ -297,10 +293,6 @@ class RedisTokenStore:
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         return lock
-
-
-def _usable(token: Token | None, stale: str | None) -> bool:
-    return token is not None and token.is_fresh() and token.access_token != stale
 
 
 def _decode(fields: dict[object, object], pttl: int) -> Token | None:

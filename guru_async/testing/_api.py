@@ -17,7 +17,7 @@ from guru_async import _routes as routes
 from guru_async._enums import ACTIVITY_DOMAINS, Activity, AnalysisStatus, Domain, OverlayType
 from guru_async.testing import _faults, _storage, _synthetic
 from guru_async.testing._models import EmulatedVideo
-from guru_async.testing._state import EmulatorState
+from guru_async.testing._state import EmulatorState, current_record
 
 FAILURE_REASON = "LOW_QUALITY_POSE_ESTIMATE"
 STATS_PATH = "/_emulator/stats"
@@ -308,6 +308,11 @@ class ApiServer:
 async def _json_body(request: web.Request) -> object:
     if request.content_type != "application/json":
         raise ApiError(400, "Content-Type must be application/json")
+    # Parsed once, when the request was recorded; None there is a body that is not JSON (or
+    # JSON null), read again here to tell which.
+    parsed = current_record().json
+    if parsed is not None:
+        return parsed
     try:
         return json.loads(await request.read())
     except ValueError:

@@ -103,6 +103,7 @@ class EmulatorState:
         handled (see :func:`current_record` and :func:`current_fault`)."""
         body: Any | None = None
         if route in _JSON_BODY_ROUTES:
+            # The one parse of a JSON body: the route's handler reads it from the record.
             try:
                 body = json.loads(await request.read())
             except ValueError:

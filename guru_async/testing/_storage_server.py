@@ -19,6 +19,7 @@ UNANALYZABLE_MARKER = b"GURU-EMULATOR:UNANALYZABLE"
 
 _S3_STATUS_CODES = {400: "InvalidRequest", 403: "AccessDenied", 404: "NoSuchKey", 503: "SlowDown"}
 _VIDEO_ID_IN_BODY = re.compile(rb"uploads/([0-9a-f-]{36})/")
+_OVERLAY_FILES = frozenset(f"{overlay.value}.mp4" for overlay in OverlayType)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -135,7 +136,7 @@ class StorageServer:
         if parsed is None or video is None or video.uploaded_at is None:
             raise no_such_key
         if parsed[1] != "raw" and (
-            parsed[1] not in {f"{overlay.value}.mp4" for overlay in OverlayType}
+            parsed[1] not in _OVERLAY_FILES
             or video.analysis_status() is not AnalysisStatus.COMPLETE
         ):
             raise no_such_key
