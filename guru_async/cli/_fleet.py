@@ -113,16 +113,17 @@ async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
             interval=args.poll_interval,
             max_interval=max(args.poll_interval, 5 * args.poll_interval),
         )
+    session = GuruSession(
+        client_id,
+        client_secret,
+        base_url=args.base_url,
+        token_store=store,
+        limiter=limiter,
+        poll_policy=poll_policy,
+    )
     worker = FleetWorker(
         url,
-        session=GuruSession(
-            client_id,
-            client_secret,
-            base_url=args.base_url,
-            token_store=store,
-            limiter=limiter,
-            poll_policy=poll_policy,
-        ),
+        session=session,
         queue=args.queue or DEFAULT_QUEUE,
         concurrency=args.concurrency,
         max_waiting=args.max_waiting,
@@ -134,7 +135,7 @@ async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         print(f"worker ready: pid {os.getpid()}, {worker.where}", file=sys.stderr, flush=True)
 
     try:
-        async with worker._session:
+        async with session:
             await worker.run(on_ready=ready)
     finally:
         await store.aclose()
