@@ -137,7 +137,7 @@ class Journal:
             if tables and "items" not in tables:
                 # Someone else's database: changing it in any way would be a nasty surprise.
                 raise self._fail("it is an SQLite database, but not a batch journal")
-            db.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             db.execute(_META)
@@ -354,3 +354,23 @@ def item_key(service: str, path: Path, fields: dict[str, Any]) -> str:
     return json.dumps(
         [service, str(absolute), fields, content], sort_keys=True, separators=(",", ":")
     )
+
+
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """Put the journal in WAL mode, waiting for other openers as busy_timeout would.
+
+    Switching the journal mode takes an exclusive lock and SQLite answers "database is locked"
+    at once instead of calling its busy handler, so batches opening one new journal together
+    would fail; the switch is retried until the same BUSY_TIMEOUT_MS.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # in the journal's own thread, never the event loop's
+        pause = min(pause * 2, 0.05)

@@ -510,3 +510,15 @@ async def test_claim_of_a_live_process_blocks_and_of_a_dead_one_is_taken_over(
     finally:
         await mine.close()
         await lapsed.close()
+
+
+async def test_batches_opening_a_new_journal_together_all_open_it(tmp_path: Path) -> None:
+    """Eight journals opening one new file at the same moment all succeed: switching a new
+    database to WAL answers "database is locked" at once, without SQLite's busy wait, so
+    two batches starting together on a fresh journal once failed with JournalError."""
+    for round_ in range(200):
+        journals = [Journal(tmp_path / f"fresh-{round_}.db") for _ in range(8)]
+        try:
+            await asyncio.gather(*(j.open() for j in journals))
+        finally:
+            await asyncio.gather(*(j.close() for j in journals))
