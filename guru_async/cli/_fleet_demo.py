@@ -133,7 +133,8 @@ async def cmd_fleet_demo(args: argparse.Namespace, out: Output) -> int:
                     f"{PROG} demo --fleet: redis-server at {url}, the emulator at "
                     f"{emu.base_url}, 2 workers (pids {workers[0].pid}, {workers[1].pid})\n"
                 )
-                results, killed = await _run(Fleet(url, heartbeat=2), specs, emu, workers, out)
+                with _quiet_killed_uploads():
+                    results, killed = await _run(Fleet(url, heartbeat=2), specs, emu, workers, out)
             finally:
                 for worker in workers:
                     if worker.poll() is None:
