@@ -30,7 +30,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import attrs
 import pytest
 
 from guru_async.cli._constants import VIDEO_SUFFIXES
+from tests.fleet_helpers import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"<!--\s*readme-test:\s*(?P<mode>[\w-]+)\s*(?P<reason>.*?)\s*-->")
@@ -193,16 +193,12 @@ def fleet_worker(env: dict[str, str], cwd: Path) -> Iterator[None]:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
+    worker = WorkerProcess(process, log)
     try:
-        deadline = time.monotonic() + 30
-        while b"worker ready" not in log.read_bytes():
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.02)
+        worker.wait_ready(timeout=30)
         yield
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        worker.terminate()
 
 
 @pytest.mark.parametrize("example", RUNNABLE, ids=[e.source for e in RUNNABLE])
