@@ -63,6 +63,7 @@ def screen_text(screen: pyte.Screen) -> list[Text]:
     for y in range(screen.lines):
         row = screen.buffer[y]
         text = Text(no_wrap=True, end="")
+        run, run_style = "", Style()
         for x in range(screen.columns):
             char = row[x]
             if char.data == "":  # the second cell of a wide character
@@ -71,7 +72,11 @@ def screen_text(screen: pyte.Screen) -> list[Text]:
             if char.reverse:
                 fg, bg = bg or "black", fg or "white"
             style = Style(color=fg, bgcolor=bg, bold=char.bold, italic=char.italics)
-            text.append(char.data, style=style)
+            if style != run_style:  # one span per run of a style, not one per cell
+                text.append(run, style=run_style or None)
+                run, run_style = "", style
+            run += char.data
+        text.append(run, style=run_style or None)
         text.rstrip()
         lines.append(text)
     while lines and not lines[-1].plain:
