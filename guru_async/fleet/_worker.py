@@ -62,7 +62,7 @@ from ._protocol import (
     results_key,
 )
 from ._redis import RedisUnavailableError, check_url, describe_url
-from ._schedule import Durations, Observer, estimate, redis_time
+from ._schedule import Durations, DurationSample, Observer, estimate, redis_time
 
 log = logging.getLogger("guru_async.fleet")
 
@@ -292,6 +292,7 @@ async def _upload_item(
         deadline=time.time() + analysis_timeout,
         retention=retention,
         uploaded_at=uploaded_at,
+        size=size,
     )
 
 
@@ -312,6 +313,7 @@ async def _poll_job(
     deadline: float,
     retention: int = DEFAULT_RETENTION,
     uploaded_at: float | None = None,
+    size: int | None = None,
 ) -> None:
     job: Job = ctx["job"]
     fleet: _Context = ctx["fleet"]
@@ -323,7 +325,7 @@ async def _poll_job(
             else:
                 try:
                     analysis = await _await_analysis(
-                        fleet, video_id, deadline, uploaded_at, retention
+                        fleet, video_id, deadline, uploaded_at, retention, size
                     )
                 except GuruError as exc:
                     message = encode_result(result_key, video_id=video_id, error=exc)
@@ -346,9 +348,15 @@ async def _poll_job(
 
 
 async def _await_analysis(
-    fleet: _Context, video_id: str, deadline: float, uploaded_at: float | None, retention: int
+    fleet: _Context,
+    video_id: str,
+    deadline: float,
+    uploaded_at: float | None,
+    retention: int,
+    size: int | None = None,
 ) -> Analysis:
-    """await_analysis on the learned schedule when there is one; learn from the answer."""
+    """await_analysis on the learned schedule when there is one (from the video's ``size``
+    in bytes when known: a job from an older worker has none); learn from the answer."""
     session = fleet.session
     timeout = max(deadline - time.time(), 0.001)
 
@@ -366,7 +374,7 @@ async def _await_analysis(
     schedule: PollSchedule = session.poll_policy
     delay = 0.0
     planned_first = None
-    learned = await fleet.durations.plan(policy=session.poll_policy, origin=origin)
+    learned = await fleet.durations.plan(policy=session.poll_policy, origin=origin, size=size)
     if learned is not None:
         schedule, delay, planned_first = learned, learned.delay(time.monotonic()), learned.first
     analysis = await poll_analysis(
@@ -381,7 +389,7 @@ async def _await_analysis(
             planned_first=planned_first,
         )
         if sample is not None:
-            await fleet.durations.record(*sample, retention=retention)
+            await fleet.durations.record(DurationSample(*sample, size=size), retention=retention)
     return analysis
 
 
