@@ -44,10 +44,11 @@ from ._enums import AnalysisStatus, VideoStatus
 from ._error_mapping import analysis_timeout
 from ._errors import GuruError, JournalError, NotFoundError, UploadError
 from ._instrumentation import OpenScope, TraceScope
-from ._journal import LEASE_SECONDS, Claim, Journal, JournalEntry, item_key
+from ._journal import LEASE_SECONDS, AnalysisSample, Claim, Journal, JournalEntry, item_key
 from ._models import Analysis, CreatedVideo
 from ._payloads import VideoFields, resolve_fields
 from ._polling import PollPolicy, is_transient_poll_error
+from ._prediction import DurationSample, SampleLog, Watch
 from ._types import ActivityArg, BatchItem, DomainArg
 from ._upload import UploadSource, check_file, presign_expired
 from ._validation import check_int
@@ -150,6 +151,8 @@ DEFAULT_UPLOAD_CONCURRENCY = 4
 DEFAULT_POLL_RATE = 50.0
 DEFAULT_MAX_IN_FLIGHT = 1000
 POLL_CONCURRENCY = 8
+# Analyses learned from (and kept in the journal, per service) to plan each video's polls.
+LEARNED_SAMPLES = 200
 # How long a stopped batch waits for creates in flight, to log the id of any video they made.
 CUT_SHORT_WAIT = 5.0
 
@@ -279,6 +282,9 @@ class BatchRun:
         self._supervisor: asyncio.Task[None] | None = None
         self._shut = False
         self._cut_short: dict[asyncio.Future[CreatedVideo], BatchItem] = {}
+        # What the analyses seen so far predict, and what each waiting video's polls saw.
+        self._learned = SampleLog(policy=poll_policy, limit=LEARNED_SAMPLES)
+        self._watches: dict[int, Watch] = {}
 
     async def start(self) -> None:
         """Open the journal (a JournalError here means nothing was created) and start the
@@ -711,6 +717,7 @@ class BatchRun:
         slots = asyncio.Semaphore(POLL_CONCURRENCY)
         inflight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
+        await self._warm_start()
 
         def finished(task: asyncio.Task[None]) -> None:
             inflight.discard(task)
@@ -737,6 +744,8 @@ class BatchRun:
                         await wait_for(self._wakeup.wait(), timeout=delay)
                     continue
                 _, number = heapq.heappop(self._due)
+                if self._first_poll_later(number):
+                    continue
                 await slots.acquire()
                 trace = self._waiting[number].trace
                 poll = self._poll_one(number)
@@ -763,6 +772,7 @@ class BatchRun:
         if result is None:
             return
         del self._waiting[number]
+        self._watches.pop(number, None)
         await self._emit(result)
 
     async def _check(self, waiting: _Waiting) -> BatchResult | None:
@@ -781,15 +791,21 @@ class BatchRun:
             if not is_transient_poll_error(exc):
                 return BatchResult(waiting.item, video_id=video_id, error=exc)
             analysis = None
+        now = time.monotonic()
+        watch = self._watches.get(waiting.number)
         if analysis is not None:
             waiting.last = analysis
+            if watch is not None:
+                watch.seen(done=analysis.is_done, now=now)
             if analysis.is_done:
                 if self._journal is not None and waiting.key is not None:
                     await self._journal.record(
                         waiting.key, "done", video_id=video_id, analysis=to_json(analysis).decode()
                     )
+                # A Failed analysis often ends early (unreadable content): not learned from.
+                if watch is not None and analysis.status == AnalysisStatus.COMPLETE:
+                    await self._learn(watch)
                 return BatchResult(waiting.item, video_id=video_id, analysis=analysis)
-        now = time.monotonic()
         if now >= waiting.deadline:
             error = analysis_timeout(
                 video_id,
@@ -798,9 +814,64 @@ class BatchRun:
                 resume=f"await_analysis({video_id!r}) again, or rerun the batch with its journal",
             )
             return BatchResult(waiting.item, video_id=video_id, error=error)
-        step, waiting.wait = self._policy.next_wait(waiting.wait, hint)
+        if watch is not None and watch.schedule is not None:
+            step, waiting.wait = watch.schedule.next_wait(now - watch.origin, waiting.wait, hint)
+        else:
+            step, waiting.wait = self._policy.next_wait(waiting.wait, hint)
         heapq.heappush(self._due, (min(now + step, waiting.deadline), waiting.number))
         return None
+
+    # -- learning each video's analysis time (see _prediction) ---------------------------------
+
+    async def _warm_start(self) -> None:
+        # A journal keeps what earlier runs learned: this run's first videos poll on it.
+        if self._journal is None:
+            return
+        rows = await self._journal.analysis_samples(self._client.service, limit=LEARNED_SAMPLES)
+        self._learned.extend(
+            [DurationSample(r.seconds, r.width, r.size, r.video_seconds) for r in rows]
+        )
+
+    def _first_poll_later(self, number: int) -> bool:
+        """Plan a video's polls when it comes up first; True when its first poll was put off
+        to its planned time (it went back in the queue)."""
+        waiting = self._waiting[number]
+        watch = self._watches.get(number)
+        if watch is not None and watch.video_id == waiting.video_id:
+            return False
+        if waiting.resumed:
+            # Uploaded by an earlier run, at a time this one does not know: polled on the
+            # policy, and nothing learned from it.
+            self._watches.pop(number, None)
+            return False
+        # The upload ended when the video started waiting, its deadline a timeout later.
+        origin = waiting.deadline - self._timeout
+        size = _size_of(waiting.item)
+        schedule = self._learned.schedule(size=size, origin=origin)
+        self._watches[number] = Watch(waiting.video_id, origin, size, schedule)
+        if schedule is None:
+            return False
+        first = min(origin + schedule.first, waiting.deadline)
+        if first <= time.monotonic():
+            return False
+        heapq.heappush(self._due, (first, number))
+        return True
+
+    async def _learn(self, watch: Watch) -> None:
+        sample = watch.sample()
+        if sample is None:
+            return
+        self._learned.add(sample)
+        if self._journal is None:
+            return
+        kept = AnalysisSample(sample.seconds, sample.width, sample.size, sample.video_seconds)
+        try:
+            await self._journal.add_analysis_sample(
+                self._client.service, kept, keep=LEARNED_SAMPLES
+            )
+        except JournalError as exc:
+            # Only a rerun's head start is lost; the item's own state was recorded.
+            log.debug("batch_upload: analysis time not journaled: %s", exc)
 
 
 class BatchUpload:
@@ -858,3 +929,11 @@ class BatchUpload:
 def _describe(item: BatchItem) -> str:
     path = item.path if isinstance(item, VideoSpec) else item
     return repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(path)
+
+
+def _size_of(item: BatchItem) -> int | None:
+    path = item.path if isinstance(item, VideoSpec) else item
+    try:
+        return os.stat(path).st_size if isinstance(path, (str, os.PathLike)) else None
+    except OSError:
+        return None

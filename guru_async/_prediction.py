@@ -54,7 +54,7 @@ import time
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from attrs import frozen
+from attrs import define, frozen
 
 from ._polling import PollPolicy, _PollState
 
@@ -365,3 +365,91 @@ def estimate(
     if planned_first is not None and first_poll <= planned_first * (1 + lag) + 0.1:
         return done / (1 + lag), done - done / (1 + lag)
     return None
+
+
+class SampleLog:
+    """The samples one process learns from (a local ``batch_upload``), latest ``limit`` kept,
+    with the prediction refitted as they come: after every new sample at first, then once a
+    tenth more have come (at most every 20), so a long batch does not spend its CPU refitting.
+
+    Args:
+        policy: The session's poll policy.
+        limit: How many of the latest samples are kept.
+    """
+
+    def __init__(self, *, policy: PollPolicy, limit: int = 200) -> None:
+        self.policy = policy
+        self.limit = limit
+        self.samples: list[DurationSample] = []
+        self._prediction: Prediction | None = None
+        self._fresh = 0  # samples added since the prediction was made
+
+    def extend(self, samples: Sequence[DurationSample]) -> None:
+        """Add samples, oldest first."""
+        self.samples = [*self.samples, *samples][-self.limit :]
+        self._fresh += len(samples)
+
+    def add(self, sample: DurationSample) -> None:
+        """Add one sample."""
+        self.extend([sample])
+
+    @property
+    def prediction(self) -> Prediction:
+        """The prediction from the samples (refitted when enough are new)."""
+        known = len(self.samples) - self._fresh
+        if self._prediction is None or self._fresh >= min(20, max(1, known // 10)):
+            self._prediction = Prediction(self.samples, policy=self.policy)
+            self._fresh = 0
+        return self._prediction
+
+    def schedule(self, *, size: int | None, origin: float) -> LearnedSchedule | None:
+        """The learned schedule of a video of ``size`` bytes uploaded at ``origin``, or None
+        for the policy's own (see :meth:`Prediction.schedule`)."""
+        return self.prediction.schedule(size=size, origin=origin)
+
+
+@define
+class Watch:
+    """What one video's polls saw, in seconds after its upload, to learn its duration from.
+
+    Attributes:
+        video_id: The video.
+        origin: The end of its upload, on ``time.monotonic()``.
+        size: Its size in bytes, when known.
+        schedule: Its learned schedule, or None on the policy's.
+        first: When the first answer came.
+        pending: When the last Pending answer came.
+        done: When the first finished answer came.
+    """
+
+    video_id: str
+    origin: float
+    size: int | None = None
+    schedule: LearnedSchedule | None = None
+    first: float | None = None
+    pending: float | None = None
+    done: float | None = None
+
+    def seen(self, *, done: bool, now: float) -> None:
+        """Note an answer that came at ``now`` (monotonic)."""
+        at = now - self.origin
+        if self.first is None:
+            self.first = at
+        if not done:
+            self.pending = at
+        elif self.done is None:
+            self.done = at
+
+    def sample(self) -> DurationSample | None:
+        """The duration to learn from, once done, or None when the polls say nothing."""
+        if self.done is None or self.first is None:
+            return None
+        found = estimate(
+            pending=self.pending,
+            done=self.done,
+            first_poll=self.first,
+            planned_first=None if self.schedule is None else self.schedule.first,
+        )
+        if found is None:
+            return None
+        return DurationSample(found[0], found[1], self.size)
