@@ -19,7 +19,6 @@ from guru_async._prediction import (
     DurationSample,
     Prediction,
     SampleLog,
-    SizeModel,
     Watch,
     fit,
     theil_sen,
