@@ -3,7 +3,8 @@
 Options:
     --quick       small sizes, for a smoke run in well under a minute
     --only NAME   run only this figure group (repeatable): upload, memory, tokens, polling,
-                  overhead, decode, scale, soak, fleet_limits, fleet
+                  overhead, decode, scale, soak, fleet_limits, fleet,
+                  prediction
     --output PATH where to write the results; a full run of every figure writes
                   benchmarks/RESULTS.md by default, a --quick or --only run prints the table and
                   writes a file only when given --output (so it never replaces the full results)
@@ -31,6 +32,7 @@ from benchmarks import (
     memory,
     overhead,
     polling,
+    prediction,
     scale,
     soak,
     tokens,
@@ -51,6 +53,7 @@ GROUPS: dict[str, ModuleType] = {
         soak,
         fleet_limits,
         fleet,
+        prediction,
     )
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
