@@ -70,6 +70,9 @@ FIT_SAMPLES = 100
 # The size model's first poll is at most this quantile of the durations (relative to the
 # prediction): later, the median would be censored too and the model could not move down.
 FIRST = 0.45
+# The line is corrected near a size by the median of the nearest half of the samples (a
+# narrower window follows a region faster but its noise spreads the first polls: more polls).
+NEAR = 2
 # Off only to measure the common schedule alone (the benchmarks compare the two).
 SIZE_MODEL = True
 
@@ -230,7 +233,13 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 @frozen
 class SizeModel:
-    """Analysis duration from the video's size: a line and the spread around it.
+    """Analysis duration from the video's size: a line, corrected near each size, and the
+    spread around it.
+
+    The line alone is set by the bulk of the samples; where it is off (early estimates were
+    coarse, or most analyses of small videos were done by their first poll and recorded at that
+    bound, one step early), the median of the samples of the nearest sizes corrects it, so each
+    region of sizes follows its own analyses down or up.
 
     Attributes:
         intercept: Seconds of an empty video, by the line.
@@ -238,20 +247,33 @@ class SizeModel:
         first: When to poll first, as a fraction of the prediction.
         late: The ``LATE`` quantile of duration / prediction over the samples: past it (and
             one step) the policy's backoff takes over.
+        near: The samples' sizes and their duration / line, ordered by size (the correction).
+        neighbours: How many samples of the nearest sizes correct the line.
     """
 
     intercept: float
     slope: float
     first: float
     late: float
+    near: tuple[tuple[float, float], ...] = ()
+    neighbours: int = 0
 
-    def predict(self, size: int) -> float:
+    def line(self, size: float) -> float:
         """The line's duration for a video of ``size`` bytes."""
         return self.intercept + self.slope * size
 
-    def schedule_points(self, size: int, *, lag: float = LAG) -> tuple[float, float] | None:
+    def predict(self, size: float) -> float:
+        """The duration of a video of ``size`` bytes: the line times the median ratio of the
+        samples of the nearest sizes."""
+        line = self.line(size)
+        if not self.near or self.neighbours < 1:
+            return line
+        nearest = sorted(self.near, key=lambda item: abs(item[0] - size))[: self.neighbours]
+        return line * quantile([ratio for _, ratio in nearest], 0.5)
+
+    def schedule_points(self, size: float, *, lag: float = LAG) -> tuple[float, float] | None:
         """The first poll and fallback point (seconds after the upload) for a video of
-        ``size`` bytes, or None when the line predicts no positive duration for it."""
+        ``size`` bytes, or None when the model predicts no positive duration for it."""
         predicted = self.predict(size)
         if not predicted > 0:
             return None
@@ -269,7 +291,12 @@ def fit(samples: Sequence[DurationSample], *, lag: float = LAG) -> SizeModel | N
     xs = [float(s.size) for s in sized if s.size is not None]
     ys = [s.seconds for s in sized]
     intercept, slope = theil_sen(xs, ys)
-    predicted = [intercept + slope * x for x in xs]
+    line = [intercept + slope * x for x in xs]
+    if min(line) <= 0:
+        return None
+    near = tuple(sorted(zip(xs, (y / p for y, p in zip(ys, line, strict=True)), strict=True)))
+    corrected = SizeModel(intercept, slope, 1.0, 1.0, near, max(MIN_SAMPLES, len(xs) // NEAR))
+    predicted = [corrected.predict(x) for x in xs]
     if min(predicted) <= 0:
         return None
     ratios = [y / p for y, p in zip(ys, predicted, strict=True)]
@@ -277,7 +304,8 @@ def fit(samples: Sequence[DurationSample], *, lag: float = LAG) -> SizeModel | N
     # The low end mirrored from the high one: below the first poll the durations are censored
     # ("done by then"), so the low tail cannot be read from the samples; the high one can.
     low = max(2 * middle - late, 0.0)
-    return SizeModel(intercept, slope, min(low * (1 + lag), quantile(ratios, FIRST)), late)
+    first = min(low * (1 + lag), quantile(ratios, FIRST))
+    return SizeModel(intercept, slope, first, late, near, corrected.neighbours)
 
 
 class Prediction:

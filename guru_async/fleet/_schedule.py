@@ -18,6 +18,7 @@ whose clocks disagree.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -159,6 +160,7 @@ class Durations:
         self._cached: list[DurationSample] = []
         self._read_at = -math.inf
         self._predictions: dict[PollPolicy, Prediction] = {}
+        self._refresh = asyncio.Lock()
 
     async def entries(self) -> list[DurationSample]:
         """The known samples, oldest first (the last read when Redis fails: the policy's
@@ -187,10 +189,14 @@ class Durations:
         """The learned schedule of a video of ``size`` bytes (None: unknown) uploaded at
         ``origin`` (monotonic), or None for the policy's own; the model is fitted once per
         read."""
-        entries = await self.entries()
-        prediction = self._predictions.get(policy)
-        if prediction is None:
-            prediction = self._predictions[policy] = Prediction(entries, policy=policy)
+        # One job at a time rereads and refits: the many jobs that start together would each
+        # fit the same samples (costly: seconds of a worker's CPU for a few hundred), and
+        # every first poll would come late.
+        async with self._refresh:
+            entries = await self.entries()
+            prediction = self._predictions.get(policy)
+            if prediction is None:
+                prediction = self._predictions[policy] = Prediction(entries, policy=policy)
         return prediction.schedule(size=size, origin=origin)
 
     async def record(self, sample: DurationSample, *, retention: int) -> None:
