@@ -33,7 +33,7 @@ from collections.abc import (
     Iterator,
 )
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import Factory, define, field, frozen
 
@@ -803,9 +803,27 @@ class BatchRun:
         return None
 
 
+class BatchRunner(Protocol):
+    """What a BatchUpload runs: this process's BatchRun, or a fleet producer's run."""
+
+    @property
+    def progress(self) -> BatchProgress: ...
+
+    async def start(self) -> None:
+        """Start the batch (a failure here means nothing was done); idempotent."""
+
+    def results(self) -> AsyncGenerator[BatchResult, None]:
+        """The batch's results; the generator's end stops the batch."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop everything the batch runs; idempotent."""
+
+
 class BatchUpload:
-    """What ``GuruSession.batch_upload`` returns: the batch's results as an async iterator,
-    and an async context manager that stops the batch when its block ends.
+    """What ``GuruSession.batch_upload`` and ``Fleet.batch_upload`` return: the batch's results
+    as an async iterator, and an async context manager that stops the batch when its block
+    ends.
 
     ::
 
@@ -819,7 +837,7 @@ class BatchUpload:
     background until the object is garbage collected.
     """
 
-    def __init__(self, run: BatchRun) -> None:
+    def __init__(self, run: BatchRunner) -> None:
         self._run = run
         self._results = run.results()
 
