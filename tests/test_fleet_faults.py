@@ -182,7 +182,7 @@ async def test_a_rerun_never_takes_an_old_result_for_a_changed_file(
             (old,) = emu.videos
 
             async def final_result_waiting() -> bool:
-                keys = [k for k in await client.keys("*results*")]
+                keys = list(await client.keys("*results*"))
                 return len(keys) == 1 and await client.llen(keys[0]) >= 2
 
             for _ in range(600):
@@ -192,9 +192,7 @@ async def test_a_rerun_never_takes_an_old_result_for_a_changed_file(
             else:
                 pytest.fail("the first run's result never reached Redis")
             path.write_bytes(os.urandom(3000))  # recorded again: new content, new size
-            (result,) = await asyncio.wait_for(
-                collect(fleet, [path], journal="nightly"), 30
-            )
+            (result,) = await asyncio.wait_for(collect(fleet, [path], journal="nightly"), 30)
     finally:
         await client.aclose()
     assert result.error is None, repr(result.error)
