@@ -650,8 +650,10 @@ class _FleetRun:
         # Lost: the job is gone (expired, lost in a Redis restart) or ended without a result
         # reaching us. Stalled: saq's sweep did not finish handing it over (``aborting`` in
         # no list, its sweeper killed) or its worker stopped beating (``active`` and stuck).
-        lost = ended or job is None or (
-            job.status == Status.COMPLETE and (job is poll or not self._wait or poll is None)
+        lost = (
+            ended
+            or job is None
+            or (job.status == Status.COMPLETE and (job is poll or not self._wait or poll is None))
         )
         stalled = job is not None and (
             job.status == Status.ABORTING or (job.status == Status.ACTIVE and job.stuck)
