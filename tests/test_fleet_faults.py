@@ -321,3 +321,31 @@ async def test_fleet_batch_upload_is_a_batchupload(
         assert all(r.ok for r in got)
         stopped = fleet.batch_upload(files, activity="squat")
         await stopped.aclose()
+
+
+async def test_a_holder_that_lost_its_lease_writes_and_reports_nothing(redis_url: str) -> None:
+    """Each lease taken yields a higher fence; once another worker took the item over, the
+    old holder's record write and result push are refused and change nothing in Redis."""
+    from guru_async.fleet._claims import Claims, LeaseLostError
+
+    client = redis_async.Redis.from_url(redis_url)
+    try:
+        claims = Claims(client, account="acct", queue="q")
+        stale = await claims.take("item", seconds=0.3, retention=60)
+        for _ in range(200):  # the lease runs out on Redis's clock (a frozen holder)
+            if not await client.exists("guru:fleet:acct:q:lease:item"):
+                break
+            await asyncio.sleep(0.01)
+        fresh = await claims.take("item", seconds=30, retention=60)
+        assert (stale.fence, fresh.fence) == (1, 2)
+        await claims.record(fresh, "created", video_id="v2", retention=60)
+        with pytest.raises(LeaseLostError):
+            await claims.record(stale, "uploaded", video_id="v1", retention=60)
+        with pytest.raises(LeaseLostError):
+            await claims.push(stale, "results", "stale message", retention=60)
+        await claims.push(fresh, "results", "fresh message", retention=60)
+        record = await claims.read("item")
+        assert (record.state, record.video_id) == ("created", "v2")
+        assert await client.lrange("results", 0, -1) == [b"fresh message"]
+    finally:
+        await client.aclose()

@@ -1,23 +1,32 @@
 """A fleet worker: two saq workers in one process, sharing one GuruSession.
 
-- The upload queue (``Q``) runs ``concurrency`` jobs at once; each claims its item, creates
-  the video, records its id, uploads, and records the upload (see ``_claims``). With
-  ``wait`` it then hands the video to the poll queue, so upload slots never sit waiting.
-- The poll queue (``Q-poll``) runs many cheap jobs at once, each awaiting one analysis; every
+A worker serves one account (its session's client id and base URL, see ``_protocol``): it
+only ever dequeues that account's queues, and refuses (reports an error for) a job that names
+another account.
+
+- The upload queue (``Q.A``) runs ``concurrency`` jobs at once; each takes its item's lease
+  (with a fencing number), resumes or creates its video, records the video id and its
+  presigned target before the first byte, uploads, and records the upload (see ``_claims``).
+  With ``wait`` it then hands the video to the poll queue, so upload slots never sit waiting.
+- The poll queue (``Q-poll.A``) runs many cheap jobs at once, each awaiting one analysis; every
   poll goes through the session's limiter, so with ``rate`` the fleet's polls share the
   fleet's one ceiling. Once the fleet has seen a few analyses finish, a job sleeps until near
   its video's expected finish and polls in steps proportional to the duration (``_schedule``);
   until then, or when that would not save polls, it follows the session's poll policy. A job
   holds its slot from its first wait to the result either way, so the learned schedule does
-  not keep slots any longer (it spends fewer requests in the same time).
+  not keep slots any longer (it spends fewer requests in the same time). It records the
+  analysis and reports it under the item's lease, and only while the item still stands on
+  its video.
 
 Every job keeps saq's heartbeat, so a job whose worker died is swept and retried elsewhere
-after ``heartbeat`` seconds; results go back to the producer on its batch's Redis list.
+after ``heartbeat`` seconds (and the producer enqueues again what a sweep failed to hand
+over); results go back to the producer on its batch's Redis list, each pushed under the
+item's fence, so a worker that lost its lease reports nothing.
 
 SIGTERM (or SIGINT): stop taking jobs, let uploads in flight finish for ``grace`` seconds,
 then hand back what is left (saq re-queues a cancelled job at once); analyses being awaited
 are handed back at once. SIGKILL loses nothing either: the jobs are swept and retried, and
-their claims keep the content from being uploaded twice.
+their claims keep the content from being uploaded twice or to a second video.
 """
 
 from __future__ import annotations
