@@ -107,8 +107,9 @@ async def test_fleet_batch_survives_a_worker_killed_mid_upload(
     fleet_emulator: GuruEmulator,
     workers: Callable[..., Awaitable[list[WorkerProcess]]],
 ) -> None:
-    """90 items on 3 workers, one SIGKILLed mid-upload: 90 complete results, each file stored
-    once, one token for the whole fleet."""
+    """90 items on 3 workers, one SIGKILLed mid-upload: 90 complete results, 90 videos (the
+    cut-off uploads resumed on their recorded targets), each file stored once, one token for
+    the whole fleet."""
     emu = fleet_emulator
     files = make_clips(tmp_path / "clips", 90)
     fleet_workers = await workers(redis_url, 3)
@@ -130,6 +131,7 @@ async def test_fleet_batch_survives_a_worker_killed_mid_upload(
     assert_all_complete(results, files)
     assert_stored_once(emu, files)
     assert cut_short, "the killed worker had no upload in flight"
+    assert len(emu.videos) == 90
     assert emu.token_requests <= 2
 
 

@@ -209,7 +209,8 @@ async def test_two_accounts_on_one_redis_never_take_each_others_items(
     spawn: Callable[..., Awaitable[WorkerProcess]],
 ) -> None:
     """Prod's and staging's workers share one Redis: every prod item lands in the prod
-    account, staging's worker touches none of them."""
+    account, staging's worker touches none of them, and a worker refuses a job that names
+    another account."""
     prod = await start_emulator(client_id="prod-client", client_secret="p", analysis_delay=0.1)
     staging = await start_emulator(
         client_id="staging-client", client_secret="s", analysis_delay=0.1
@@ -221,10 +222,30 @@ async def test_two_accounts_on_one_redis_never_take_each_others_items(
         redis_url, client_id=prod.client_id, base_url=prod.base_url, heartbeat=2
     ) as fleet:
         results = await asyncio.wait_for(collect(fleet, files, wait=False), 60)
+        # A job naming another account, put on prod's queue by hand (a misconfigured
+        # producer): prod's worker refuses it and reports why to that account's batch.
+        from saq.queue.redis import RedisQueue
+
+        client = redis_async.Redis.from_url(redis_url)
+        try:
+            queue = RedisQueue(client, name=fleet.queue_names[0])
+            await queue.enqueue(
+                "guru_fleet_upload",
+                key="stray",
+                batch="b:stray",
+                path=str(files[0]),
+                fields={},
+                wait=False,
+                account="0123456789ab",
+            )
+            popped = await client.blpop(["guru:fleet:0123456789ab:guru-fleet:results:b:stray"], 30)
+        finally:
+            await client.aclose()
     assert all(r.ok for r in results), [repr(r.error) for r in results]
     assert len(prod.videos) == 6
     assert staging.videos == {}
-    assert staging.requests == {} or set(staging.requests) <= {"POST /oauth2/token"}
+    assert popped is not None
+    assert b"refused this item of account 0123456789ab" in popped[1]
 
 
 def test_a_producer_without_an_account_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
