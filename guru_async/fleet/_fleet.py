@@ -617,7 +617,11 @@ class _FleetRun:
             cutoff = time.monotonic() - interval
             keys = [k for k, p in self._pending.items() if p.since < cutoff]
             for start in range(0, len(keys), 500):
-                chunk = [(k, self._pending[k].job_key) for k in keys[start : start + 500]]
+                chunk = [
+                    (k, p.job_key)
+                    for k in keys[start : start + 500]
+                    if (p := self._pending.get(k)) is not None
+                ]
                 uploads: list[Job | None] = await self._redis(
                     functools.partial(self._uploads.jobs, [j for _, j in chunk])
                 )

@@ -290,6 +290,7 @@ async def _upload_item(
         return
     async with fleet.claims.lease(item, seconds=_lease_seconds(job), retention=retention) as lease:
         created: list[str] = []
+        record = ItemRecord(None, None, None)
         try:
             record = await fleet.claims.read(item)
             if record.state == "done" and record.video_id and record.analysis:
