@@ -3,10 +3,13 @@
 Every batch finishes without relying on saq's sweep being atomic (a sweeper killed between its
 abort and its re-queue leaves a job ``aborting`` in no list): every ``check_interval`` the
 producer reconciles its pending items with saq's job records and enqueues again, under a fresh
-job key, any item whose job is gone, finished without a result reaching us, or stuck in a
-transient state (``aborting``, or ``active`` without a heartbeat) at two checks in a row. The
-claims and fences (``_claims``) make a duplicate job harmless, and a result counts only for the
-item key it names while that item is pending.
+job key, any item whose job is gone, ended early, or stuck in a transient state (``aborting``,
+or ``active`` without a heartbeat for ``heartbeat`` seconds), at once, and any whose job
+finished without a result reaching us at two checks in a row (the result may be on its way).
+So with one worker and Redis up, every item has its result within ``heartbeat +
+check_interval`` plus its own work after the last fault. The claims and fences (``_claims``)
+make a duplicate job harmless, and a result counts only for the item key it names while that
+item is pending.
 """
 
 from __future__ import annotations
@@ -651,30 +654,35 @@ class _FleetRun:
             )
             await self._finish(key, BatchResult(pending.item, error=error))
             return
-        # Lost: the job is gone (expired, lost in a Redis restart) or ended without a result
-        # reaching us. Stalled: saq's sweep did not finish handing it over (``aborting`` in
-        # no list, its sweeper killed) or its worker stopped beating (``active`` and stuck).
-        lost = (
+        # Finished without a result reaching us: seen twice in a row, so not a result still
+        # on its way (pushed just before the job finished, not yet read).
+        unanswered = job is not None and (
+            job.status == Status.COMPLETE and (job is poll or not self._wait or poll is None)
+        )
+        # Enqueued again at once, so the bound holds (heartbeat + check_interval): ended early,
+        # gone (expired, lost in a Redis restart), or stuck where saq's sweep left it
+        # (``aborting`` in no list, its sweeper killed) or before any sweep (``active``
+        # without a heartbeat for ``heartbeat`` seconds).
+        stalled = (
             ended
             or job is None
-            or (job.status == Status.COMPLETE and (job is poll or not self._wait or poll is None))
+            or job.status == Status.ABORTING
+            or (job.status == Status.ACTIVE and job.stuck)
         )
-        stalled = job is not None and (
-            job.status == Status.ABORTING or (job.status == Status.ACTIVE and job.stuck)
-        )
-        if not (lost or stalled):
+        if not (unanswered or stalled):
             pending.suspect = 0
             return
-        # Seen twice in a row, so not a result on its way nor a sweep in progress.
-        pending.suspect += 1
-        if pending.suspect < 2:
-            return
+        if unanswered:
+            pending.suspect += 1
+            if pending.suspect < 2:
+                return
         pending.suspect = 0
         old = pending.job_key
         if job is not None and job.status == Status.ABORTING:
             # A record saq will never finish: let it expire like a finished job's.
             ttl = min(self._fleet.retention, 3600)
-            await self._redis(lambda: self._client.expire(self._uploads.job_id(old), ttl))
+            stale = (self._polls if job is poll else self._uploads).job_id(job.key)
+            await self._redis(lambda: self._client.expire(stale, ttl))
         # saq refuses a key it still holds, so the item goes under a fresh job key; its
         # results still name the item's key.
         pending.job_key = f"{key}#{pending.enqueued}"
