@@ -110,7 +110,9 @@ async def test_a_sweeper_killed_mid_handover_does_not_hang_the_batch(
         finally:
             await client.aclose()
         await spawn(emu, redis_url, concurrency=2)
-        results = await asyncio.wait_for(producer, 30)
+        # The bound: heartbeat (2 s) + check_interval (1 s) + the items' own work, with room
+        # for a loaded machine; without reconciliation the batch never ends.
+        results = await asyncio.wait_for(producer, 2 + 1 + 12)
     assert sorted(str(r.item) for r in results) == sorted(map(str, files))
     for r in results:
         assert r.error is None, repr(r.error)
