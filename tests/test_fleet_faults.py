@@ -262,7 +262,8 @@ async def test_the_rate_ceiling_is_one_per_account(
     redis_url: str, start_emulator: Callable[..., Awaitable[GuruEmulator]]
 ) -> None:
     """Sessions of two accounts given RedisRateLimiter with its default key book their
-    requests under two different keys; an explicit key is kept as given."""
+    requests under two different keys; an explicit key is kept as given; one default-keyed
+    limiter given to a second account is a ValueError."""
     from guru_async.fleet import RedisRateLimiter
 
     a = await start_emulator(client_id="account-a", client_secret="a")
@@ -290,6 +291,8 @@ async def test_the_rate_ceiling_is_one_per_account(
     finally:
         await client.aclose()
     assert keys == {limiters[0].key, limiters[1].key, "my-ceiling"}
+    with pytest.raises(ValueError, match="already paces another account"):
+        b.session(limiter=limiters[0])
 
 
 async def test_a_recorded_video_that_is_gone_is_created_again(
@@ -372,3 +375,23 @@ async def test_a_holder_that_lost_its_lease_writes_and_reports_nothing(redis_url
         assert await client.lrange("results", 0, -1) == [b"fresh message"]
     finally:
         await client.aclose()
+
+
+async def test_storage_takes_a_second_upload_to_one_target_as_one_object(
+    tmp_path: Path, start_emulator: Callable[..., Awaitable[GuruEmulator]]
+) -> None:
+    """What a takeover relies on: a second upload to the same presigned target replaces the
+    first (last write wins, as S3 does), and the video still has one object, its last
+    content."""
+    emu = await start_emulator(analysis_delay=0.1)
+    first = clip(tmp_path, "a.mp4", size=3000)
+    second = clip(tmp_path / "again", "a.mp4", size=3000)
+    async with emu.session() as guru:
+        created = await guru.create_video(first, activity="squat")
+        await guru.upload(created, first)
+        await guru.upload(created, second)
+        video = await guru.get_video(created.id)
+    assert list(emu.videos) == [created.id]
+    assert video.status == "Success"
+    assert emu.videos[created.id].content_sha256 == sha256(second)
+    assert emu.stored_path(created.id).read_bytes() == second.read_bytes()
