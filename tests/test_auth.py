@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import guru_async._auth as guru_auth
+import guru_async._token_failure as token_failure
 from guru_async import (
     AuthenticationError,
     FileTokenStore,
@@ -417,7 +418,7 @@ async def test_a_failed_token_fetch_is_shared_by_every_waiting_call(
     """Six concurrent calls against a token endpoint answering 503 make one fetch (its own
     retry included) between them, all raise its error, and a call made just after gets the
     remembered failure without another token request."""
-    monkeypatch.setattr(guru_auth, "FAILED_FETCH_MEMORY", 60.0)
+    monkeypatch.setattr(token_failure, "FAILED_FETCH_MEMORY", 60.0)
     emulator.faults.add(FaultRule(route=TOKEN_ROUTE, status=503, retry_after=0.01))
     async with make_session(max_retries=1, timeouts=Timeouts(total=5)) as guru:
         results = await asyncio.gather(
@@ -437,7 +438,7 @@ async def test_a_remembered_token_failure_expires(
 ) -> None:
     """Once the failure's memory has run out, the next call asks the token endpoint again and
     succeeds when it has recovered."""
-    monkeypatch.setattr(guru_auth, "FAILED_FETCH_MEMORY", 0.0)
+    monkeypatch.setattr(token_failure, "FAILED_FETCH_MEMORY", 0.0)
     emulator.faults.add(FaultRule(route=TOKEN_ROUTE, status=503, times=1))
     async with make_session(max_retries=0) as guru:
         with pytest.raises(ServerError):

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as redis_async
 
-from guru_async import GuruSession, NotFoundError, Token
+from guru_async import GuruConnectionError, GuruSession, NotFoundError, Timeouts, Token
+from guru_async._auth import credentials_key
 from guru_async.fleet import RedisTokenStore, RedisUnavailableError
 from guru_async.testing import GET_VIDEO_ROUTE, TOKEN_ROUTE, FaultRule, GuruEmulator
 
@@ -38,6 +39,11 @@ def endpoints_of(emu: GuruEmulator) -> dict[str, str]:
         "client_id": emu.client_id,
         "client_secret": emu.client_secret,
     }
+
+
+def key_of(emu: GuruEmulator, guru: GuruSession) -> str:
+    """The credentials hash a session's token keys in Redis are named by."""
+    return credentials_key(str(guru.token_url), emu.client_id, emu.client_secret, guru.scope)
 
 
 async def authorized_call(guru: GuruSession) -> None:
@@ -373,29 +379,25 @@ async def test_the_store_returns_to_redis_after_the_cooldown(
     assert "answers again" in messages[1][1]
 
 
-async def test_a_waiter_fetches_for_itself_when_the_lock_never_frees(
-    redis_url: str, caplog: pytest.LogCaptureFixture
+async def test_a_call_waits_on_a_held_lock_no_longer_than_its_own_timeout(
+    emulator: GuruEmulator, redis_url: str
 ) -> None:
-    """A lock that outlives twice ``lock_timeout`` (a holder stuck, or a foreign lock) does not
-    hold a call forever: the waiter fetches its own token, saves it, and says so."""
-    fetched: list[str] = []
-
-    async def fetch() -> Token:
-        fetched.append("own")
-        now = time.time()
-        return Token("own", now + 600, issued_at=now)
-
+    """A lock held by another process is waited on, never fetched around: a call whose
+    Timeouts.total runs out first fails without a token request, and once the lock expires the
+    next call fetches the one token."""
     client = redis_async.Redis.from_url(redis_url)
     try:
-        await client.set("guru_async:token:k:lock", "someone-else", px=60_000)
-        async with RedisTokenStore(redis_url, lock_timeout=0.1) as store:
-            token = await store.fetch_once("k", fetch, stale=None)
-        assert token.access_token == "own"
-        assert fetched == ["own"]
-        assert await client.hget("guru_async:token:k", "access_token") == b"own"
-        assert await client.get("guru_async:token:k:lock") == b"someone-else"  # not ours
+        async with (
+            RedisTokenStore(redis_url) as store,
+            emulator.session(token_store=store, timeouts=Timeouts(total=0.2)) as hurried,
+            emulator.session(token_store=store) as patient,
+        ):
+            key = key_of(emulator, hurried)
+            await client.set(f"guru_async:token:{key}:lock", "someone-else", px=600)
+            with pytest.raises(GuruConnectionError, match="timed out waiting for a token"):
+                await hurried.get_video(MISSING)
+            assert emulator.token_requests == 0
+            await authorized_call(patient)
     finally:
         await client.aclose()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "no token appeared in Redis" in warnings[0]
+    assert emulator.token_requests == 1
