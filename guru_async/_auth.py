@@ -101,7 +101,10 @@ class TokenStore(Protocol):
         Cross-process single flight: take the store's lock; re-read ``key``; if a fresh token
         whose ``access_token`` is not ``stale`` (the token the API just rejected, or None) is
         stored, return it; else ``token = await fetch()``, save it, release the lock and return
-        it. Processes starting together then make one token request between them.
+        it. Processes starting together then make one token request between them. A store
+        shared by processes should also keep a failed fetch worth sharing (see
+        ``_token_failure.shared_record``) under the lock, and raise it (``rebuilt``) instead of
+        fetching until its memory runs out, as ``FileTokenStore`` and ``RedisTokenStore`` do.
 
     ``async def discard(self, key: str, access_token: str) -> None``
         Compare-and-delete after a 401: drop the stored token only if it is still
