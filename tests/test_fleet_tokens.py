@@ -93,9 +93,10 @@ async def test_a_lock_holder_killed_mid_fetch_costs_one_more_request(
     client = redis_async.Redis.from_url(redis_url)
     try:
         await holder.go()
-        # Another process's state: polled, as there is nothing to wait on across processes.
-        while not await client.keys("guru_async:token:*:lock"):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+        # Its token request has arrived (killed before that, it would cost no request at all),
+        # so it holds the lock.
+        await wait_until(lambda: emu.token_requests == 1, timeout=30)
+        assert await client.keys("guru_async:token:*:lock") != []
         await asyncio.gather(*(w.go() for w in waiters))
         holder.kill()
         outcomes = await asyncio.gather(*(w.outcome() for w in waiters))

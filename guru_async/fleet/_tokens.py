@@ -1,14 +1,15 @@
 """One token for the whole fleet: a TokenStore in Redis with a fleet-wide single-flight refresh.
 
-Keys written (``KEY`` is the credentials hash ``guru:<sha256>``, which already tells accounts
-apart; ``PREFIX`` defaults to ``guru_async:token:``):
+Keys written, all named by the credentials hash ``KEY`` (``guru:<sha256>`` of token URL, client
+id, secret and scope, which already tells accounts apart) after ``prefix``
+(``guru_async:token:`` by default):
 
-- ``PREFIX KEY`` (hash: ``access_token``, ``token_type``, ``lifetime``, ``margin``): the token;
-  TTL its lifetime less a margin (a tenth of it, at most 30 s).
-- ``PREFIX KEY:lock`` (string: the holder's random value): the refresh lock; TTL
+- ``{prefix}KEY``, a hash (``access_token``, ``token_type``, ``lifetime``, ``margin``): the
+  token. TTL: its lifetime less a margin (a tenth of the lifetime, at most 30 s).
+- ``{prefix}KEY:lock``, a string (the holder's random value): the refresh lock. TTL:
   ``lock_timeout`` (10 s), renewed every third of it while the holder's token request runs.
-- ``PREFIX KEY:failure`` (string: JSON ``type``, ``status``, ``message``, ``body``,
-  ``retry_after``): the token endpoint's refusal of the last fetch; TTL the time a session
+- ``{prefix}KEY:failure``, a string (JSON: ``type``, ``status``, ``message``, ``body``,
+  ``retry_after``): the token endpoint's refusal of the last fetch. TTL: as long as a session
   remembers it (1 s, or its ``Retry-After`` up to 60 s), on Redis's clock; deleted when a token
   is saved.
 """
