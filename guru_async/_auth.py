@@ -518,10 +518,9 @@ class TokenProvider:
     for no longer than its own deadline; a failed refresh is shared with all of them and
     remembered for ``FAILED_FETCH_MEMORY`` seconds (or the ``Retry-After`` it carried, see
     ``_token_failure``); a caller that was not cancelled never gets ``CancelledError`` from a
-    refresh another caller gave up on. A 401
-    refreshes once, however many calls got it on the same token; when a call's retry with the
-    fresh token is rejected too, 401s stand without refresh for ``REJECTED_TOKEN_COOLDOWN``
-    seconds.
+    refresh another caller gave up on. A 401 refreshes once, however many calls got it on the
+    same token; when a call's retry with the fresh token is rejected too, 401s stand without
+    refresh for ``REJECTED_TOKEN_COOLDOWN`` seconds.
     """
 
     def __init__(self, *, key: str, store: TokenStore, fetch: FetchToken) -> None:

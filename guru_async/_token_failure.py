@@ -74,7 +74,7 @@ def memory_of(error: BaseException) -> float | None:
 def shared_record(error: BaseException) -> tuple[dict[str, Any], float] | None:
     """What a shared store keeps of ``error`` and for how many seconds, or None when the
     failure must not be shared with other processes (see the module's docstring)."""
-    if type(error).__name__ not in _SHAREABLE or not isinstance(error, APIError):
+    if not isinstance(error, APIError) or _SHAREABLE.get(type(error).__name__) is not type(error):
         return None
     if error in _REBUILT:
         return None  # read from the store: it is there already
