@@ -405,7 +405,7 @@ async def test_a_call_waits_on_a_held_lock_no_longer_than_its_own_timeout(
             emulator.session(token_store=store) as patient,
         ):
             key = key_of(emulator, hurried)
-            await client.set(f"guru_async:token:{key}:lock", "someone-else", px=600)
+            await client.set(f"guru_async:token:{key}:lock", "someone-else", px=1500)
             with pytest.raises(GuruConnectionError, match="timed out waiting for a token"):
                 await hurried.get_video(MISSING)
             assert emulator.token_requests == 0
@@ -455,11 +455,11 @@ async def test_processes_sharing_redis_make_one_token_request_after_a_429(
 async def test_a_token_request_slower_than_the_lock_is_made_once(
     emulator: GuruEmulator, redis_url: str
 ) -> None:
-    """A token request five times slower than lock_timeout keeps its lock (renewed while it
+    """A token request 2.5 times slower than lock_timeout keeps its lock (renewed while it
     runs): a second process asking meanwhile waits for that token instead of fetching one."""
-    emulator.faults.add(FaultRule(TOKEN_ROUTE, kind="delay", delay=1.5, times=1))
+    emulator.faults.add(FaultRule(TOKEN_ROUTE, kind="delay", delay=2.5, times=1))
     async with token_workers(emulator) as start:
-        holder, waiter = await start(redis_url, "--lock-timeout", "0.3", count=2)
+        holder, waiter = await start(redis_url, "--lock-timeout", "1.0", count=2)
         await holder.go()
         await wait_until(lambda: emulator.token_requests == 1)
         await waiter.go()
