@@ -83,9 +83,14 @@ _ADDED_COLUMNS = (
     "upload_fields",
     "upload_expires",
 )
-# What a claim reads of a row: the entry's columns, then the claim's own.
-_ENTRY_COLUMNS = (
-    "state, video_id, analysis, error_type, error, upload_url, upload_fields, upload_expires"
+# An entry's columns (see _entry), then what a claim also reads.
+_SELECT_ENTRY = (
+    "SELECT state, video_id, analysis, error_type, error, upload_url, upload_fields, "
+    "upload_expires FROM items WHERE key = ?"
+)
+_SELECT_CLAIM = (
+    "SELECT state, video_id, analysis, error_type, error, upload_url, upload_fields, "
+    "upload_expires, owner, lease_until, generation FROM items WHERE key = ?"
 )
 _SCHEMA = "CREATE TABLE IF NOT EXISTS items ({})".format(
     ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
@@ -253,6 +258,9 @@ class Journal:
         work = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         try:
             return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(_consume)  # nobody awaits it now: no "never retrieved"
+            raise
         except sqlite3.Error as exc:
             if raw:
                 raise
@@ -268,7 +276,7 @@ class Journal:
 
     def _get(self, key: str) -> tuple[Any, ...] | None:
         assert self._db is not None
-        cur = self._db.execute(f"SELECT {_ENTRY_COLUMNS} FROM items WHERE key = ?", (key,))
+        cur = self._db.execute(_SELECT_ENTRY, (key,))
         row: tuple[Any, ...] | None = cur.fetchone()
         return row
 
@@ -289,10 +297,7 @@ class Journal:
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute(
-                f"SELECT {_ENTRY_COLUMNS}, owner, lease_until, generation FROM items WHERE key = ?",
-                (key,),
-            ).fetchone()
+            row = db.execute(_SELECT_CLAIM, (key,)).fetchone()
             entry = None if row is None else _entry(row[:8])
             owner, lease_until, generation = (None, None, 0) if row is None else row[8:]
             if owner is not None and self._alive(owner, lease_until, now):
@@ -367,9 +372,10 @@ class Journal:
 
         A compare-and-set: the row must still carry ``generation`` (from the caller's
         :class:`Claim`) and be owned by this journal or by nobody, so a writer whose claim was
-        taken over changes nothing. ``created`` keeps the claim; any later state releases it.
-        The video id is kept once known; the upload target is kept until ``uploaded`` or
-        ``done`` (an ``error`` keeps it, so a rerun resumes the same upload).
+        taken over changes nothing. ``claimed`` (a create is about to be sent) and ``created``
+        keep the claim; any later state releases it. The video id is kept once known; the
+        upload target until ``uploaded`` or ``done`` (``error`` keeps it: a rerun resumes the
+        same upload).
         """
         error_type = None if error is None else type(error).__name__
         message = None if error is None else str(error)
@@ -395,8 +401,8 @@ class Journal:
             "UPDATE items SET state = :state, video_id = COALESCE(:video_id, video_id), "
             "analysis = :analysis, error_type = :error_type, error = :error, "
             "updated_at = :now, "
-            "owner = CASE WHEN :state = 'created' THEN owner END, "
-            "lease_until = CASE WHEN :state = 'created' THEN lease_until END, "
+            "owner = CASE WHEN :held THEN owner END, "
+            "lease_until = CASE WHEN :held THEN lease_until END, "
             "upload_url = CASE WHEN :given THEN :url WHEN :keep THEN upload_url END, "
             "upload_fields = CASE WHEN :given THEN :fields WHEN :keep THEN upload_fields END, "
             "upload_expires = CASE WHEN :given THEN :expires WHEN :keep THEN upload_expires END "
@@ -409,6 +415,7 @@ class Journal:
                 "error_type": error_type,
                 "error": error,
                 "now": time.time(),
+                "held": state in ("claimed", "created"),
                 "given": target is not None,
                 "keep": keep,
                 "url": None if target is None else target.url,
@@ -423,12 +430,17 @@ class Journal:
 
 
 def _entry(row: tuple[Any, ...]) -> JournalEntry:
-    """A JournalEntry from the columns of _ENTRY_COLUMNS."""
+    """A JournalEntry from the columns of _SELECT_ENTRY."""
     state, video_id, analysis, error_type, error, url, fields, expires = row
     target = None
     if url is not None and fields is not None:
         target = UploadTarget(url, json.loads(fields), expires)
     return JournalEntry(state, video_id, analysis, error_type, error, target)
+
+
+def _consume(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled():
+        work.exception()
 
 
 def _pid_exists(pid: int) -> bool:
