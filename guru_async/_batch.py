@@ -46,7 +46,7 @@ from typing import Any
 from attrs import Factory, define, field, frozen
 
 from ._aio import wait_for
-from ._client import Client
+from ._client import CREATE_REPEAT_RISK, Client
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
 from ._error_mapping import analysis_timeout
@@ -779,6 +779,15 @@ class BatchRun:
             return await asyncio.shield(create)
         except asyncio.CancelledError:
             self._cut_short[create] = (item, key, generation)
+            raise
+        except GuruError as exc:
+            if CREATE_REPEAT_RISK in str(exc):
+                # Its answer was lost: the one way left to a video nothing records.
+                log.warning(
+                    "batch_upload: Create Video for %s failed after it may have reached the "
+                    "service; it may have left an unused video (orphan) whose id is unknown",
+                    _describe(item),
+                )
             raise
 
     async def _uploaded(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sqlite3
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from guru_async import AnalysisStatus, BatchResult, GuruSession
+from guru_async import AnalysisStatus, BatchResult, GuruConnectionError, GuruSession
 from guru_async._journal import Journal, UploadTarget, item_key
 from guru_async.testing import CREATE_ROUTE, UPLOAD_ROUTE, FaultRule, GuruEmulator
 from tests.helpers import wait_until
@@ -380,3 +381,68 @@ async def test_journal_of_an_older_version_opens_and_resumes(
     with contextlib.closing(sqlite3.connect(journal)) as db:
         names = {row[1] for row in db.execute("PRAGMA table_info(items)")}
     assert {"generation", "upload_url", "upload_fields", "upload_expires"} <= names
+
+
+@pytest.mark.slow
+async def test_kill_while_creating_names_each_possible_orphan_on_the_rerun(
+    start_emulator: Callable[..., Any], video_file: MakeFile, tmp_path: Path
+) -> None:
+    """SIGKILL while two Create Video requests are unanswered (the one window the journal
+    cannot close): the rerun names both files in a WARNING as possible orphans, and those two
+    are the only videos beyond one per file."""
+    emu: GuruEmulator = await start_emulator(analysis_delay=0.0)
+    emu.faults.add(FaultRule(route=CREATE_ROUTE, kind="delay", delay=0.5, times=2))
+    files = [video_file(f"killed-{i}.mp4", size=FILE_SIZE) for i in range(3)]
+    journal = tmp_path / "batch.db"
+
+    first = await start_worker(endpoints(emu), journal, 2, files, env={})
+    await wait_until(lambda: emu.requests[CREATE_ROUTE] == 2, timeout=30)
+    first.kill()
+    assert first.stdout is not None
+    assert first.stderr is not None
+    await first.stdout.read()
+    await first.stderr.read()
+    assert await first.wait() == -signal.SIGKILL
+    await wait_until(lambda: len(emu.videos) == 2, timeout=10)  # made after the kill
+    orphans = set(emu.videos)
+
+    second = await start_worker(endpoints(emu), journal, 3, files, env={})
+    results = await read_all(second)
+    assert second.stderr is not None
+    stderr = (await second.stderr.read()).decode()
+    assert await second.wait() == 0
+
+    warned = {
+        path
+        for path in map(str, files)
+        for line in stderr.splitlines()
+        if repr(path) in line and "orphan" in line
+    }
+    assert len(warned) == 2
+    assert all(r["ok"] for r in results)
+    final = {r["video_id"] for r in results}
+    assert len(final) == len(files)
+    assert set(emu.videos) == final | orphans
+    assert not final & orphans
+    assert all(emu.uploads_completed[v] == 1 for v in final)
+
+
+async def test_create_whose_answer_is_lost_is_logged_as_a_possible_orphan(
+    guru: GuruSession,
+    emulator: GuruEmulator,
+    video_file: MakeFile,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Create Video cut off after it reached the service fails its item (it is not
+    repeated) and names the file in a WARNING as a possible orphan."""
+    emulator.faults.add(FaultRule(route=CREATE_ROUTE, kind="drop", times=1))
+    path = video_file("lost-answer.mp4", size=2048)
+
+    with caplog.at_level(logging.WARNING, logger="guru_async"):
+        (result,) = await collect(guru.batch_upload([path], journal=tmp_path / "j.db"))
+
+    assert isinstance(result.error, GuruConnectionError)
+    assert emulator.requests[CREATE_ROUTE] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(repr(str(path)) in w and "orphan" in w for w in warnings), warnings
