@@ -568,51 +568,66 @@ class BatchRun:
                 )
             return True
         try:
-            if claim.abandoned and entry is not None and entry.state == "claimed":
-                # The one window left: a run that ended (crashed) between Create Video's
-                # answer and its journal write leaves a video nothing records.
-                log.warning(
-                    "batch_upload: an earlier run stopped while creating the video for %s; "
-                    "it may have left an unused video (orphan) that this run cannot know of",
-                    _describe(item),
-                )
-            resume = None
-            if entry is not None and entry.video_id is not None:
-                # A crash, Ctrl-C or failure after Create Video: ask the API whether the content
-                # arrived, so it is never uploaded twice, and else upload to the same target.
-                video = await self._recorded_video(entry.video_id)
-                if video is not None and video.status == VideoStatus.SUCCESS:
-                    return await self._uploaded(
-                        item, key, entry.video_id, generation=generation, record=True, resumed=True
-                    )
-                if video is not None and entry.target is not None:
-                    resume = CreatedVideo(entry.video_id, entry.target.url, entry.target.fields)
             try:
-                video_id = await self._create_and_upload(
-                    item,
-                    path,
-                    fields,
-                    key,
-                    generation,
-                    created,
-                    resume=resume,
-                    marked=entry is None or entry.state == "claimed",
-                )
+                video_id, arrived = await self._send_owned(item, path, fields, key, claim, created)
             except (asyncio.CancelledError, JournalError, _ClaimLost):
                 raise
             except Exception as exc:
+                # Released with the failure recorded (its video and target kept), so a rerun
+                # or another batch tries again, to the same video.
                 if not await self._journal_or_fail().record(
                     key, "error", generation=generation, error=exc
                 ):
                     return False
                 raise
             return await self._uploaded(
-                item, key, video_id, generation=generation, record=True, resumed=False
+                item, key, video_id, generation=generation, record=True, resumed=arrived
             )
         except _ClaimLost:
             return False
         finally:
             self._unclaim(key)
+
+    async def _send_owned(
+        self,
+        item: BatchItem,
+        path: Path,
+        fields: VideoFields,
+        key: str,
+        claim: Claim,
+        created: list[str],
+    ) -> tuple[str, bool]:
+        """Get an owned item's content to storage: its video id, and whether an earlier run's
+        upload had already arrived."""
+        entry = claim.entry
+        if claim.abandoned and entry is not None and entry.state == "claimed":
+            # The one window left: a run that ended (crashed) between Create Video's answer
+            # and its journal write leaves a video nothing records.
+            log.warning(
+                "batch_upload: an earlier run stopped while creating the video for %s; "
+                "it may have left an unused video (orphan) that this run cannot know of",
+                _describe(item),
+            )
+        resume = None
+        if entry is not None and entry.video_id is not None:
+            # A crash, Ctrl-C or failure after Create Video: ask the API whether the content
+            # arrived, so it is never sent twice, and else send it to the same target.
+            video = await self._recorded_video(entry.video_id)
+            if video is not None and video.status == VideoStatus.SUCCESS:
+                return entry.video_id, True
+            if video is not None and entry.target is not None:
+                resume = CreatedVideo(entry.video_id, entry.target.url, entry.target.fields)
+        video_id = await self._create_and_upload(
+            item,
+            path,
+            fields,
+            key,
+            claim.generation,
+            created,
+            resume=resume,
+            marked=entry is None or entry.state == "claimed",
+        )
+        return video_id, False
 
     async def _claim(self, key: str, *, replacing: str | None = None) -> Claim:
         """Claim ``key``, waiting while another task, batch or process owns it. The caller
