@@ -37,6 +37,7 @@ so the event loop never waits on the disk. Every SQLite failure surfaces as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -195,6 +196,7 @@ class Journal:
     def _open(self) -> None:
         if self.path.is_dir():
             raise self._fail("it is a folder; give a file path such as 'batch.db' inside it")
+        _create_private(self.path)
         try:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
@@ -436,6 +438,14 @@ def _entry(row: tuple[Any, ...]) -> JournalEntry:
     if url is not None and fields is not None:
         target = UploadTarget(url, json.loads(fields), expires)
     return JournalEntry(state, video_id, analysis, error_type, error, target)
+
+
+def _create_private(path: Path) -> None:
+    """Create a new journal file readable by its user only: it holds presigned upload targets
+    (SQLite gives its -wal and -shm files the same mode). An existing file is left as it is,
+    and any other failure is SQLite's to report, as it would without this."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _consume(work: asyncio.Future[Any]) -> None:

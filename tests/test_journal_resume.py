@@ -446,3 +446,15 @@ async def test_create_whose_answer_is_lost_is_logged_as_a_possible_orphan(
     assert emulator.requests[CREATE_ROUTE] == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(repr(str(path)) in w and "orphan" in w for w in warnings), warnings
+
+
+async def test_a_new_journal_is_readable_by_its_user_only(
+    guru: GuruSession, video_file: MakeFile, tmp_path: Path
+) -> None:
+    """A journal the batch creates, and its WAL, are mode 0600: they hold presigned upload
+    targets, which let anyone who reads them write to the videos."""
+    journal = tmp_path / "private.db"
+    async with guru.batch_upload([video_file("a.mp4", size=2048)], journal=journal) as results:
+        async for _ in results:
+            assert (tmp_path / "private.db-wal").stat().st_mode & 0o777 == 0o600
+    assert journal.stat().st_mode & 0o777 == 0o600
