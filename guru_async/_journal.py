@@ -1,9 +1,11 @@
 """A batch's journal: each item's progress in SQLite, so a crashed batch resumes, never repeats.
 
 One row per item, keyed by what identifies the work: the service, the file's absolute path, the
-metadata it is sent with, and the content's identity (see :func:`item_key`). States move forward:
+metadata it is sent with, and the content's identity (see :func:`item_key`). States move forward
+(back to ``claimed`` only just before a replacement video is created):
 
-    claimed  -> a batch owns the item and is about to create its video
+    claimed  -> a batch owns the item and is about to create its video (a run that crashed
+                here may have created one it never recorded: the rerun logs that)
     created  -> the video exists (id and presigned upload target recorded) but its upload may
                 not have finished
     uploaded -> storage accepted the content; only the analysis is awaited
@@ -16,7 +18,8 @@ reaches the same item while the claim is live waits until the owner records the 
 reports the same video. A claim is live while its lease runs (renewed every
 ``LEASE_SECONDS / 4`` by the owner) and, on the same host, while its process exists: a claim left
 by a crashed process is taken over at once on the same machine, after the lease elsewhere.
-Recording ``uploaded``, ``done`` or ``error`` releases the claim.
+Recording ``uploaded``, ``done`` or ``error`` releases the claim; a batch that stops releases
+every claim it holds. A new journal file is created readable by its user only.
 
 One video per item: the presigned target Create Video answered (url, fields and the policy's
 expiry) is recorded with the claim before any byte is sent, so whoever resumes the item (a rerun
