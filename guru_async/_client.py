@@ -27,8 +27,9 @@ from ._models import Analysis, CreatedVideo, Video
 from ._payloads import CreateVideoBody, VideoFields
 from ._retry import parse_retry_after
 from ._transport import Request, Response, Transport
-from ._types import FileSource, ProgressCallback
+from ._types import ProgressCallback
 from ._upload import (
+    FileSource,
     MultipartUpload,
     UploadSource,
     check_not_expired,

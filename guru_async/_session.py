@@ -29,6 +29,7 @@ from ._batch import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_POLL_RATE,
     DEFAULT_UPLOAD_CONCURRENCY,
+    BatchItem,
     BatchProgress,
     BatchRun,
     BatchUpload,
@@ -44,16 +45,9 @@ from ._payloads import UpdateVideoBody, resolve_fields
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
 from ._retry import RetryBudget, RetryPolicy
 from ._transport import Response, Timeouts, Transport
-from ._types import (
-    UNSET,
-    ActivityArg,
-    BatchItem,
-    DomainArg,
-    FileSource,
-    ProgressCallback,
-)
+from ._types import UNSET, ActivityArg, DomainArg, ProgressCallback
 from ._types import UnsetType as _Unset
-from ._upload import UploadSource, is_url
+from ._upload import FileSource, UploadSource, is_url
 from ._urls import checked_url
 from ._validation import (
     check_include,

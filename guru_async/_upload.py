@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Union
 
 import aiohttp
 from yarl import URL
@@ -40,7 +40,7 @@ from ._aio import run_owning
 from ._error_mapping import describe_network_error, source_status_error
 from ._errors import BodyAbort, GuruError, SourceError, UploadError
 from ._progress import ProgressReporter
-from ._types import FileSource, ProgressCallback
+from ._types import ProgressCallback
 from ._urls import MAX_REDIRECTS, REDIRECT_STATUSES
 from ._validation import check_size
 
@@ -111,6 +111,11 @@ class StreamSource:
             f"<StreamSource {type(self.stream).__name__} size={self.size} "
             f"filename={self.filename!r}>"
         )
+
+
+FileSource = Union[str, "os.PathLike[str]", IO[bytes], URL, StreamSource]
+"""What an upload takes: a path, an http(s) URL (a str or yarl.URL), a binary file object
+opened for reading, or a StreamSource."""
 
 
 def is_url(source: object) -> bool:
