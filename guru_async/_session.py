@@ -47,7 +47,7 @@ from ._retry import RetryBudget, RetryPolicy
 from ._transport import Response, Timeouts, Transport
 from ._types import UNSET, ActivityArg, DomainArg, ProgressCallback
 from ._types import UnsetType as _Unset
-from ._upload import FileSource, UploadSource, is_url
+from ._upload import FileSource, UploadSource, empty_video, is_url
 from ._urls import checked_url
 from ._validation import (
     check_include,
@@ -259,7 +259,8 @@ class GuruSession:
 
         Raises:
             ValueError: An unknown domain or activity (the message lists the accepted values),
-                an activity outside the domain, a negative or huge rep count.
+                an activity outside the domain, a negative or huge rep count, an empty video
+                (size 0, or a file of 0 bytes).
             FileNotFoundError: No ``size`` and no file at ``filename``.
             GuruConnectionError, ServerError, ResponseDecodeError: The request failed; when the
                 message says "not retried, as the video may have been created", the service
@@ -276,6 +277,8 @@ class GuruSession:
                 size = UploadSource(filename).size
             name = os.path.basename(os.fspath(filename)) or "video"
         size = check_size(size)
+        if size == 0:
+            raise empty_video(f"the video {name!r} (size=0)")
         fields = resolve_fields(
             domain=domain, activity=activity, rep_count=rep_count, source=source
         )
@@ -322,7 +325,7 @@ class GuruSession:
                 bytes than its size. Never retried.
             OSError: Reading a local file failed (raised as it is, never retried).
             FileNotFoundError, IsADirectoryError, TypeError, ValueError: An unusable ``file``,
-                ``filename`` or URL, before anything is sent.
+                ``filename`` or URL, or empty content (0 bytes), before anything is sent.
         """
         if not isinstance(created, CreatedVideo):
             raise TypeError(
@@ -359,8 +362,8 @@ class GuruSession:
             The new video's id, to pass to await_analysis or get_analysis.
 
         Raises:
-            ValueError: A bad domain, activity, rep count or ``filename``, before anything is
-                sent.
+            ValueError: A bad domain, activity, rep count or ``filename``, or empty content
+                (0 bytes), before anything is sent.
             UploadError, SourceError, OSError: As for upload.
         """
         fields = resolve_fields(
