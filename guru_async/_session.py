@@ -34,7 +34,7 @@ from ._batch import (
     BatchRun,
     BatchUpload,
 )
-from ._client import Client, model
+from ._client import Client, joints_of_video, model
 from ._converter import decode_json
 from ._enums import OverlayType
 from ._errors import ResponseDecodeError
@@ -446,11 +446,18 @@ class GuruSession:
         """Fetch per-frame joint positions and the rep analysis (Get Joint Data)."""
         check_video_id(video_id)
         what = f"Get joint data of video {video_id}"
+        decode_joints = model(JointData, what)
+
+        def decode(resp: Response) -> JointData:
+            joints = joints_of_video(decode_joints(resp), video_id)
+            assert joints is not None
+            return joints
+
         return await self._client.call(
             "GET",
             f"/videos/{video_id}/j2p",
             what=what,
-            decode=model(JointData, what),
+            decode=decode,
             max_retries=max_retries,
             route=routes.GET_JOINT_DATA,
             video_id=video_id,
@@ -516,7 +523,8 @@ class GuruSession:
             progress: As for upload_video.
 
         Returns:
-            The Analysis, Complete or Failed (check ``analysis.status``).
+            The Analysis, Complete or Failed (check ``analysis.status``); its ``video_id`` is
+            the video this call made.
 
         Raises:
             AnalysisTimeoutError: The upload succeeded but the analysis did not finish in
