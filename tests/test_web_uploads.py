@@ -1,5 +1,5 @@
 """A browser's upload through a real web app into Guru: FastAPI (driven through its ASGI
-interface with httpx) and aiohttp.web (over real sockets), storage answering 503 half the time.
+interface with httpx2) and aiohttp.web (over real sockets), storage answering 503 half the time.
 A seekable upload is retried from its start; a raw request body is one-shot."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterator
 
 import aiohttp
-import httpx
+import httpx2
 import pytest
 from aiohttp import web
 from fastapi import FastAPI, UploadFile
@@ -54,9 +54,9 @@ async def test_fastapi_uploads_are_retried_from_their_start(
     """With storage answering 503 half the time, 10 of 10 browser uploads through a FastAPI
     route succeed, each stored byte for byte under its own name, one video each."""
     emulator.faults.add(FLAKY_STORAGE)
-    transport = httpx.ASGITransport(app=fastapi_app(guru))
+    transport = httpx2.ASGITransport(app=fastapi_app(guru))
     stored = {}
-    async with httpx.AsyncClient(transport=transport, base_url="http://app") as browser:
+    async with httpx2.AsyncClient(transport=transport, base_url="http://app") as browser:
         for number, size in enumerate(SIZES):
             content = os.urandom(size)
             files = {"file": (f"squat-{number}.mp4", content, "video/mp4")}
