@@ -151,14 +151,22 @@ def _seekable_file(stream: object) -> IO[bytes] | None:
         if candidate is None:
             continue
         read = getattr(candidate, "read", None)
-        seekable = getattr(candidate, "seekable", None)
+        seek = getattr(candidate, "seek", None)
+        tell = getattr(candidate, "tell", None)
         # A coroutine function read is the async face of a file (UploadFile): use its .file.
-        if not callable(read) or not callable(seekable) or inspect.iscoroutinefunction(read):
+        if not (callable(read) and callable(seek) and callable(tell)) or (
+            inspect.iscoroutinefunction(read) or inspect.iscoroutinefunction(seek)
+        ):
             continue
+        # Python 3.10's SpooledTemporaryFile (an UploadFile's) has no seekable(): tell() then.
+        seekable = getattr(candidate, "seekable", None)
         try:
-            if seekable() is not True or isinstance(read(0), str):
+            if callable(seekable) and seekable() is not True:
                 continue
-        except (OSError, ValueError):  # closed, or not readable
+            tell()
+            if isinstance(read(0), str):
+                continue
+        except (OSError, ValueError):  # closed, not readable, or not seekable
             continue
         return candidate  # type: ignore[return-value]
     return None

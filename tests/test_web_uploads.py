@@ -136,3 +136,58 @@ async def test_a_raw_request_body_is_streamed_once(
         ) as response:
             assert response.status == 502
     assert emulator.requests[UPLOAD_ROUTE] == 2
+
+
+class _OldSpooledFile:
+    """A file as Python 3.10's SpooledTemporaryFile is: read, seek and tell, no seekable()."""
+
+    def __init__(self, content: bytes) -> None:
+        self._buffer = io.BytesIO(content)
+        self.read = self._buffer.read
+        self.seek = self._buffer.seek
+        self.tell = self._buffer.tell
+
+
+class _Upload:
+    """An UploadFile's shape: an async face over a seekable ``.file``, with a name and size."""
+
+    def __init__(self, content: bytes, filename: str) -> None:
+        self.file = _OldSpooledFile(content)
+        self.filename = filename
+        self.size = len(content)
+
+    async def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+    async def seek(self, offset: int) -> None:
+        self.file.seek(offset)
+
+
+async def test_an_upload_without_seekable_is_still_retried(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """An upload whose file has seek and tell but no seekable() (Python 3.10's spooled file)
+    is retried from its start after a dropped connection."""
+    emulator.faults.add(FaultRule(route=UPLOAD_ROUTE, rate=1.0, times=1, kind="drop"))
+    content = os.urandom(200_000)
+    source = StreamSource(_Upload(content, "old.mp4"))
+    assert source.rewindable
+    video_id = await guru.upload_video(source)
+    assert emulator.stored_path(video_id).read_bytes() == content
+    assert emulator.requests[UPLOAD_ROUTE] == 2
+
+
+async def test_upload_mistakes_are_caught_before_sending(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """An upload passed unwrapped, or a size the seekable file does not hold, is a clear
+    error before anything is sent."""
+    upload = _Upload(b"x" * 1000, "clip.mp4")
+    with pytest.raises(TypeError, match=r"wrap it as StreamSource\(upload\)"):
+        await guru.upload_video(upload)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="announces 999 bytes but its file holds 1000"):
+        StreamSource(upload, size=999)
+    upload.file.seek(0, io.SEEK_END)  # already read by the app
+    with pytest.raises(ValueError, match=r"holds 0 from its current position .* seek\(0\)"):
+        StreamSource(upload)
+    assert not emulator.requests
