@@ -41,7 +41,7 @@ from collections.abc import (
     Iterator,
 )
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from attrs import Factory, define, field, frozen
 
@@ -56,7 +56,7 @@ from ._journal import Claim, Journal, JournalEntry, UploadTarget, item_key
 from ._models import Analysis, CreatedVideo, Video
 from ._payloads import VideoFields, resolve_fields
 from ._polling import PollPolicy, is_transient_poll_error
-from ._types import ActivityArg, BatchItem, DomainArg
+from ._types import ActivityArg, DomainArg
 from ._upload import UploadSource, check_file, policy_expiration, presign_expired
 from ._validation import check_int
 
@@ -78,6 +78,10 @@ class VideoSpec:
     activity: ActivityArg = None
     rep_count: int | None = None
     source: str | None = None
+
+
+BatchItem = Union[str, "os.PathLike[str]", VideoSpec]
+"""One input item of a batch: a path, or a VideoSpec for per-video metadata."""
 
 
 @frozen
