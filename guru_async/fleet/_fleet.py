@@ -36,11 +36,18 @@ from saq.queue.redis import RedisQueue
 from yarl import URL
 
 from .._aio import wait_for
-from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchProgress, BatchResult, BatchUpload, VideoSpec
+from .._batch import (
+    DEFAULT_MAX_IN_FLIGHT,
+    BatchItem,
+    BatchProgress,
+    BatchResult,
+    BatchUpload,
+    VideoSpec,
+)
 from .._payloads import resolve_fields
 from .._polling import DEFAULT_TIMEOUT
 from .._session import DEFAULT_BASE_URL
-from .._types import ActivityArg, BatchItem, DomainArg
+from .._types import ActivityArg, DomainArg
 from .._upload import is_url
 from .._urls import checked_url
 from .._validation import check_int
