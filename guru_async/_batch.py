@@ -43,7 +43,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import Any, Protocol, Union
 
-from attrs import Factory, define, field, frozen
+from attrs import Factory, define, evolve, field, frozen
 
 from ._aio import wait_for
 from ._client import CREATE_REPEAT_RISK, Client
@@ -859,6 +859,9 @@ class BatchRun:
             analysis = structure(
                 decode_json(entry.analysis.encode(), what="journal"), Analysis, what="journal"
             )
+            if analysis.video_id is None and entry.video_id is not None:
+                # Journals written before Analysis.video_id existed hold analyses without it.
+                analysis = evolve(analysis, video_id=entry.video_id)
         return BatchResult(item, video_id=entry.video_id, analysis=analysis)
 
     async def _recreate(self, waiting: _Waiting) -> BatchResult | None:

@@ -343,7 +343,8 @@ async def test_journal_of_an_older_version_opens_and_resumes(
 ) -> None:
     """A journal written by an older version (no upload target, no generation) opens, gains
     the new columns, restores its finished item without a request and gives its unfinished
-    one (a video without a recorded target) a new video, as before."""
+    one (a video without a recorded target) a new video, as before; the restored analysis
+    knows its video id although the old journal did not hold it."""
     done, unfinished = (video_file(f"{n}.mp4", size=2048) for n in ("done", "unfinished"))
     current = tmp_path / "current.db"
     finished = await collect(guru.batch_upload([done], journal=current))
@@ -359,6 +360,8 @@ async def test_journal_of_an_older_version_opens_and_resumes(
         db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
         db.execute(f"ATTACH DATABASE '{current}' AS current")
         db.execute(f"INSERT INTO items SELECT {columns} FROM current.items")  # noqa: S608
+        # Older versions wrote analyses without their video id.
+        db.execute("UPDATE items SET analysis = json_remove(analysis, '$.videoId')")
         service, _, fields, _ = json.loads(next(iter(journal_rows(current))))
         key = item_key(service, unfinished, fields)
         db.execute(
@@ -373,6 +376,8 @@ async def test_journal_of_an_older_version_opens_and_resumes(
     by_path: dict[Any, BatchResult] = {r.item: r for r in results}
     assert by_path[done].video_id == finished[0].video_id
     assert by_path[done].analysis == finished[0].analysis
+    assert by_path[done].analysis is not None
+    assert by_path[done].analysis.video_id == finished[0].video_id
     assert by_path[unfinished].ok
     assert by_path[unfinished].analysis is not None
     assert by_path[unfinished].analysis.status == AnalysisStatus.COMPLETE
