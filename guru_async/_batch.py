@@ -41,7 +41,7 @@ from collections.abc import (
     Iterator,
 )
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from attrs import Factory, define, evolve, field, frozen
 
@@ -1021,9 +1021,27 @@ class BatchRun:
         return None
 
 
+class BatchRunner(Protocol):
+    """What a BatchUpload runs: this process's BatchRun, or a fleet producer's run."""
+
+    @property
+    def progress(self) -> BatchProgress: ...
+
+    async def start(self) -> None:
+        """Start the batch (a failure here means nothing was done); idempotent."""
+
+    def results(self) -> AsyncGenerator[BatchResult, None]:
+        """The batch's results; the generator's end stops the batch."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop everything the batch runs; idempotent."""
+
+
 class BatchUpload:
-    """What ``GuruSession.batch_upload`` returns: the batch's results as an async iterator,
-    and an async context manager that stops the batch when its block ends.
+    """What ``GuruSession.batch_upload`` and ``Fleet.batch_upload`` return: the batch's results
+    as an async iterator, and an async context manager that stops the batch when its block
+    ends.
 
     ::
 
@@ -1037,7 +1055,7 @@ class BatchUpload:
     background until the object is garbage collected.
     """
 
-    def __init__(self, run: BatchRun) -> None:
+    def __init__(self, run: BatchRunner) -> None:
         self._run = run
         self._results = run.results()
 

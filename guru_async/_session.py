@@ -175,6 +175,10 @@ class GuruSession:
                 "limiter must be an AdaptiveLimiter or a RateLimiter (an object with "
                 f"async acquire()), got {type(limiter).__name__}"
             )
+        bind = getattr(limiter, "bind_session", None)
+        if callable(bind):
+            # A ceiling shared through Redis keys itself by the account it paces.
+            bind(client_id=self.client_id, base_url=str(self.base_url))
         self._transport = Transport(
             token=token,
             policy=_retry_policy(retry_policy, max_retries),

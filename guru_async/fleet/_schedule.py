@@ -50,7 +50,6 @@ from redis.exceptions import RedisError
 
 from .._models import Analysis
 from .._polling import PollPolicy, _PollState
-from ._protocol import durations_key
 
 log = logging.getLogger("guru_async.fleet")
 
@@ -254,9 +253,9 @@ async def redis_time(client: redis_async.Redis) -> float:
 class Durations:
     """The fleet's recent analysis durations: a Redis list of the latest MAX_SAMPLES."""
 
-    def __init__(self, client: redis_async.Redis, queue: str) -> None:
+    def __init__(self, client: redis_async.Redis, key: str) -> None:
         self._redis = client
-        self._key = durations_key(queue)
+        self._key = key
         self._cached: list[float] = []
         self._read_at = -math.inf
         self._learned: dict[PollPolicy, tuple[float, float] | None] = {}
