@@ -5,6 +5,9 @@ Options:
     --only NAME   run only this figure group (repeatable): upload, memory, tokens, polling,
                   overhead, decode, scale, soak, fleet_limits, fleet, chaos
     --seeds N     how many seeded fault schedules the chaos group runs (default 50; 2 quick)
+    --merge       with --only: put the measured figures into RESULTS.md (or --output), in place
+                  of the same figures, keeping every other one, e.g.
+                  ``python -m benchmarks --only chaos --seeds 50 --merge``
     --output PATH where to write the results; a full run of every figure writes
                   benchmarks/RESULTS.md by default, a --quick or --only run prints the table and
                   writes a file only when given --output (so it never replaces the full results)
@@ -39,6 +42,7 @@ from benchmarks import (
     upload,
 )
 from benchmarks._harness import Figure, log, render, scratch_root
+from benchmarks._merge import merge
 
 GROUPS: dict[str, ModuleType] = {
     module.NAME: module
@@ -80,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="how many seeded fault schedules the chaos group runs",
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: update these figures in RESULTS.md (or --output), keep the others",
+    )
     return parser
 
 
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     if args.seeds is not None and args.seeds < 1:
         raise SystemExit("--seeds must be at least 1")
+    if args.merge and (not args.only or args.quick):
+        raise SystemExit("--merge takes --only NAME (and full sizes, not --quick)")
     figures = asyncio.run(run_groups(names, quick=args.quick, seeds=args.seeds))
     seconds, load_after = time.perf_counter() - started, os.getloadavg()[0]
     mode = (" --quick" if args.quick else "") + "".join(f" --only {n}" for n in args.only or [])
@@ -122,11 +133,29 @@ def main(argv: list[str] | None = None) -> int:
         [inspect.cleandoc(benchmarks.__doc__ or "")]
         + [f"### {name}\n\n{inspect.cleandoc(GROUPS[name].__doc__ or '')}" for name in names]
     )
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if args.merge:
+        target = args.output or RESULTS
+        groups = {name: inspect.cleandoc(GROUPS[name].__doc__ or "") for name in names}
+        target.write_text(
+            merge(
+                target.read_text(encoding="utf-8"),
+                figures,
+                groups=groups,
+                mode=mode,
+                seconds=seconds,
+                date=date,
+                load=(load_before, load_after),
+            ),
+            encoding="utf-8",
+        )
+        log(f"merged {', '.join(f.number for f in figures)} into {target}")
+        return 1 if any(f.value == "failed" for f in figures) else 0
     text = render(
         figures,
         mode=mode,
         seconds=seconds,
-        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        date=date,
         load=(load_before, load_after),
         methods=methods,
     )
