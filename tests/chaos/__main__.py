@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import shutil
 import sys
 import tempfile
@@ -37,7 +38,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             f"--{field.name.replace('_', '-')}",
             dest=field.name,
             default=field.default,
-            type=lambda text, kind=field.type: _value(kind, text),
+            type=functools.partial(_value, field.type),
         )
     return parser.parse_args(argv)
 
