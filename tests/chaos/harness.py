@@ -18,7 +18,8 @@ A run (``run_seed``):
    same journal after the fault's ``duration`` (files listed in ``replace_file`` faults at the
    same time are rewritten in between: new content, new size, new mtime).
 4. When every fault has ended and the last producer run of each account has finished (or the
-   hard deadline passed), the invariants are checked (``Report.violations``):
+   hard deadline passed), the invariants of ``tests.chaos.invariants`` are checked (each
+   broken one is a line of ``Report.violations``):
 
    - ``one-result``: the last producer run reported exactly one result per item, none unknown;
    - ``item-ok``: every such result is a success (every fault here is transient);
@@ -30,9 +31,9 @@ A run (``run_seed``):
    - ``bound``: each account's last producer run finished within
      ``heartbeat + check_interval + work + slack`` (work: the items it still had to report
      then, in rounds of every upload slot, each the largest file) after the later of the
-     last fault's end and
-     its own start (a freeze counts from its start: the fleet must route around a frozen
-     worker); ``hang``: not finished at twice that: killed, never waited on forever;
+     last fault's end and its own start (a freeze counts from its start: the fleet must route
+     around a frozen worker); ``hang``: not finished at twice the whole batch's bound: killed,
+     never waited on forever;
    - ``worker-exit`` / ``producer-exit``: no process the harness did not kill exited by itself
      (a producer that found Redis down at start, with its clear RedisUnavailableError and
      nothing enqueued, is rerun after 1 s, as an operator would; that is no violation).
@@ -44,304 +45,50 @@ and ``Report.replay()`` the command that runs the same schedule again.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import json
 import logging
-import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import attrs
 
 from guru_async.testing import TOKEN_ROUTE, UPLOAD_ROUTE, FaultRule, GuruEmulator
-from tests.fleet_helpers import WorkerProcess, worker_env
-from tests.redis_server import RedisServer, free_port
-
-REPO = Path(__file__).resolve().parents[2]
-PRODUCER = Path(__file__).with_name("producer.py")
-
-KILL_WORKER = "kill_worker"
-FREEZE_WORKER = "freeze_worker"
-KILL_PRODUCER = "kill_producer"
-REPLACE_FILE = "replace_file"
-RESTART_REDIS = "restart_redis"
-STOP_REDIS = "stop_redis"
-TOKEN_429 = "token_429"
-STORAGE_DROP = "storage_drop"
-
-# replace_file is never drawn on its own: it follows a kill_producer, between the two runs.
-DRAWN_KINDS = (
-    KILL_WORKER,
+from tests.chaos import invariants
+from tests.chaos.accounts import Account, child_env, second_account_supported, write_files
+from tests.chaos.report import Report
+from tests.chaos.schedule import (
+    DRAWN_KINDS,
     FREEZE_WORKER,
     KILL_PRODUCER,
+    KILL_WORKER,
+    KINDS,
+    REPLACE_FILE,
     RESTART_REDIS,
     STOP_REDIS,
-    TOKEN_429,
     STORAGE_DROP,
+    TOKEN_429,
+    Config,
+    Fault,
+    make_schedule,
 )
-KINDS = (*DRAWN_KINDS, REPLACE_FILE)
+from tests.fleet_helpers import WorkerProcess
+from tests.redis_server import RedisServer, free_port
 
-ORPHAN = re.compile(r"possible orphan", re.IGNORECASE)
+__all__ = [
+    "DRAWN_KINDS",
+    "KINDS",
+    "REPLACE_FILE",
+    "Config",
+    "Fault",
+    "Report",
+    "make_schedule",
+    "run_seed",
+]
 
-
-@attrs.frozen
-class Config:
-    """What one chaos run looks like; every field is also a ``--flag`` of ``python -m
-    tests.chaos`` (so a report's replay command restores a non-default config).
-
-    Attributes:
-        items: Files in account A's batch (distinct sizes and contents).
-        workers: Worker slots of account A.
-        concurrency: Uploads at once per worker.
-        heartbeat: The producer's ``Fleet(heartbeat=)``: seconds until a silent worker's item
-            moves on.
-        check_interval: The producer's ``Fleet(check_interval=)``.
-        faults: Faults drawn per schedule (``replace_file`` ones come on top, after kills).
-        window: Faults start between 0.3 s and this many seconds after producer run 1 is ready.
-        min_bytes: The smallest file.
-        max_bytes: The largest file.
-        bandwidth: Storage bytes per second per upload, so uploads last long enough to be hit.
-        analysis_delay: Seconds from an upload until its analysis is Complete.
-        second_account: Run account B (a worker and a 3-item producer) on the same Redis and
-            default queue; None: only when ``Fleet`` takes ``client_id=`` (account keys).
-        slack: Seconds added to the bound for process starts and a loaded machine.
-        verbose: Workers log at DEBUG (``-v``), for a replay that must show why.
-    """
-
-    items: int = 8
-    workers: int = 2
-    concurrency: int = 2
-    heartbeat: int = 2
-    check_interval: float = 1.0
-    faults: int = 3
-    window: float = 4.0
-    min_bytes: int = 8_000
-    max_bytes: int = 40_000
-    bandwidth: float = 20_000.0
-    analysis_delay: float = 0.3
-    second_account: bool | None = None
-    slack: float = 4.0
-    verbose: bool = False
-
-    def work(self, items: int | None = None) -> float:
-        """Seconds ``items`` (default: all) take with every slot busy, the largest file each:
-        the bound's third term."""
-        count = self.items if items is None else items
-        rounds = math.ceil(count / (self.workers * self.concurrency))
-        return rounds * (self.max_bytes / self.bandwidth + self.analysis_delay)
-
-    def bound(self, items: int | None = None) -> float:
-        """Seconds a last producer run may take after the last fault, with ``items`` (default:
-        all) still to report then (see the module doc)."""
-        return self.heartbeat + self.check_interval + self.work(items) + self.slack
-
-    def flags(self) -> list[str]:
-        """The ``--flags`` that give this config (only fields that differ from the defaults)."""
-        out: list[str] = []
-        default = Config()
-        for field in attrs.fields(Config):
-            value = getattr(self, field.name)
-            if value != getattr(default, field.name):
-                shown = {None: "auto", True: "yes", False: "no"}.get(value, value)
-                out += [f"--{field.name.replace('_', '-')}", str(shown)]
-        return out
-
-
-@attrs.frozen
-class Fault:
-    """One timed fault of a schedule.
-
-    Attributes:
-        at: Seconds after producer run 1 is ready.
-        kind: One of ``KINDS``.
-        target: The worker slot (``kill_worker``, ``freeze_worker``) or the item's index
-            (``replace_file``); 0 otherwise.
-        duration: How long the fault lasts: the freeze, the Redis stop, the 429 or drop
-            window, or the pause before a killed producer's rerun.
-    """
-
-    at: float
-    kind: str
-    target: int = 0
-    duration: float = 0.0
-
-    def describe(self) -> str:
-        """One line: ``t=1.23 freeze_worker target=0 duration=4.10``."""
-        return f"t={self.at:.2f} {self.kind} target={self.target} duration={self.duration:.2f}"
-
-
-def make_schedule(seed: int, config: Config) -> list[Fault]:
-    """The faults of ``seed``, in time order: the same seed and config always give the same."""
-    rng = random.Random(seed)
-    faults: list[Fault] = []
-    for _ in range(config.faults):
-        kind = rng.choice(DRAWN_KINDS)
-        at = round(rng.uniform(0.3, config.window), 2)
-        if kind == KILL_WORKER:
-            faults.append(Fault(at, kind, target=rng.randrange(config.workers)))
-        elif kind == FREEZE_WORKER:
-            # Well past the lease (the heartbeat), as a paused VM is; often past the bound too,
-            # so a fleet that waits for the thaw instead of moving the item on is caught.
-            seconds = round(rng.uniform(1.5, 6.0) * config.heartbeat, 2)
-            faults.append(Fault(at, kind, target=rng.randrange(config.workers), duration=seconds))
-        elif kind == KILL_PRODUCER:
-            faults.append(Fault(at, kind, duration=round(rng.uniform(0.2, 1.0), 2)))
-            if rng.random() < 0.5:
-                faults.append(Fault(at, REPLACE_FILE, target=rng.randrange(config.items)))
-        elif kind == RESTART_REDIS:
-            faults.append(Fault(at, kind))
-        elif kind == STOP_REDIS:
-            faults.append(Fault(at, kind, duration=round(rng.uniform(1.0, 4.0), 2)))
-        else:  # TOKEN_429, STORAGE_DROP: a window of faults
-            faults.append(Fault(at, kind, duration=round(rng.uniform(1.0, 3.0), 2)))
-    # Stable: a replace_file stays right after the kill_producer it belongs to.
-    return sorted(faults, key=lambda f: f.at)
-
-
-@attrs.define
-class Report:
-    """What one run did and what it broke.
-
-    Attributes:
-        seed: The seed.
-        config: The config.
-        schedule: The faults, in time order.
-        history: ``(seconds after run 1 was ready, what happened)``, in order.
-        violations: One line per broken invariant, each starting with its name.
-        faults_run: Faults carried out, per kind.
-        videos: Videos created in account A's emulator.
-        item_versions: Items of A times the contents each had (1, or more once replaced).
-        orphans: "possible orphan" lines in the workers' logs.
-        wall: Seconds the whole run took, set-up included.
-        second_account: Whether account B ran.
-    """
-
-    seed: int
-    config: Config
-    schedule: list[Fault]
-    history: list[tuple[float, str]] = attrs.Factory(list)
-    violations: list[str] = attrs.Factory(list)
-    faults_run: collections.Counter[str] = attrs.Factory(collections.Counter)
-    videos: int = 0
-    item_versions: int = 0
-    orphans: int = 0
-    wall: float = 0.0
-    second_account: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """No invariant broken."""
-        return not self.violations
-
-    def replay(self) -> str:
-        """The command that runs this seed's schedule again."""
-        flags = " ".join(self.config.flags())
-        return f"PYTHONPATH=. python -m tests.chaos --seed {self.seed}{' ' if flags else ''}{flags}"
-
-    def describe(self) -> str:
-        """Seed, schedule, violations and history, for a failure message."""
-        lines = [
-            f"chaos seed {self.seed}: {len(self.violations)} violation(s); replay: {self.replay()}",
-            f"config: {self.config}",
-            f"second account: {'yes' if self.second_account else 'no'}",
-            "schedule:",
-            *(f"  {fault.describe()}" for fault in self.schedule),
-            "violations:",
-            *(f"  {v}" for v in self.violations),
-            f"videos {self.videos} for {self.item_versions} item versions, "
-            f"orphans logged {self.orphans}, wall {self.wall:.1f} s",
-            "history:",
-            *(f"  {t:7.2f} {what}" for t, what in self.history),
-        ]
-        return "\n".join(lines)
-
-
-# -- the processes -----------------------------------------------------------------------------
-
-
-def _child_env(emu: GuruEmulator) -> dict[str, str]:
-    """A worker's or producer's environment: ``emu``'s account, this checkout's code."""
-    env = worker_env(emu)
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO) if not path else f"{REPO}{os.pathsep}{path}"
-    return env
-
-
-@attrs.define
-class _Account:
-    """One account's emulator, files, workers and producer runs."""
-
-    name: str
-    emu: GuruEmulator
-    files: list[Path]
-    journal: str
-    workdir: Path
-    contents: dict[str, set[bytes]] = attrs.Factory(dict)  # file name -> every content it had
-    workers: list[WorkerProcess] = attrs.Factory(list)
-    killed: set[int] = attrs.Factory(set)  # pids the harness killed
-    exited: set[int] = attrs.Factory(set)  # pids whose exit is in the history
-    runs: list[subprocess.Popen[bytes]] = attrs.Factory(list)
-    run_started: list[float] = attrs.Factory(list)
-    generation: int = 0
-    retry_at: float | None = None  # when to rerun a producer that found Redis down at start
-
-    def output(self, run: int) -> Path:
-        return self.workdir / f"{self.name}-producer-{run + 1}.jsonl"
-
-    def events(self, run: int) -> list[dict[str, Any]]:
-        """The JSON lines producer run ``run`` printed (a killed run's last line may be cut)."""
-        path = self.output(run)
-        if not path.exists():
-            return []
-        found = []
-        for line in path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                found.append(json.loads(line))
-        return found
-
-    def done(self, run: int) -> float | None:
-        """When run ``run`` printed its done line, on the monotonic clock."""
-        for event in self.events(run):
-            if event.get("done"):
-                return float(event["t"])
-        return None
-
-    def all_pids(self) -> Iterator[subprocess.Popen[bytes]]:
-        yield from (w.process for w in self.workers)
-        yield from self.runs
-
-
-def write_files(
-    directory: Path, prefix: str, count: int, rng: random.Random, config: Config
-) -> list[Path]:
-    """``count`` files of distinct random sizes and contents, named ``{prefix}-NNN.mp4``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    sizes = rng.sample(range(config.min_bytes, config.max_bytes + 1), count)
-    files = []
-    for number, size in enumerate(sizes):
-        path = directory / f"{prefix}-{number:03d}.mp4"
-        path.write_bytes(rng.randbytes(size))
-        files.append(path)
-    return files
-
-
-def second_account_supported() -> bool:
-    """Whether ``Fleet`` takes ``client_id=``: only then do two accounts on one Redis have
-    keys of their own (before that, account B's worker takes A's items by design)."""
-    import inspect
-
-    from guru_async.fleet import Fleet
-
-    return "client_id" in inspect.signature(Fleet).parameters
+PRODUCER = Path(__file__).with_name("producer.py")
 
 
 class _Run:
@@ -355,7 +102,7 @@ class _Run:
         self.report = Report(seed, config, self.schedule)
         self.redis = RedisServer(workdir / "redis", free_port(), appendonly=True)
         self.redis_lock = asyncio.Lock()
-        self.accounts: list[_Account] = []
+        self.accounts: list[Account] = []
         self.t0 = time.monotonic()
         self.fault_end = 0.0  # monotonic end of the latest fault
         self.rng = random.Random(seed + 1_000_003)  # file contents: apart from the schedule's
@@ -372,7 +119,7 @@ class _Run:
 
     # -- processes -----------------------------------------------------------------------------
 
-    def start_worker(self, account: _Account, slot: int) -> WorkerProcess:
+    def start_worker(self, account: Account, slot: int) -> WorkerProcess:
         account.generation += 1
         log = self.workdir / f"{account.name}-worker{slot}-{account.generation}.log"
         args = [
@@ -390,7 +137,7 @@ class _Run:
                 stdin=subprocess.DEVNULL,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
-                env=_child_env(account.emu),
+                env=child_env(account.emu),
                 cwd=self.workdir,
             )
         worker = WorkerProcess(process, log)
@@ -401,7 +148,7 @@ class _Run:
         self.note(f"{account.name}: worker slot {slot} started, pid {process.pid}")
         return worker
 
-    def start_producer(self, account: _Account) -> None:
+    def start_producer(self, account: Account) -> None:
         run = len(account.runs)
         listing = self.workdir / f"{account.name}-items.txt"
         listing.write_text("".join(f"{p}\n" for p in account.files))
@@ -419,7 +166,7 @@ class _Run:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                env=_child_env(account.emu),
+                env=child_env(account.emu),
                 cwd=self.workdir,
             )
         account.runs.append(process)
@@ -427,7 +174,7 @@ class _Run:
         account.retry_at = None
         self.note(f"{account.name}: producer run {run + 1} started, pid {process.pid}")
 
-    def kill(self, account: _Account, process: subprocess.Popen[bytes]) -> None:
+    def kill(self, account: Account, process: subprocess.Popen[bytes]) -> None:
         account.killed.add(process.pid)
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -547,7 +294,7 @@ class _Run:
 
     # -- the run -------------------------------------------------------------------------------
 
-    async def wait_ready(self, account: _Account, deadline: float) -> bool:
+    async def wait_ready(self, account: Account, deadline: float) -> bool:
         while time.monotonic() < deadline:
             self.watch()
             if any(e.get("ready") for e in account.events(len(account.runs) - 1)):
@@ -581,7 +328,7 @@ class _Run:
                 files = write_files(
                     self.workdir / f"files-{name}", name.lower(), count, self.rng, config
                 )
-                account = _Account(name, emu, files, f"chaos-{name}-{self.seed}", self.workdir)
+                account = Account(name, emu, files, f"chaos-{name}-{self.seed}", self.workdir)
                 account.contents = {p.name: {p.read_bytes()} for p in files}
                 self.accounts.append(account)
             try:
@@ -650,116 +397,28 @@ class _Run:
     # -- invariants ----------------------------------------------------------------------------
 
     def check(self) -> None:
-        orphans = self.orphan_lines()
-        self.report.orphans = len(orphans)
         for account in self.accounts:
-            self.check_results(account)
-            self.check_bound(account)
-        self.check_videos(self.accounts[0], orphans)
-        self.check_accounts()
-
-    def orphan_lines(self) -> list[str]:
-        lines = []
-        for log in sorted(self.workdir.glob("*-worker*.log")):
-            lines += [
-                line for line in log.read_text(errors="replace").splitlines() if ORPHAN.search(line)
-            ]
-        return lines
-
-    def check_results(self, account: _Account) -> None:
-        run = len(account.runs) - 1
-        results = [e for e in account.events(run) if "item" in e]
-        for event in results:
-            self.note(
-                f"{account.name}: result {Path(event['item']).name} video "
-                f"{(event['video_id'] or '-')[:8]} {'ok' if event['ok'] else event['error']}",
-                at=float(event["t"]),
-            )
+            for event in invariants.last_results(account):
+                ok = "ok" if event["ok"] else event["error"]
+                self.note(
+                    f"{account.name}: result {Path(event['item']).name} video "
+                    f"{(event['video_id'] or '-')[:8]} {ok}",
+                    at=float(event["t"]),
+                )
         self.report.history.sort(key=lambda entry: entry[0])
-        by_item = collections.Counter(e["item"] for e in results)
-        known = {str(p) for p in account.files}
-        for item in sorted(known):
-            if by_item[item] != 1:
-                self.violate(
-                    f"one-result: {account.name} {Path(item).name} has {by_item[item]} results "
-                    f"in the last producer run ({run + 1})"
-                )
-        for item in sorted(set(by_item) - known):
-            self.violate(f"one-result: {account.name} result for an unknown item {item}")
-        for event in results:
-            name = Path(event["item"]).name
-            if not event["ok"]:
-                self.violate(f"item-ok: {account.name} {name} failed: {event['error']}")
-                continue
-            video_id = event["video_id"]
-            stored = account.emu.read_stored(video_id) if video_id else None
-            on_disk = Path(event["item"]).read_bytes()
-            if video_id not in account.emu.videos:
-                self.violate(f"content: {account.name} {name}: video {video_id} not in its account")
-            elif stored != on_disk:
-                what = (
-                    "nothing stored"
-                    if stored is None
-                    else (
-                        "an older content of the file"
-                        if stored in account.contents.get(name, set())
-                        else "other bytes"
-                    )
-                )
-                self.violate(f"content: {account.name} {name}: video {video_id[:8]} holds {what}")
-
-    def check_bound(self, account: _Account) -> None:
-        run = len(account.runs) - 1
-        done = account.done(run)
-        if done is None:
-            return  # a hang or an exit, already reported
-        start = max(self.fault_end, account.run_started[run])
-        left = sum(1 for e in account.events(run) if "item" in e and float(e["t"]) > start)
-        bound = self.config.bound(left)
-        took = done - start
-        if took > bound:
-            self.violate(
-                f"bound: {account.name}'s last producer run finished {took:.1f} s after the "
-                f"last fault, with {left} results to come then (bound {bound:.1f} s)"
-            )
-
-    def check_videos(self, account: _Account, orphans: list[str]) -> None:
-        per_name = collections.Counter(v.filename for v in account.emu.videos.values())
-        self.report.videos = sum(per_name[p.name] for p in account.files)
-        self.report.item_versions = sum(len(account.contents[p.name]) for p in account.files)
-        unattributed = [line for line in orphans if not any(p.name in line for p in account.files)]
-        spare = len(unattributed)
-        for path in account.files:
-            allowed = len(account.contents[path.name])
-            allowed += sum(1 for line in orphans if path.name in line)
-            extra = per_name[path.name] - allowed
-            if extra > 0 and spare >= extra:
-                spare -= extra  # orphans logged without the file's name cover it
-                continue
-            if extra > 0:
-                ids = [v.id[:8] for v in account.emu.videos.values() if v.filename == path.name]
-                uploads = [
-                    account.emu.uploads_completed[v]
-                    for v in account.emu.videos
-                    if account.emu.videos[v].filename == path.name
-                ]
-                self.violate(
-                    f"videos-per-item: {account.name} {path.name} has {per_name[path.name]} "
-                    f"videos {ids} (uploads completed {uploads}), allowed {allowed} "
-                    "(contents it had + orphans logged)"
-                )
-
-    def check_accounts(self) -> None:
+        orphans = invariants.orphan_lines(self.workdir)
+        a = self.accounts[0]
+        self.report.orphans = len(orphans)
+        self.report.videos, self.report.item_versions = invariants.video_counts(a)
+        found: list[str] = []
         for account in self.accounts:
-            own = {p.name for p in account.files}
-            contents = set().union(*account.contents.values())
-            for video in account.emu.videos.values():
-                stored = account.emu.read_stored(video.id)
-                if video.filename not in own or (stored is not None and stored not in contents):
-                    self.violate(
-                        f"accounts: video {video.id[:8]} of {video.filename} was created in "
-                        f"account {account.name}, which has no such item"
-                    )
+            found += invariants.one_result_each(account)
+            found += invariants.results_hold_the_files(account)
+            found += invariants.finished_in_bound(account, self.config, self.fault_end)
+        found += invariants.one_video_per_content(a, orphans)
+        found += invariants.accounts_kept_apart(self.accounts)
+        for violation in found:
+            self.violate(violation)
 
 
 def _tail(path: Path, lines: int = 3) -> str:
