@@ -252,10 +252,14 @@ class _Run:
             path = a.files[fault.target]
             size = len(path.read_bytes())
             content = self.rng.randbytes(size + 1 + self.rng.randrange(1000))
-            path.write_bytes(content)
+            # Replaced as a recorder saves a new take (a new file renamed over the old one), so
+            # an upload of the old take still reading it sees the old bytes, not a torn file.
+            fresh = path.with_suffix(".new")
+            fresh.write_bytes(content)
             # A new mtime even on a coarse clock: the content's identity is size + mtime_ns.
             stamp = time.time_ns() + 1_000_000_000
-            os.utime(path, ns=(stamp, stamp))
+            os.utime(fresh, ns=(stamp, stamp))
+            os.replace(fresh, path)
             a.contents[path.name].add(content)
             self.note(f"A: {path.name} replaced ({len(content)} bytes)")
         elif fault.kind in (RESTART_REDIS, STOP_REDIS):
