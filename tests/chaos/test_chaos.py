@@ -49,6 +49,6 @@ async def test_fleet_keeps_every_invariant_under_a_seeded_fault_schedule(
     current bytes, no item has a second video unless a possible orphan was logged, no account
     gets another's items, no process exits by itself, and the batch ends within the bound."""
     report = await run_seed(seed, Config(), tmp_path)
+    assert report.ok, report.describe()
     assert report.faults_run.total() == len(report.schedule)
     assert report.item_versions >= Config().items
-    assert report.ok, report.describe()
