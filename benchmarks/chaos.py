@@ -90,7 +90,11 @@ async def run(size: Size, workdir: Path) -> list[Figure]:
         orphans += report.orphans
         second = second or report.second_account
         if report.violations:
-            failing.append(f"seed {seed}: {report.violations[0]} (replay: `{report.replay()}`)")
+            broken = collections.Counter(v.split(":", 1)[0] for v in report.violations)
+            summary = ", ".join(f"{name} x{count}" for name, count in broken.items())
+            failing.append(
+                f"seed {seed} ({summary}): {report.violations[0]} (replay: `{report.replay()}`)"
+            )
     wall = time.perf_counter() - started
     per_item = videos / versions if versions else 0.0
     injected = ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items()))
