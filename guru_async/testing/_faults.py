@@ -162,6 +162,19 @@ class Faults:
         """Remove every rule (the ``fired`` counts are kept)."""
         self._rules.clear()
 
+    def remove(self, rule: FaultRule) -> bool:
+        """Remove ``rule`` (the very object given to :meth:`add`), so a fault can be switched
+        off at a chosen time while other rules stay; False when it was not there.
+
+        Args:
+            rule: The rule to remove.
+        """
+        for index, (added, _) in enumerate(self._rules):
+            if added is rule:
+                del self._rules[index]
+                return True
+        return False
+
     def draw(self, route: str) -> FaultRule | None:
         """Return the rule that fires for a request to ``route``, if any."""
         for rule, used in self._rules:
