@@ -121,6 +121,10 @@ async def workers(
         GURU_TOKEN_URL=endpoints.token_url,
     )
     procs = []
+    # The producer (this process, or a child started in the block) takes the workers' account.
+    account = {"GURU_CLIENT_ID": endpoints.client_id, "GURU_BASE_URL": endpoints.base_url}
+    saved = {name: os.environ.get(name) for name in account}
+    os.environ.update(account)
     try:
         for _ in range(count):
             proc = await asyncio.create_subprocess_exec(
@@ -139,6 +143,11 @@ async def workers(
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def emulator_stats(endpoints: Endpoints) -> dict[str, Any]:

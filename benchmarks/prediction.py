@@ -251,7 +251,7 @@ async def _fleet(size: Size, workdir: Path, files: list[Path]) -> dict[str, Outc
 
     from benchmarks.fleet import redis_server
     from guru_async.fleet import Fleet
-    from guru_async.fleet._protocol import DEFAULT_QUEUE, durations_key
+    from guru_async.fleet._protocol import DEFAULT_QUEUE, account_of, durations_key
 
     outcomes: dict[str, Outcome] = {}
     async with _emulator(size, workdir / "fleet") as emu:
@@ -260,7 +260,7 @@ async def _fleet(size: Size, workdir: Path, files: list[Path]) -> dict[str, Outc
         )
         with redis_server(workdir) as server:
             client = redis_sync.Redis.from_url(server.url)
-            key = durations_key(DEFAULT_QUEUE)
+            key = durations_key(account_of(emu.client_id, emu.base_url), DEFAULT_QUEUE)
             taught: dict[str, list[bytes]] = {}
             for number, mode in enumerate(MODES):
                 if mode in TAUGHT_BY:
@@ -271,7 +271,13 @@ async def _fleet(size: Size, workdir: Path, files: list[Path]) -> dict[str, Outc
                 async with _workers(endpoints, server.url, mode, size):
                     before = collections.Counter(emu.requests)
                     ids = []
-                    async with Fleet(server.url, heartbeat=2, check_interval=1.0) as fleet:
+                    async with Fleet(
+                        server.url,
+                        client_id=emu.client_id,
+                        base_url=emu.base_url,
+                        heartbeat=2,
+                        check_interval=1.0,
+                    ) as fleet:
                         async for r in fleet.batch_upload(paths, activity="squat"):
                             if not r.ok or r.video_id is None:
                                 raise RuntimeError(f"fleet {mode}: {r.item}: {r.error!r}")

@@ -42,6 +42,13 @@ async def fleet_emulator(
     return await start_emulator(analysis_delay=0.1, storage_bandwidth=BANDWIDTH)
 
 
+@pytest.fixture(autouse=True)
+def fleet_account(monkeypatch: pytest.MonkeyPatch, fleet_emulator: GuruEmulator) -> None:
+    """The producer in this process takes the workers' account from the environment."""
+    monkeypatch.setenv("GURU_CLIENT_ID", fleet_emulator.client_id)
+    monkeypatch.setenv("GURU_BASE_URL", fleet_emulator.base_url)
+
+
 @pytest.fixture
 async def workers(
     tmp_path: Path, fleet_emulator: GuruEmulator
@@ -100,8 +107,9 @@ async def test_fleet_batch_survives_a_worker_killed_mid_upload(
     fleet_emulator: GuruEmulator,
     workers: Callable[..., Awaitable[list[WorkerProcess]]],
 ) -> None:
-    """90 items on 3 workers, one SIGKILLed mid-upload: 90 complete results, each file stored
-    once, one token for the whole fleet."""
+    """90 items on 3 workers, one SIGKILLed mid-upload: 90 complete results, 90 videos (the
+    cut-off uploads resumed on their recorded targets), each file stored once, one token for
+    the whole fleet."""
     emu = fleet_emulator
     files = make_clips(tmp_path / "clips", 90)
     fleet_workers = await workers(redis_url, 3)
@@ -123,6 +131,7 @@ async def test_fleet_batch_survives_a_worker_killed_mid_upload(
     assert_all_complete(results, files)
     assert_stored_once(emu, files)
     assert cut_short, "the killed worker had no upload in flight"
+    assert len(emu.videos) == 90
     assert emu.token_requests <= 2
 
 
@@ -274,10 +283,11 @@ async def test_cli_batch_on_the_fleet_prints_the_table(
     fleet_emulator: GuruEmulator,
     workers: Callable[..., Awaitable[list[WorkerProcess]]],
 ) -> None:
-    """``guru-async batch --fleet URL`` runs on the workers and prints the usual table."""
+    """``guru-async batch --fleet URL`` runs on the workers and prints the usual table; the
+    producer needs the account's client id, not its secret."""
     files = make_clips(tmp_path / "clips", 3)
     await workers(redis_url, 1)
-    env = {k: v for k, v in worker_env(fleet_emulator).items() if not k.startswith("GURU_CLIENT")}
+    env = {k: v for k, v in worker_env(fleet_emulator).items() if k != "GURU_CLIENT_SECRET"}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -124,6 +124,7 @@ async def test_redis_down_paces_each_process_at_its_share(
         RedisRateLimiter(server.url, rate=20, burst=1) as limiter,
         RedisRateLimiter(server.url, rate=20, burst=1) as other_process,
         emulator.session(limiter=limiter) as guru,
+        emulator.session(limiter=other_process),  # the same account: one ceiling
     ):
         await limiter.acquire()
         await other_process.acquire()

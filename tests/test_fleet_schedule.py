@@ -169,7 +169,14 @@ async def test_fleet_polls_each_video_near_its_expected_finish(
             await asyncio.to_thread(worker.wait_ready)
 
         async def batch(files: list[Path]) -> dict[str, BatchResult]:
-            async with Fleet(redis_url, queue=QUEUE, heartbeat=2, check_interval=1.0) as fleet:
+            async with Fleet(
+                redis_url,
+                client_id=emu.client_id,
+                base_url=emu.base_url,
+                queue=QUEUE,
+                heartbeat=2,
+                check_interval=1.0,
+            ) as fleet:
                 return {str(r.item): r async for r in fleet.batch_upload(files, activity="squat")}
 
         await batch(_clips(tmp_path / "learn", 8))
@@ -190,7 +197,7 @@ async def test_fleet_polls_each_video_near_its_expected_finish(
         assert 1 <= polls[f"/videos/{r.video_id}/analysis"] <= 4, polls
     client = redis_sync.Redis.from_url(redis_url)
     try:
-        key = f"guru:fleet:{QUEUE}:durations"
+        (key,) = client.keys(f"guru:fleet:*:{QUEUE}:durations")
         durations = [float(v.split()[0]) for v in client.lrange(key, 0, -1)]
         ttl = client.ttl(key)
     finally:
@@ -225,7 +232,14 @@ async def test_fleet_plans_each_video_from_its_size(
             await asyncio.to_thread(worker.wait_ready)
 
         async def batch(files: list[Path]) -> dict[str, BatchResult]:
-            async with Fleet(redis_url, queue=queue, heartbeat=2, check_interval=1.0) as fleet:
+            async with Fleet(
+                redis_url,
+                client_id=emu.client_id,
+                base_url=emu.base_url,
+                queue=queue,
+                heartbeat=2,
+                check_interval=1.0,
+            ) as fleet:
                 return {str(r.item): r async for r in fleet.batch_upload(files, activity="squat")}
 
         await batch(_sized_clips(tmp_path / "learn", [10_000 * (i % 10 + 1) for i in range(10)]))
@@ -245,9 +259,8 @@ async def test_fleet_plans_each_video_from_its_size(
         assert 1 <= polls[f"/videos/{r.video_id}/analysis"] <= 3, polls
     client = redis_sync.Redis.from_url(redis_url)
     try:
-        entries = [
-            v.decode().split() for v in client.lrange(f"guru:fleet:{queue}:durations", 0, -1)
-        ]
+        (key,) = client.keys(f"guru:fleet:*:{queue}:durations")
+        entries = [v.decode().split() for v in client.lrange(key, 0, -1)]
     finally:
         client.close()
     assert len(entries) >= 15

@@ -83,7 +83,14 @@ async def open_batch(
         from ..fleet import Fleet
     except ImportError as exc:
         raise UsageError(str(exc)) from None
-    fleet = await stack.enter_async_context(Fleet(fleet_url(fleet_option, option="--fleet")))
+    try:
+        # The workers' account: GURU_CLIENT_ID (no secret needed here) and the base URL.
+        producer = Fleet(
+            fleet_url(fleet_option, option="--fleet"), base_url=getattr(args, "base_url", None)
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    fleet = await stack.enter_async_context(producer)
     return fleet.batch_upload(
         items,
         wait=not args.no_wait,

@@ -134,7 +134,13 @@ async def cmd_fleet_demo(args: argparse.Namespace, out: Output) -> int:
                     f"{emu.base_url}, 2 workers (pids {workers[0].pid}, {workers[1].pid})\n"
                 )
                 with _quiet_killed_uploads():
-                    results, killed = await _run(Fleet(url, heartbeat=2), specs, emu, workers, out)
+                    results, killed = await _run(
+                        Fleet(url, client_id=emu.client_id, base_url=emu.base_url, heartbeat=2),
+                        specs,
+                        emu,
+                        workers,
+                        out,
+                    )
             finally:
                 for worker in workers:
                     if worker.poll() is None:

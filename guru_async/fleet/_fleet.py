@@ -1,4 +1,16 @@
-"""The producer's side of a fleet: items in as saq jobs, one BatchResult per item back out."""
+"""The producer's side of a fleet: items in as saq jobs, one BatchResult per item back out.
+
+Every batch finishes without relying on saq's sweep being atomic (a sweeper killed between its
+abort and its re-queue leaves a job ``aborting`` in no list): every ``check_interval`` the
+producer reconciles its pending items with saq's job records and enqueues again, under a fresh
+job key, any item whose job is gone, ended early, or stuck in a transient state (``aborting``,
+or ``active`` without a heartbeat for ``heartbeat`` seconds), at once, and any whose job
+finished without a result reaching us at two checks in a row (the result may be on its way).
+So with one worker and Redis up, every item has its result within ``heartbeat +
+check_interval`` plus its own work after the last fault. The claims and fences (``_claims``)
+make a duplicate job harmless, and a result counts only for the item key it names while that
+item is pending.
+"""
 
 from __future__ import annotations
 
@@ -23,21 +35,33 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 from yarl import URL
 
-from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchProgress, BatchResult, VideoSpec
+from .._aio import wait_for
+from .._batch import (
+    DEFAULT_MAX_IN_FLIGHT,
+    BatchItem,
+    BatchProgress,
+    BatchResult,
+    BatchUpload,
+    VideoSpec,
+)
 from .._payloads import resolve_fields
 from .._polling import DEFAULT_TIMEOUT
-from .._types import ActivityArg, BatchItem, DomainArg
+from .._session import DEFAULT_BASE_URL
+from .._types import ActivityArg, DomainArg
 from .._upload import is_url
+from .._urls import checked_url
 from .._validation import check_int
 from ._protocol import (
     DEFAULT_QUEUE,
     DEFAULT_RETENTION,
     UPLOAD_FUNCTION,
     FleetJobError,
+    account_of,
     decode_analysis,
     decode_error,
     poll_queue_name,
     results_key,
+    upload_queue_name,
 )
 from ._redis import RedisUnavailableError, describe_client, describe_url
 from ._worker import ping, redis_client
@@ -57,16 +81,27 @@ class Fleet:
                 print(r.item, r.video_id, r.analysis, r.error)
 
     Workers (``guru-async worker --redis URL``) do the uploads and await the analyses; this
-    process only enqueues items and reads results back, so it needs no Guru credentials.
+    process only enqueues items and reads results back, so it needs no Guru secret, only the
+    account: the client id and base URL the workers use (``GURU_CLIENT_ID`` and
+    ``GURU_BASE_URL``, or ``client_id=`` and ``base_url=``). Every Redis key is namespaced by
+    that account, so fleets of two accounts can share one Redis and never take each other's
+    items.
 
-    Guarantees: each item yields exactly one BatchResult; its content is uploaded at most once
-    however often saq delivers its job (sweeps, workers killed mid-upload: see ``_claims``);
-    a journaled batch rerun after a crash restores finished items, awaits uploaded ones and
-    uploads only the rest.
+    Guarantees: each item yields exactly one BatchResult; each item gets one video, its
+    content uploaded to it however often saq delivers its job (sweeps, workers killed or
+    frozen mid-upload: see ``_claims``), except when a worker dies between Create Video's
+    answer and recording it (logged at WARNING as a possible orphan); with one worker and
+    Redis up, every item has its result within ``heartbeat + check_interval`` plus its own
+    work after the last fault; a journaled batch rerun after a crash restores finished
+    items, awaits uploaded ones and uploads only the rest.
 
     Args:
         redis: A ``redis://``/``rediss://`` URL (the Fleet then owns its connections), or a
             ``redis.asyncio.Redis`` the caller owns.
+        client_id: The account's client id; default ``$GURU_CLIENT_ID``. Required (one or
+            the other): a ValueError here otherwise.
+        base_url: The API's root the workers use; default ``$GURU_BASE_URL`` or the
+            production API.
         queue: The saq queue's name; the workers must use the same.
         retention: Seconds a finished item's claim (and an unread result) stays in Redis; a
             journaled rerun within it restores finished items instead of redoing them.
@@ -74,7 +109,7 @@ class Fleet:
             and the item goes to another worker.
         attempts: How many times saq delivers an item's job before giving up on it (each
             worker death costs one).
-        check_interval: Seconds between checks for items whose job ended without a result.
+        check_interval: Seconds between reconciliations of the pending items with saq's jobs.
         redis_timeout: How long this producer rides out a Redis outage before it raises.
     """
 
@@ -82,6 +117,8 @@ class Fleet:
         self,
         redis: str | redis_async.Redis,
         *,
+        client_id: str | None = None,
+        base_url: str | None = None,
         queue: str = DEFAULT_QUEUE,
         retention: int = DEFAULT_RETENTION,
         heartbeat: int = 10,
@@ -107,6 +144,13 @@ class Fleet:
         check_int("retention", retention, minimum=1, unit="seconds")
         check_int("heartbeat", heartbeat, minimum=1, unit="seconds")
         check_int("attempts", attempts, minimum=1)
+        if isinstance(check_interval, bool) or not (
+            isinstance(check_interval, (int, float)) and 0 < check_interval < float("inf")
+        ):
+            raise ValueError(
+                f"check_interval must be a number of seconds > 0, got {check_interval!r}"
+            )
+        self.account = _account(client_id, base_url)
         self.queue = queue
         self.retention = retention
         self.heartbeat = heartbeat
@@ -117,7 +161,15 @@ class Fleet:
         self._polls: RedisQueue | None = None
 
     def __repr__(self) -> str:
-        return f"Fleet({self.where!r}, queue={self.queue!r})"
+        return f"Fleet({self.where!r}, queue={self.queue!r}, account={self.account!r})"
+
+    @property
+    def queue_names(self) -> tuple[str, str]:
+        """The saq queues of this account's fleet: uploads, then analyses being awaited (for
+        saq's web UI, say)."""
+        return upload_queue_name(self.queue, self.account), poll_queue_name(
+            self.queue, self.account
+        )
 
     async def __aenter__(self) -> Fleet:
         if self._url is not None:
@@ -128,8 +180,9 @@ class Fleet:
         except BaseException:
             await self._close_own()
             raise
-        self._uploads = RedisQueue(self._client, name=self.queue)
-        self._polls = RedisQueue(self._client, name=poll_queue_name(self.queue))
+        uploads, polls = self.queue_names
+        self._uploads = RedisQueue(self._client, name=uploads)
+        self._polls = RedisQueue(self._client, name=polls)
         return self
 
     async def __aexit__(
@@ -159,14 +212,17 @@ class Fleet:
         activity: ActivityArg = None,
         rep_count: int | None = None,
         source: str | None = None,
-    ) -> AsyncGenerator[BatchResult, None]:
+    ) -> BatchUpload:
         """Upload many videos through the fleet, yielding one result per item as it completes.
 
-        The same contract as ``GuruSession.batch_upload``: results in completion order, every
-        item accounted for (a path missing on the worker is a result with its
-        ``FileNotFoundError``, a source URL that fails one with its ``SourceError``), at most
-        ``max_in_flight`` items enqueued and not yet reported, so Redis and this process stay
-        bounded for any number of items.
+        The same contract and the same ``BatchUpload`` as ``GuruSession.batch_upload``: an
+        async iterator of results in completion order and an async context manager that stops
+        the batch when its block ends, with live ``.progress`` and ``aclose()``. Every item is
+        accounted for (a path missing on the worker is a result with its
+        ``FileNotFoundError``, a source URL that fails one with its ``SourceError``), with at
+        most ``max_in_flight`` items enqueued and not yet reported, so Redis and this process
+        stay bounded for any number of items. Stopping the batch stops this producer only:
+        items already enqueued are still uploaded by the workers.
 
         A fleet takes sources any worker can reach: paths (on storage every worker mounts) and
         http(s) URLs, which the worker that takes the item streams straight into the upload
@@ -175,12 +231,20 @@ class Fleet:
         cannot travel to a worker on another machine: upload those with
         ``GuruSession.upload_video`` or ``GuruSession.batch_upload``.
 
+        An item's identity (its key) is the account, the path, the file's size and
+        ``mtime_ns`` as this process sees them, and the fields; a URL is keyed by the URL and
+        the fields. A file re-recorded between two runs is therefore a new item, never given
+        the old content's result. A path this process cannot stat (storage only the workers
+        mount) is keyed by its path and fields alone: within ``retention``, a journaled rerun
+        then restores its earlier result even if the file changed on the workers' storage.
+
         Args:
             items: Paths every worker can read, http(s) URLs, or VideoSpec with either as
                 its ``path``.
-            journal: A name for this batch. Rerunning with the same name and items after a
-                crash restores finished items, awaits uploaded ones and uploads the rest
-                (within the fleet's ``retention``); nothing is uploaded twice.
+            journal: A name for this batch. The same name is the same batch: rerunning with
+                it after a crash restores finished items, awaits uploaded ones and uploads the
+                rest (within the fleet's ``retention``); nothing is uploaded twice. A new name
+                is a new batch.
             wait: Await each analysis (True) or report each item once its upload is done.
             progress: Called with the BatchProgress counters whenever they change.
             timeout: Seconds to wait for each analysis after its upload.
@@ -234,7 +298,21 @@ class Fleet:
             max_in_flight=max_in_flight,
             defaults=defaults,
         )
-        return run.results()
+        return BatchUpload(run)
+
+
+def _account(client_id: str | None, base_url: str | None) -> str:
+    """The account the producer's keys are namespaced by, as its workers compute it."""
+    client_id = client_id or os.environ.get("GURU_CLIENT_ID")
+    if not isinstance(client_id, str) or not client_id:
+        raise ValueError(
+            "a Fleet needs the account's client id, the one its workers use: set "
+            "GURU_CLIENT_ID or pass Fleet(..., client_id=...) (the secret is not needed)"
+        )
+    base = base_url or os.environ.get("GURU_BASE_URL") or DEFAULT_BASE_URL
+    # Parsed as the session parses it, so producer and workers hash the same text.
+    parsed = checked_url(base, name="base_url", allow_insecure_http=True)
+    return account_of(client_id, str(parsed))
 
 
 @define
@@ -243,6 +321,8 @@ class _Pending:
     path: str
     fields: dict[str, Any]
     since: float
+    job_key: str
+    enqueued: int = 1
     uploaded: bool = False
     suspect: int = 0
 
@@ -265,6 +345,18 @@ def _location(item: object) -> str:
     )
 
 
+def _content_identity(path: str) -> list[int | None]:
+    """Size and mtime_ns of a path this process can stat; [None, None] for a URL or a path
+    only the workers can read."""
+    if is_url(path):
+        return [None, None]
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [None, None]
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _fields(spec: VideoSpec, d: dict[str, Any]) -> dict[str, Any]:
     # As in a one-process batch (an item's own activity picks its domain), as plain data for
     # the job and the item's identity.
@@ -277,8 +369,13 @@ def _fields(spec: VideoSpec, d: dict[str, Any]) -> dict[str, Any]:
     ).as_dict()
 
 
+# One Redis command may take this long before it counts as failed: a connection that went
+# silent (a server stopped, a network partition) must not hang the batch.
+_COMMAND_TIMEOUT = 10.0
+
+
 class _FleetRun:
-    """One execution of Fleet.batch_upload."""
+    """One execution of Fleet.batch_upload (the run behind its BatchUpload)."""
 
     def __init__(
         self,
@@ -301,7 +398,7 @@ class _FleetRun:
         self._polls = polls
         self._items = items
         self._batch = batch
-        self._results_key = results_key(fleet.queue, batch)
+        self._results_key = results_key(fleet.account, fleet.queue, batch)
         self._wait = wait
         self._on_progress = progress
         self._timeout = timeout
@@ -313,46 +410,62 @@ class _FleetRun:
         self._feeding = True
         self._input_error: BaseException | None = None
         self._down_since: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._crash: list[BaseException] = []
 
-    async def results(self) -> AsyncGenerator[BatchResult, None]:
-        tasks = [
+    async def start(self) -> None:
+        """Start feeding, receiving and reconciling; idempotent."""
+        if self._started:
+            return
+        self._started = True
+        self._tasks = [
             asyncio.create_task(self._feed()),
             asyncio.create_task(self._receive()),
             asyncio.create_task(self._check()),
         ]
-        crash: list[BaseException] = []
 
         def died(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None:
-                crash.append(task.exception())  # type: ignore[arg-type]
+                self._crash.append(task.exception())  # type: ignore[arg-type]
                 self._out.put_nowait(_END) if not self._out.full() else None
 
-        for task in tasks:
+        for task in self._tasks:
             task.add_done_callback(died)
+
+    async def results(self) -> AsyncGenerator[BatchResult, None]:
+        """Run the batch, yielding each item's result as it arrives."""
         try:
+            await self.start()
             while True:
-                if crash:
-                    raise crash[0]
+                if self._crash:
+                    raise self._crash[0]
                 result = await self._out.get()
                 if result is _END:
-                    if crash:
-                        raise crash[0]
+                    if self._crash:
+                        raise self._crash[0]
                     break
                 yield result
             if self._input_error is not None:
                 raise self._input_error
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop this producer's tasks (the workers go on with what is enqueued); idempotent."""
+        self._started = True  # a stopped run never starts again
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- Redis calls that ride out an outage -------------------------------------------------
 
     async def _redis(self, op: Callable[[], Any]) -> Any:
         while True:
             try:
-                result = await op()
-            except (RedisError, OSError) as exc:
+                result = await wait_for(op(), _COMMAND_TIMEOUT)
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 now = time.monotonic()
                 if self._down_since is None:
                     self._down_since = now
@@ -405,9 +518,12 @@ class _FleetRun:
         except (TypeError, ValueError) as exc:
             await self._emit(BatchResult(item, error=exc))
             return
-        identity = json.dumps([path, fields], sort_keys=True).encode()
-        key = f"{self._batch}:{number}:{hashlib.sha256(identity).hexdigest()[:16]}"
-        self._pending[key] = _Pending(item, path, fields, time.monotonic())
+        # The account and the content's identity: a file recorded again is a new key, so an
+        # earlier run's result for the old content is never taken for it.
+        identity = [self._fleet.account, path, *_content_identity(path), fields]
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        key = f"{self._batch}:{number}:{digest[:24]}"
+        self._pending[key] = _Pending(item, path, fields, time.monotonic(), job_key=key)
         await self._enqueue(key)
         self._report()
 
@@ -417,7 +533,7 @@ class _FleetRun:
         await self._redis(
             lambda: self._uploads.enqueue(
                 UPLOAD_FUNCTION,
-                key=key,
+                key=pending.job_key,
                 timeout=0,  # liveness is the heartbeat's job: an upload may take long
                 heartbeat=fleet.heartbeat,
                 retries=fleet.attempts,
@@ -429,6 +545,8 @@ class _FleetRun:
                 wait=self._wait,
                 analysis_timeout=self._timeout,
                 retention=fleet.retention,
+                result_key=key,
+                account=fleet.account,
             )
         )
 
@@ -463,7 +581,7 @@ class _FleetRun:
             message = json.loads(popped[1])
             pending = self._pending.get(message.get("key"))
             if pending is None:
-                continue  # a duplicate, or news of an earlier run: this run has its own
+                continue  # a duplicate, or news of another run or content: not ours
             if message.get("uploaded"):
                 if not pending.uploaded:
                     pending.uploaded = True
@@ -498,25 +616,29 @@ class _FleetRun:
         await self._emit(result)
         await self._maybe_end()
 
-    # -- the safety net ----------------------------------------------------------------------
+    # -- reconciliation ----------------------------------------------------------------------
 
     async def _check(self) -> None:
-        """Find items whose job ended without a result reaching us: report the ones saq gave
-        up on, enqueue again the ones whose result was lost (the claim makes that safe)."""
+        """Every check_interval, reconcile the pending items with saq's job records: report
+        the ones saq gave up on, enqueue again the ones whose job is lost or stuck."""
         interval = self._fleet.check_interval
         while True:
             await asyncio.sleep(interval)
             cutoff = time.monotonic() - interval
             keys = [k for k, p in self._pending.items() if p.since < cutoff]
             for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
+                chunk = [
+                    (k, p.job_key)
+                    for k in keys[start : start + 500]
+                    if (p := self._pending.get(k)) is not None
+                ]
                 uploads: list[Job | None] = await self._redis(
-                    functools.partial(self._uploads.jobs, chunk)
+                    functools.partial(self._uploads.jobs, [j for _, j in chunk])
                 )
                 polls: list[Job | None] = await self._redis(
-                    functools.partial(self._polls.jobs, [f"{k}:poll" for k in chunk])
+                    functools.partial(self._polls.jobs, [f"{j}:poll" for _, j in chunk])
                 )
-                for key, upload, poll in zip(chunk, uploads, polls, strict=True):
+                for (key, _), upload, poll in zip(chunk, uploads, polls, strict=True):
                     await self._inspect(key, upload, poll)
 
     async def _inspect(self, key: str, upload: Job | None, poll: Job | None) -> None:
@@ -524,7 +646,12 @@ class _FleetRun:
         if pending is None:
             return
         job = poll if poll is not None else upload
-        if job is not None and job.status in (Status.FAILED, Status.ABORTED):
+        ended = job is not None and job.status in (Status.FAILED, Status.ABORTED)
+        # saq gave up on a job after its attempts; a job ended early (a worker that woke up
+        # after its job was swept aborts it) is enqueued again, as many times.
+        gave_up = ended and job is not None and job.attempts >= job.retries
+        if ended and (gave_up or pending.enqueued >= self._fleet.attempts):
+            assert job is not None
             reason = (job.error or "").strip().splitlines()
             detail = reason[-1] if reason else "no error recorded"
             error = FleetJobError(
@@ -534,15 +661,44 @@ class _FleetRun:
             )
             await self._finish(key, BatchResult(pending.item, error=error))
             return
-        lost = job is None or (
+        # Finished without a result reaching us: seen twice in a row, so not a result still
+        # on its way (pushed just before the job finished, not yet read).
+        unanswered = job is not None and (
             job.status == Status.COMPLETE and (job is poll or not self._wait or poll is None)
         )
-        if not lost:
+        # Enqueued again at once, so the bound holds (heartbeat + check_interval): ended early,
+        # gone (expired, lost in a Redis restart), or stuck where saq's sweep left it
+        # (``aborting`` in no list, its sweeper killed) or before any sweep (``active``
+        # without a heartbeat for ``heartbeat`` seconds).
+        stalled = (
+            ended
+            or job is None
+            or job.status == Status.ABORTING
+            or (job.status == Status.ACTIVE and job.stuck)
+        )
+        if not (unanswered or stalled):
             pending.suspect = 0
             return
-        # Seen twice in a row, so not a result still on its way: enqueue it again.
-        pending.suspect += 1
-        if pending.suspect >= 2:
-            pending.suspect = 0
-            log.info("fleet: item %s has no result; enqueuing it again", key)
-            await self._enqueue(key)
+        if unanswered:
+            pending.suspect += 1
+            if pending.suspect < 2:
+                return
+        pending.suspect = 0
+        old = pending.job_key
+        if job is not None and job.status == Status.ABORTING:
+            # A record saq will never finish: let it expire like a finished job's.
+            ttl = min(self._fleet.retention, 3600)
+            stale = (self._polls if job is poll else self._uploads).job_id(job.key)
+            await self._redis(lambda: self._client.expire(stale, ttl))
+        # saq refuses a key it still holds, so the item goes under a fresh job key; its
+        # results still name the item's key.
+        pending.job_key = f"{key}#{pending.enqueued}"
+        pending.enqueued += 1
+        pending.since = time.monotonic()
+        log.info(
+            "fleet: item %s has no result and its job %s is %s; enqueuing it again",
+            key,
+            old,
+            "gone" if job is None else job.status.value,
+        )
+        await self._enqueue(key)

@@ -1,25 +1,37 @@
-"""What the producer and the workers agree on: queue and key names, the job arguments, and
-the result message a worker pushes back for each item.
+"""What the producer and the workers agree on: accounts, queue and key names, the job arguments,
+and the result message a worker pushes back for each item.
 
-Redis keys (``Q`` is the fleet's queue name, default ``guru-fleet``):
+Every key is namespaced by the account (``A``: 12 hex digits of the SHA-256 of the client id
+and the API's base URL, see :func:`account_of`), so two accounts sharing one Redis never see
+each other's items. ``Q`` is the fleet's queue name (default ``guru-fleet``); ``<item>`` is the
+SHA-256 of an item's work as a worker sees it (account, path, size, ``mtime_ns``, fields).
 
-    saq:Q:*, saq:job:Q:*         saq's own upload queue and its job records
-    saq:Q-poll:*, saq:job:Q-poll:*  saq's queue of videos waiting for their analysis
-    guru:fleet:Q:item:<sha256>   hash: one claimed item (state, video_id, analysis, error);
-                                 expires ``retention`` seconds after its last change
-    guru:fleet:Q:lease:<sha256>  string: the claim's lease (a redis-py Lock), a few seconds
-    guru:fleet:Q:results:<batch> list: result messages for one producer's batch; expires
-                                 ``retention`` seconds after its last push
-    guru:fleet:Q:durations       list: the latest 200 analysis durations, each "SECONDS WIDTH"
-                                 (the estimate and the width of the interval it lies in),
-                                 the learned poll schedule's data; expires ``retention``
-                                 seconds after its last push
+    saq:Q.A:*, saq:job:Q.A:*      saq's upload queue (its lists, sets and job records; a
+                                  finished job's record expires after min(retention, 1 h))
+    saq:Q-poll.A:*, saq:job:Q-poll.A:*  saq's queue of videos waiting for their analysis
+    saq:abort:<job key>           string: saq's abort marker, 5 s
+    guru:fleet:A:Q:item:<item>    hash: one claimed item (state, video_id, url, fields,
+                                  expires, analysis, fence); expires ``retention`` seconds
+                                  after its last change
+    guru:fleet:A:Q:lease:<item>   string: the random token of the item's lease holder;
+                                  expires after the lease (the job's heartbeat) unless renewed
+    guru:fleet:A:Q:fence:<item>   string: the item's fencing number (INCR per lease taken);
+                                  expires ``retention`` seconds after the last lease taken
+    guru:fleet:A:Q:results:<batch>  list: result messages for one producer's batch; expires
+                                  ``retention`` seconds after its last push
+    guru:fleet:A:Q:durations      list: the latest 200 analysis durations, each "SECONDS WIDTH"
+                                  (the estimate and the width of the interval it lies in),
+                                  the learned poll schedule's data; expires ``retention``
+                                  seconds after its last push
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
+
+from yarl import URL
 
 from .._converter import decode_json, structure, to_json
 from .._errors import (
@@ -71,25 +83,43 @@ UPLOAD_FUNCTION = "guru_fleet_upload"
 POLL_FUNCTION = "guru_fleet_await"
 
 
-def poll_queue_name(queue: str) -> str:
-    """The name of the saq queue that holds videos waiting for their analysis."""
-    return f"{queue}-poll"
+def account_of(client_id: str, base_url: str) -> str:
+    """The account a fleet's keys are namespaced by: a short hash of the client id and the
+    API's base URL (two backends of one client id are two accounts)."""
+    # As a session parses it (yarl lower-cases the host), without a trailing slash.
+    root = str(URL(base_url)).rstrip("/")
+    raw = f"{client_id}\n{root}".encode()
+    return hashlib.sha256(raw).hexdigest()[:12]
 
 
-def item_record_key(queue: str, item_hash: str) -> str:
-    return f"guru:fleet:{queue}:item:{item_hash}"
+def upload_queue_name(queue: str, account: str) -> str:
+    """The name of the saq queue that holds an account's items to upload."""
+    return f"{queue}.{account}"
 
 
-def lease_key(queue: str, item_hash: str) -> str:
-    return f"guru:fleet:{queue}:lease:{item_hash}"
+def poll_queue_name(queue: str, account: str) -> str:
+    """The name of the saq queue that holds an account's videos waiting for their analysis."""
+    return f"{queue}-poll.{account}"
 
 
-def results_key(queue: str, batch: str) -> str:
-    return f"guru:fleet:{queue}:results:{batch}"
+def item_record_key(account: str, queue: str, item_hash: str) -> str:
+    return f"guru:fleet:{account}:{queue}:item:{item_hash}"
 
 
-def durations_key(queue: str) -> str:
-    return f"guru:fleet:{queue}:durations"
+def lease_key(account: str, queue: str, item_hash: str) -> str:
+    return f"guru:fleet:{account}:{queue}:lease:{item_hash}"
+
+
+def fence_key(account: str, queue: str, item_hash: str) -> str:
+    return f"guru:fleet:{account}:{queue}:fence:{item_hash}"
+
+
+def results_key(account: str, queue: str, batch: str) -> str:
+    return f"guru:fleet:{account}:{queue}:results:{batch}"
+
+
+def durations_key(account: str, queue: str) -> str:
+    return f"guru:fleet:{account}:{queue}:durations"
 
 
 # -- result messages -------------------------------------------------------------------------

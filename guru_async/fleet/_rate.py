@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import secrets
 import time
 from types import TracebackType
 
 import redis.asyncio as redis_async
 
+from .._session import DEFAULT_BASE_URL
+from ._protocol import account_of
 from ._redis import RedisLink, Unavailable
 
+# The default key's prefix; the account it paces follows it (``guru_async:rate:<account>``).
 DEFAULT_KEY = "guru_async:rate"
 # Processes that reserved a slot within this window count as sharing the ceiling, for the
 # fallback share while Redis is down.
@@ -66,7 +70,11 @@ class RedisRateLimiter:
 
     Keys written: ``{key}`` (a string: the next free slot, in microseconds of Redis's clock;
     expires a second after the booked slots) and ``{key}:members`` (a sorted set of the
-    processes seen in the last minute; expires a minute after the last request).
+    processes seen in the last minute; expires a minute after the last request). The default
+    key is ``guru_async:rate:<account>``, the account (a short hash of client id and base URL,
+    as for every fleet key) taken from the session the limiter is given to, so two accounts
+    on one Redis never share a ceiling; used without a session, from ``GURU_CLIENT_ID`` and
+    ``GURU_BASE_URL`` (``guru_async:rate`` when there is no client id at all).
 
     Args:
         redis: A ``redis://``, ``rediss://`` or ``unix://`` URL (the limiter then owns its
@@ -75,7 +83,8 @@ class RedisRateLimiter:
         rate: Requests per second for the whole fleet.
         burst: How many requests may go at once after an idle spell; default a tenth of a
             second's worth (at least 1).
-        key: The Redis key; limiters with the same key share one ceiling.
+        key: The Redis key; limiters with the same key share one ceiling, whatever their
+            accounts. Default: one ceiling per account (see above).
         fallback_rate: Requests per second for this process while Redis is unavailable.
         timeout: The longest one Redis operation may take before Redis counts as down.
         cooldown: How long to pace locally after Redis failed before trying it again.
@@ -87,7 +96,7 @@ class RedisRateLimiter:
         *,
         rate: float,
         burst: float | None = None,
-        key: str = DEFAULT_KEY,
+        key: str | None = None,
         fallback_rate: float | None = None,
         timeout: float = 0.5,
         cooldown: float = 5.0,
@@ -99,12 +108,14 @@ class RedisRateLimiter:
             raise ValueError(f"burst must be at least 1 request, got {burst!r}")
         else:
             self.burst = float(burst)
-        if not isinstance(key, str) or not key:
+        if key is not None and (not isinstance(key, str) or not key):
             raise ValueError(f"key must be a non-empty str, got {key!r}")
         self.fallback_rate = (
             None if fallback_rate is None else _positive(fallback_rate, "fallback_rate")
         )
-        self.key = key
+        self._explicit_key = key is not None
+        self._account: str | None = None
+        self.key = key if key is not None else DEFAULT_KEY
         self._link = RedisLink(
             redis,
             what="its rate ceiling",
@@ -161,7 +172,30 @@ class RedisRateLimiter:
         if wait > 0:
             await asyncio.sleep(wait)
 
+    def bind_session(self, *, client_id: str | None, base_url: str) -> None:
+        """Key the default ceiling by the account of a session that uses this limiter
+        (``GuruSession`` calls this when given the limiter); an explicit ``key`` is kept.
+
+        Raises:
+            ValueError: The limiter already paces another account with its default key.
+        """
+        if self._explicit_key or not client_id:
+            return
+        account = account_of(client_id, base_url)
+        if self._account is not None and self._account != account:
+            raise ValueError(
+                "this RedisRateLimiter already paces another account; give each account its "
+                "own limiter (or one explicit key= to share a ceiling across accounts)"
+            )
+        self._account = account
+        self.key = f"{DEFAULT_KEY}:{account}"
+
     async def _reserve(self) -> float:
+        if self._account is None and not self._explicit_key:
+            client_id = os.environ.get("GURU_CLIENT_ID")
+            if client_id:
+                base = os.environ.get("GURU_BASE_URL") or DEFAULT_BASE_URL
+                self.bind_session(client_id=client_id, base_url=base)
         args = (self._interval_us, self._tolerance_us, self._member, _MEMBER_WINDOW * 1e6)
         keys = (self.key, self.key + ":members")
         wait_us, members = await self._link.run(

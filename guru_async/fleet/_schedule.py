@@ -43,7 +43,6 @@ from .._prediction import (
     precise_first,
     quantile,
 )
-from ._protocol import durations_key
 
 __all__ = [
     "CACHE_SECONDS",
@@ -154,9 +153,9 @@ def decode_sample(entry: bytes | str) -> DurationSample | None:
 class Durations:
     """The fleet's recent analyses: a Redis list of the latest MAX_SAMPLES, newest first."""
 
-    def __init__(self, client: redis_async.Redis, queue: str) -> None:
+    def __init__(self, client: redis_async.Redis, key: str) -> None:
         self._redis = client
-        self._key = durations_key(queue)
+        self._key = key
         self._cached: list[DurationSample] = []
         self._read_at = -math.inf
         self._predictions: dict[PollPolicy, Prediction] = {}

@@ -1,23 +1,32 @@
 """A fleet worker: two saq workers in one process, sharing one GuruSession.
 
-- The upload queue (``Q``) runs ``concurrency`` jobs at once; each claims its item, creates
-  the video, records its id, uploads, and records the upload (see ``_claims``). With
-  ``wait`` it then hands the video to the poll queue, so upload slots never sit waiting.
-- The poll queue (``Q-poll``) runs many cheap jobs at once, each awaiting one analysis; every
+A worker serves one account (its session's client id and base URL, see ``_protocol``): it
+only ever dequeues that account's queues, and refuses (reports an error for) a job that names
+another account.
+
+- The upload queue (``Q.A``) runs ``concurrency`` jobs at once; each takes its item's lease
+  (with a fencing number), resumes or creates its video, records the video id and its
+  presigned target before the first byte, uploads, and records the upload (see ``_claims``).
+  With ``wait`` it then hands the video to the poll queue, so upload slots never sit waiting.
+- The poll queue (``Q-poll.A``) runs many cheap jobs at once, each awaiting one analysis; every
   poll goes through the session's limiter, so with ``rate`` the fleet's polls share the
   fleet's one ceiling. Once the fleet has seen a few analyses finish, a job sleeps until near
   its video's expected finish and polls in steps proportional to the duration (``_schedule``);
   until then, or when that would not save polls, it follows the session's poll policy. A job
   holds its slot from its first wait to the result either way, so the learned schedule does
-  not keep slots any longer (it spends fewer requests in the same time).
+  not keep slots any longer (it spends fewer requests in the same time). It records the
+  analysis and reports it under the item's lease, and only while the item still stands on
+  its video.
 
 Every job keeps saq's heartbeat, so a job whose worker died is swept and retried elsewhere
-after ``heartbeat`` seconds; results go back to the producer on its batch's Redis list.
+after ``heartbeat`` seconds (and the producer enqueues again what a sweep failed to hand
+over); results go back to the producer on its batch's Redis list, each pushed under the
+item's fence, so a worker that lost its lease reports nothing.
 
 SIGTERM (or SIGINT): stop taking jobs, let uploads in flight finish for ``grace`` seconds,
 then hand back what is left (saq re-queues a cancelled job at once); analyses being awaited
 are handed back at once. SIGKILL loses nothing either: the jobs are swept and retried, and
-their claims keep the content from being uploaded twice.
+their claims keep the content from being uploaded twice or to a second video.
 """
 
 from __future__ import annotations
@@ -25,9 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as redis_async
@@ -44,22 +55,33 @@ from saq.worker import Worker
 from .._client import Client
 from .._converter import to_json
 from .._enums import AnalysisStatus, VideoStatus
-from .._errors import GuruError, redact
+from .._errors import GuruError, NotFoundError, UploadError, redact
 from .._models import Analysis, CreatedVideo
 from .._payloads import VideoFields
 from .._polling import DEFAULT_TIMEOUT, PollSchedule, poll_analysis
 from .._session import GuruSession, client_of
-from .._upload import UploadSource, check_file, is_url
+from .._upload import (
+    EXPIRY_MARGIN,
+    UploadSource,
+    check_file,
+    is_url,
+    policy_expiration,
+    presign_expired,
+)
 from .._validation import check_int
-from ._claims import Claims, LeaseLostError, item_hash
+from ._claims import Claims, ItemRecord, Lease, LeaseLostError, Target, item_hash
 from ._protocol import (
     DEFAULT_QUEUE,
     DEFAULT_RETENTION,
     POLL_FUNCTION,
     UPLOAD_FUNCTION,
+    FleetError,
+    account_of,
+    durations_key,
     encode_result,
     poll_queue_name,
     results_key,
+    upload_queue_name,
 )
 from ._redis import RedisUnavailableError, check_url, describe_url
 from ._schedule import Durations, DurationSample, Observer, estimate, redis_time
@@ -141,27 +163,39 @@ class _Context:
     """What every job of one worker process shares."""
 
     def __init__(
-        self, session: GuruSession, redis: redis_async.Redis, queue: str, poll: RedisQueue
+        self,
+        session: GuruSession,
+        redis: redis_async.Redis,
+        *,
+        account: str,
+        queue: str,
+        poll: RedisQueue,
     ) -> None:
         self.session = session
         self.client: Client = client_of(session)
         self.redis = redis
+        self.account = account
         self.queue = queue
         self.poll = poll
-        self.claims = Claims(redis, queue=queue)
-        self.durations = Durations(redis, queue)
-        self.service = self.client.service
+        self.claims = Claims(redis, account=account, queue=queue)
+        self.durations = Durations(redis, durations_key(account, queue))
 
-    async def push(self, batch: str, message: str, retention: int) -> None:
-        key = results_key(self.queue, batch)
+    def results(self, batch: str, account: str | None = None) -> str:
+        return results_key(account or self.account, self.queue, batch)
+
+    async def push(
+        self, batch: str, message: str, retention: int, *, account: str | None = None
+    ) -> None:
+        """Push a result no claim stands behind (the item failed before it was claimed)."""
+        key = self.results(batch, account)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, message)
             pipe.expire(key, retention)
             await pipe.execute()
 
-
-def _is_last_attempt(job: Job) -> bool:
-    return job.attempts >= job.retries
+    async def report(self, lease: Lease, batch: str, message: str, retention: int) -> None:
+        """Push a result under the item's fence (nothing is pushed if it is stale)."""
+        await self.claims.push(lease, self.results(batch), message, retention=retention)
 
 
 @contextlib.asynccontextmanager
@@ -186,6 +220,27 @@ async def _heartbeat(job: Job) -> Any:
                 await task
 
 
+def _lease_seconds(job: Job) -> float:
+    return max(float(job.heartbeat or 10), 1.0)
+
+
+async def _other_account(
+    fleet: _Context, job: Job, account: str | None, batch: str, key: str, retention: int
+) -> bool:
+    """Refuse (and report) a job of another account: its queue is not this worker's, so it
+    can only come from a misconfigured producer or a hand-made job."""
+    if account is None or account == fleet.account:
+        return False
+    log.error("fleet: job %s belongs to another account; not running it", job.key)
+    error = FleetError(
+        f"a worker of account {fleet.account} refused this item of account {account}: check "
+        "GURU_CLIENT_ID and GURU_BASE_URL on the producer and the workers"
+    )
+    message = encode_result(key, video_id=None, error=error)
+    await fleet.push(batch, message, retention, account=account)
+    return True
+
+
 async def _upload_job(
     ctx: dict[str, Any],
     *,
@@ -195,21 +250,20 @@ async def _upload_job(
     wait: bool,
     analysis_timeout: float = DEFAULT_TIMEOUT,
     retention: int = DEFAULT_RETENTION,
+    result_key: str | None = None,
+    account: str | None = None,
 ) -> None:
     job: Job = ctx["job"]
     fleet: _Context = ctx["fleet"]
-    key = job.key
+    # The producer may enqueue an item again under a fresh job key: results name the item.
+    key = result_key or job.key
+    if await _other_account(fleet, job, account, batch, key, retention):
+        return
     async with _heartbeat(job):
-        try:
-            await _upload_item(
-                fleet, job, batch, key, path, fields, wait, analysis_timeout, retention
-            )
-        except (LeaseLostError, RedisError, ConnectionError) as exc:
-            # The infrastructure failed, not the item: let saq retry the job, unless this was
-            # its last attempt, which must still report something.
-            if not _is_last_attempt(job):
-                raise
-            await fleet.push(batch, encode_result(key, video_id=None, error=exc), retention)
+        # Redis failing or the lease lost: the infrastructure failed, not the item. saq
+        # retries the job (or, after its last attempt, the producer reports it failed); a
+        # fenced-out worker reports nothing.
+        await _upload_item(fleet, job, batch, key, path, fields, wait, analysis_timeout, retention)
 
 
 async def _upload_item(
@@ -223,84 +277,166 @@ async def _upload_item(
     analysis_timeout: float,
     retention: int,
 ) -> None:
-    session = fleet.session
-    created_ids: list[str] = []
     try:
         # A URL is fetched only once the item is claimed and its content is still to send.
         file = None if is_url(path) else check_file(path)
-        size = None if file is None else file.stat().st_size
-        item = item_hash(fleet.service, path if file is None else file, fields)
+        item = item_hash(fleet.account, path if file is None else file, fields)
         # The producer resolved these against its own table: taken as they are.
         sent_fields = VideoFields.from_dict(fields)
-        lease = max(float(job.heartbeat or 10), 1.0)
-        async with fleet.claims.lease(item, seconds=lease):
+    except (OSError, ValueError, TypeError) as exc:
+        if isinstance(exc, ConnectionError):
+            raise
+        await fleet.push(batch, encode_result(key, video_id=None, error=exc), retention)
+        return
+    async with fleet.claims.lease(item, seconds=_lease_seconds(job), retention=retention) as lease:
+        created: list[str] = []
+        record = ItemRecord(None, None, None)
+        try:
             record = await fleet.claims.read(item)
             if record.state == "done" and record.video_id and record.analysis:
                 message = encode_result(key, video_id=record.video_id, analysis=record.analysis)
-                await fleet.push(batch, message, retention)
+                await fleet.report(lease, batch, message, retention)
                 return
-            video_id = record.video_id
-            if not (
-                video_id is not None
-                and (record.state == "uploaded" or await _arrived(session, video_id))
-            ):
-                if file is None:
-                    # Streamed from the URL into the upload: never held whole, never on disk.
-                    source = await fleet.client.source(path, None)
-                    size = source.size
-                else:
-                    source = UploadSource(file)
-
-                async def on_created(created: CreatedVideo) -> None:
-                    created_ids.append(created.id)
-                    await fleet.claims.record(
-                        item, "created", video_id=created.id, retention=retention
-                    )
-
-                video_id = await fleet.client.create_and_upload(
-                    source, sent_fields, on_created=on_created
+            video_id = record.video_id if record.state == "uploaded" else None
+            size = None if file is None else file.stat().st_size
+            if video_id is None:
+                video_id, size = await _deliver(
+                    fleet, lease, record, path, file, sent_fields, retention, created
                 )
-            if record.state != "uploaded" or record.video_id != video_id:
-                await fleet.claims.record(item, "uploaded", video_id=video_id, retention=retention)
-    except (RedisError, LeaseLostError):
-        raise
-    except (GuruError, OSError, ValueError, TypeError) as exc:
-        if isinstance(exc, ConnectionError):
+                await fleet.claims.record(lease, "uploaded", video_id=video_id, retention=retention)
+        except (RedisError, LeaseLostError):
             raise
-        video = created_ids[-1] if created_ids else None
-        await fleet.push(batch, encode_result(key, video_id=video, error=exc), retention)
-        return
-    message = encode_result(key, video_id=video_id, uploaded=True, size=size)
-    await fleet.push(batch, message, retention)
-    if not wait:
-        await fleet.push(batch, encode_result(key, video_id=video_id), retention)
-        return
-    # On Redis's clock: the poll job may run on a machine whose clock disagrees with this one.
-    uploaded_at = await redis_time(fleet.redis)
-    await fleet.poll.enqueue(
-        POLL_FUNCTION,
-        key=f"{key}:poll",
-        timeout=0,
-        heartbeat=job.heartbeat,
-        retries=job.retries,
-        retry_delay=1.0,
-        ttl=job.ttl,
-        batch=batch,
-        result_key=key,
-        item=item,
-        video_id=video_id,
-        deadline=time.time() + analysis_timeout,
-        retention=retention,
-        uploaded_at=uploaded_at,
-        size=size,
-    )
+        except (GuruError, OSError, ValueError, TypeError) as exc:
+            if isinstance(exc, ConnectionError):
+                raise
+            video = created[-1] if created else record.video_id
+            failed = encode_result(key, video_id=video, error=exc)
+            await fleet.report(lease, batch, failed, retention)
+            return
+        message = encode_result(key, video_id=video_id, uploaded=True, size=size)
+        await fleet.report(lease, batch, message, retention)
+        if not wait:
+            await fleet.report(lease, batch, encode_result(key, video_id=video_id), retention)
+            return
+        # On Redis's clock: the poll job may run on a machine whose clock disagrees with this.
+        uploaded_at = await redis_time(fleet.redis)
+        await fleet.poll.enqueue(
+            POLL_FUNCTION,
+            key=f"{job.key}:poll",
+            timeout=0,
+            heartbeat=job.heartbeat,
+            retries=job.retries,
+            retry_delay=1.0,
+            ttl=job.ttl,
+            batch=batch,
+            result_key=key,
+            item=item,
+            video_id=video_id,
+            deadline=time.time() + analysis_timeout,
+            retention=retention,
+            uploaded_at=uploaded_at,
+            account=fleet.account,
+            size=size,
+        )
 
 
-async def _arrived(session: GuruSession, video_id: str) -> bool:
-    # A worker killed between the upload and its record leaves "created": ask the API whether
-    # the content arrived, so it is never sent twice.
-    video = await session.get_video(video_id)
-    return video.status == VideoStatus.SUCCESS
+async def _deliver(
+    fleet: _Context,
+    lease: Lease,
+    record: ItemRecord,
+    path: str,
+    file: Path | None,
+    fields: VideoFields,
+    retention: int,
+    created_ids: list[str],
+) -> tuple[str, int | None]:
+    """Get the item's content to storage, once: resume its recorded video if there is one,
+    else create one and record it (with its presigned target) before any byte is sent.
+    Returns the video's id and the content's size."""
+    client = fleet.client
+    name = os.path.basename(path)
+    resume: CreatedVideo | None = None
+    if record.state == "created" and record.video_id is not None:
+        try:
+            video = await client.get_video(record.video_id)
+        except NotFoundError:
+            log.warning(
+                "fleet: video %s recorded for %s is gone (404); creating a new one",
+                record.video_id,
+                name,
+            )
+        else:
+            if video.status == VideoStatus.SUCCESS:
+                # Its content arrived (the worker died before recording that): not again.
+                size = None if file is None else file.stat().st_size
+                return record.video_id, size
+            target = record.target
+            if target is not None and (
+                target.expires is None or time.time() < target.expires - EXPIRY_MARGIN
+            ):
+                # The same key at storage: a second upload replaces the first, one video.
+                resume = CreatedVideo(record.video_id, target.url, target.fields)
+            else:
+                log.info(
+                    "fleet: the upload target of video %s (%s) expired; creating a new video",
+                    record.video_id,
+                    name,
+                )
+    # Streamed from a URL into the upload: never held whole, never on disk.
+    source = await client.source(path, None) if file is None else UploadSource(file)
+    try:
+        for attempt in (1, 2):
+            if resume is not None:
+                target_video, resume = resume, None
+            else:
+                target_video = await _create(fleet, lease, source, fields, name, retention)
+                created_ids.append(target_video.id)
+            try:
+                await client.upload(target_video, source, None)
+            except UploadError as exc:
+                # An expired presign is replaced by a fresh video once, as upload_video does.
+                if attempt == 1 and presign_expired(exc) and source.restartable:
+                    continue
+                raise
+            return target_video.id, source.size
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        source.release()
+
+
+async def _create(
+    fleet: _Context,
+    lease: Lease,
+    source: UploadSource,
+    fields: VideoFields,
+    name: str,
+    retention: int,
+) -> CreatedVideo:
+    """Create the item's video and record it with its target under the item's fence; the
+    one window for a second video (a crash between the answer and the record) is logged."""
+    try:
+        created = await fleet.client.create_video(
+            os.path.basename(source.name) or "video", source.size, fields
+        )
+    except asyncio.CancelledError:
+        log.warning(
+            "fleet: possible orphan: Create Video for %s was cut short and may have made a video",
+            name,
+        )
+        raise
+    target = Target(created.url, created.fields, policy_expiration(created.fields))
+    try:
+        await fleet.claims.record(
+            lease, "created", video_id=created.id, target=target, retention=retention
+        )
+    except BaseException:
+        log.warning(
+            "fleet: possible orphan: video %s was created for %s but could not be recorded",
+            created.id,
+            name,
+        )
+        raise
+    return created
 
 
 async def _poll_job(
@@ -313,38 +449,48 @@ async def _poll_job(
     deadline: float,
     retention: int = DEFAULT_RETENTION,
     uploaded_at: float | None = None,
+    account: str | None = None,
     size: int | None = None,
 ) -> None:
     job: Job = ctx["job"]
     fleet: _Context = ctx["fleet"]
+    if await _other_account(fleet, job, account, batch, result_key, retention):
+        return
     async with _heartbeat(job):
-        try:
-            record = await fleet.claims.read(item)
-            if record.state == "done" and record.video_id == video_id and record.analysis:
-                message = encode_result(result_key, video_id=video_id, analysis=record.analysis)
+        record = await fleet.claims.read(item)
+        if record.video_id != video_id:
+            # The item moved on to another video (re-created after a 404, say): the job of
+            # that video reports it.
+            log.info("fleet: video %s is no longer its item's; not awaiting it", video_id)
+            return
+        analysis: str | None = None
+        message: str
+        if record.state == "done" and record.analysis:
+            analysis = record.analysis
+            message = encode_result(result_key, video_id=video_id, analysis=analysis)
+        else:
+            try:
+                awaited = await _await_analysis(
+                    fleet, video_id, deadline, uploaded_at, retention, size
+                )
+            except GuruError as exc:
+                message = encode_result(result_key, video_id=video_id, error=exc)
             else:
-                try:
-                    analysis = await _await_analysis(
-                        fleet, video_id, deadline, uploaded_at, retention, size
-                    )
-                except GuruError as exc:
-                    message = encode_result(result_key, video_id=video_id, error=exc)
-                else:
-                    message = encode_result(result_key, video_id=video_id, analysis=analysis)
-                    await fleet.claims.record(
-                        item,
-                        "done",
-                        video_id=video_id,
-                        analysis=to_json(analysis).decode(),
-                        retention=retention,
-                    )
-            await fleet.push(batch, message, retention)
-        except (RedisError, ConnectionError) as exc:
-            if not _is_last_attempt(job):
-                raise
-            await fleet.push(
-                batch, encode_result(result_key, video_id=video_id, error=exc), retention
-            )
+                analysis = to_json(awaited).decode()
+                message = encode_result(result_key, video_id=video_id, analysis=analysis)
+        # Written and reported under the item's lease and fence, and only while the item
+        # still stands on this video.
+        async with fleet.claims.lease(
+            item, seconds=_lease_seconds(job), retention=retention
+        ) as lease:
+            current = await fleet.claims.read(item)
+            if current.video_id != video_id:
+                return
+            if analysis is not None and current.state != "done":
+                await fleet.claims.record(
+                    lease, "done", video_id=video_id, analysis=analysis, retention=retention
+                )
+            await fleet.report(lease, batch, message, retention)
 
 
 async def _await_analysis(
@@ -440,9 +586,15 @@ class FleetWorker:
         self._grace = grace
         self._sweep = sweep_interval
         self._stop = asyncio.Event()
+        if not session.client_id:
+            raise ValueError(
+                "a fleet worker needs a session with a client id: it names the account whose "
+                "items the worker takes (set GURU_CLIENT_ID or pass client_id=)"
+            )
+        self.account = account_of(session.client_id, str(session.base_url))
 
     def __repr__(self) -> str:
-        return f"FleetWorker({self.where!r}, queue={self._queue!r})"
+        return f"FleetWorker({self.where!r}, queue={self._queue!r}, account={self.account!r})"
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish (what SIGTERM does)."""
@@ -459,9 +611,12 @@ class FleetWorker:
         clients = [redis_client(self._url) for _ in range(3)]
         try:
             await ping(clients[0], self.where, url=self._url)
-            uploads = _FleetQueue(clients[0], name=self._queue)
-            polls = _FleetQueue(clients[1], name=poll_queue_name(self._queue))
-            fleet = _Context(self._session, clients[2], self._queue, polls)
+            # Only this account's queues: a worker never sees another account's items.
+            uploads = _FleetQueue(clients[0], name=upload_queue_name(self._queue, self.account))
+            polls = _FleetQueue(clients[1], name=poll_queue_name(self._queue, self.account))
+            fleet = _Context(
+                self._session, clients[2], account=self.account, queue=self._queue, poll=polls
+            )
             # Upkeep loops notice a stop only between sleeps: keep them short, so a SIGTERM
             # is not held up by them.
             timers = {"sweep": self._sweep, "schedule": 1, "abort": 1, "worker_info": 5}
@@ -498,7 +653,12 @@ class FleetWorker:
                     asyncio.create_task(upload_worker.start()),
                     asyncio.create_task(poll_worker.start()),
                 ]
-                log.info("fleet worker on %s, queue %s: ready", self.where, self._queue)
+                log.info(
+                    "fleet worker on %s, queue %s, account %s: ready",
+                    self.where,
+                    self._queue,
+                    self.account,
+                )
                 if on_ready is not None:
                     await on_ready()
                 await self._stop.wait()

@@ -274,3 +274,15 @@ class GuruEmulator:
     def stored_path(self, video_id: str) -> Path:
         """Where the content uploaded for ``video_id`` is (or would be) stored."""
         return self._state.stored_path(video_id)
+
+    def read_stored(self, video_id: str) -> bytes | None:
+        """The bytes storage holds for ``video_id`` now (the last complete upload), or None
+        when nothing was stored for it, so a test can compare what arrived with its source.
+
+        Args:
+            video_id: A video id from Create Video.
+        """
+        try:
+            return self._state.stored_path(video_id).read_bytes()
+        except FileNotFoundError:
+            return None
