@@ -23,12 +23,14 @@ Two ways to learn, the better one on the samples seen is used:
 - a schedule per video from its size (:class:`SizeModel`): an analysis's duration grows with
   the video (frames to process), so a line ``seconds = intercept + slope * bytes`` is fitted by
   Theil-Sen (the median of the slopes between every two samples, robust to a few odd
-  analyses, deterministic, no numpy) and the spread is kept as quantiles of each sample's
-  duration over the line's prediction (relative: a 60 s analysis varies by more seconds than a
-  5 s one). The first poll comes ``LAG`` after the predicted early end of the spread, so even
+  analyses, deterministic, no numpy), corrected near each size by the median of the nearest
+  half of the samples (so a region the line misses, say small videos all done by their first
+  poll, follows its own analyses), and the spread is kept as quantiles of each sample's
+  duration over that prediction (relative: a 60 s analysis varies by more seconds than a 5 s
+  one). The first poll comes ``LAG`` after the predicted early end of the spread, so even
   the earliest analyses like it are seen about ``LAG`` of their duration late, and most are
-  seen at the first or second poll (with durations +/- 15 % around the line, 1.7 polls on
-  average). The early end is mirrored from the late one around the median (below the first
+  seen at the first or second poll (with durations +/- 15 % around the line, under 2 polls
+  on average). The early end is mirrored from the late one around the median (below the first
   poll the samples only say "done by then", so the low tail cannot be read from them), and the
   first poll is never past the ``FIRST`` quantile, so the median stays observable and the line
   follows analyses that get faster.

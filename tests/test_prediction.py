@@ -293,6 +293,7 @@ async def test_a_rerun_starts_warm_from_the_journal(tmp_path: Path) -> None:
         kept = db.execute("SELECT size, seconds, width FROM analysis_samples").fetchall()
     assert len(kept) == 13
     for size, seconds, width in kept:
-        # Within the spread, or one lag under it when done at the planned first poll.
-        assert 0.75 * size / 50_000 <= seconds <= 1.2 * size / 50_000
+        # Within the spread, one lag under it when done at the planned first poll, or up to
+        # half a poll step over it (the first batch's estimates, on the policy's polls).
+        assert 0.75 * size / 50_000 <= seconds <= 1.5 * size / 50_000
         assert width >= 0
