@@ -457,14 +457,20 @@ class BatchRun:
         workers = [asyncio.create_task(self._upload_worker()) for _ in range(self._concurrency)]
         poller = asyncio.create_task(self._poll_loop())
         tasks = [*workers, poller]
+        counter = None
         if self._count_items is not None:
-            tasks.append(asyncio.create_task(self._count(self._count_items)))
+            counter = asyncio.create_task(self._count(self._count_items))
+            tasks.append(counter)
 
         async def pipeline() -> None:
             await asyncio.gather(*workers)
             self._uploads_over = True
             self._wakeup.set()
             await poller
+            if counter is not None:
+                # A rerun that restores everything can outrun its count: the last report
+                # still gets final totals (the count reads what the batch read, no more).
+                await counter
 
         main = asyncio.create_task(pipeline())
         tasks.append(main)

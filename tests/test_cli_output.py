@@ -40,7 +40,8 @@ FAST_POLLS = PollPolicy(interval=0.01, max_interval=0.05)
 # The names a results table must cope with: wide characters and a newline.
 NAMES = ("plain.mp4", "スクワット.mp4", "new\nline.mp4")
 PLAIN_LINE = re.compile(
-    r"^uploads 3/3: 0\.7/0\.7 MB, [\d.]+ MB/s \| analyses: 0 pending, 3 complete, 0 failed"
+    r"^uploads 3/3 \(3 uploaded, 0 restored, 0 failed\): 0\.7/0\.7 MB, [\d.]+ MB/s \| "
+    r"analyses: 0 pending, 3 complete, 0 failed"
     r" \| [\d.]+ s$"
 )
 
@@ -457,7 +458,8 @@ async def test_display_writes_plain_lines_while_the_batch_runs(
     assert len(lines) >= 3  # the analysis alone takes 0.2 s: several intervals
     assert "\x1b" not in stream.getvalue()
     assert re.match(
-        r"^uploads 1/1: 0\.1/0\.1 MB, [\d.]+ MB/s \| analyses: 0 pending, 1 complete, 0 failed",
+        r"^uploads 1/1 \(1 uploaded, 0 restored, 0 failed\): 0\.1/0\.1 MB, [\d.]+ MB/s \| "
+        r"analyses: 0 pending, 1 complete, 0 failed",
         lines[-1],
     )
     assert any("1 pending" in line for line in lines)
