@@ -150,7 +150,8 @@ class BatchProgress:
         total: How many items the input holds, or None while that is unknown. An input that
             can be read twice (a list, a folder listing; not an iterator or generator) is
             counted ahead of the uploads, so it is known almost at once; a one-pass input is
-            known when it runs out. While ``counting``, the count so far (a lower bound).
+            known when it runs out. While ``counting``, the count so far (a lower bound), or
+            None before the first items are counted.
         counting: True while ``total`` and ``bytes_to_send`` are still being counted (they
             only grow until then, and never move after).
         restored: Items an earlier run (or another batch sharing the journal) had already
@@ -159,8 +160,9 @@ class BatchProgress:
             create or upload refused): included in ``failed``.
         bytes_to_send: The bytes the whole batch will send (the sizes of the items the journal
             does not already have uploaded), once counted (see ``total``); None for a
-            one-pass input. ``bytes_sent`` passes it only when an upload is sent again (an
-            expired presign, a journaled video the service lost).
+            one-pass input. A plan: ``bytes_sent`` ends below it when an upload fails or an
+            item turns out already sent (listed twice, or an interrupted upload that had
+            arrived), above it only when a journaled video the service lost is sent again.
     """
 
     started: int = 0
@@ -311,10 +313,8 @@ class BatchRun:
         resolve_fields(defaults=defaults)
         self._defaults = defaults
         self.progress = BatchProgress()
-        if self._count_items is not None:
-            self.progress.total = 0
-            self.progress.bytes_to_send = 0
-            self.progress.counting = True
+        # Totals stay None until the count's first chunk is in.
+        self.progress.counting = self._count_items is not None
         self._read = 0
         self._input_over = False
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * upload_concurrency + 16)
