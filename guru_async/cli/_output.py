@@ -229,7 +229,6 @@ def _bytes_columns() -> list[Any]:
         DownloadColumn(table_column=Column(width=16, justify="right")),
         TransferSpeedColumn(table_column=Column(width=11, justify="right")),
         TimeRemainingColumn(table_column=Column(width=8, justify="right")),
-        TextColumn("{task.fields[counts]}", markup=False),
     ]
 
 
@@ -276,6 +275,7 @@ class BatchDisplay(LiveProgress):
         self._totals: Progress | None = None
         self._results: Progress | None = None
         self._rows: dict[int, TaskID] = {}
+        self._breakdown = Text(no_wrap=True, overflow="ellipsis")
         self._last_sent = 0
         self._sent_at: float | None = None
         self._all: TaskID | None = None
@@ -341,9 +341,7 @@ class BatchDisplay(LiveProgress):
         console = Console(file=self._stream, force_terminal=True)
         self._files = Progress(*_bytes_columns(), console=console, auto_refresh=False)
         self._totals = Progress(*_bytes_columns(), console=console, auto_refresh=False)
-        self._all = self._totals.add_task(
-            "uploads", total=self._bytes_to_send(), counts=self._upload_counts()
-        )
+        self._all = self._totals.add_task("uploads", total=self._bytes_to_send())
         self._results = Progress(
             TextColumn("{task.description}", markup=False, table_column=Column(width=24)),
             BarColumn(bar_width=30),
@@ -355,7 +353,8 @@ class BatchDisplay(LiveProgress):
         self._done = self._results.add_task(
             self._what(), total=self._total(), counts=self._counts()
         )
-        return Group(self._files, self._totals, self._results)
+        # Item counts on a line of their own: the rows above fill a terminal's width already.
+        return Group(self._files, self._totals, self._breakdown, self._results)
 
     def sync(self) -> None:
         """Add a row for each new upload in flight, move every bar, drop finished uploads."""
@@ -369,7 +368,7 @@ class BatchDisplay(LiveProgress):
             row = self._rows.get(number)
             if row is None:
                 name = printable(Path(item_path(upload.item)).name)
-                row = self._rows[number] = files.add_task(name, total=upload.bytes_total, counts="")
+                row = self._rows[number] = files.add_task(name, total=upload.bytes_total)
             files.update(row, completed=upload.bytes_sent)
         for number in [n for n in self._rows if n not in p.uploading]:
             files.remove_task(self._rows.pop(number))
@@ -378,8 +377,8 @@ class BatchDisplay(LiveProgress):
             description=f"uploads {self._uploads()}",
             completed=p.bytes_sent,
             total=self._bytes_to_send(),
-            counts=self._upload_counts(),
         )
+        self._breakdown.plain = f"  {self._upload_counts()}"
         results.update(
             self._done,
             description=self._what(),
