@@ -36,6 +36,7 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Callable,
+    Collection,
     Coroutine,
     Iterable,
     Iterator,
@@ -147,11 +148,11 @@ class BatchProgress:
         uploading: The uploads in flight, by a number unique within the batch, each with its
             own bytes: an entry appears when its content starts to go out and is removed when
             that upload ends, sent or failed. At most ``upload_concurrency`` entries.
-        total: How many items the input holds, or None while that is unknown. An input that
-            can be read twice (a list, a folder listing; not an iterator or generator) is
-            counted ahead of the uploads, so it is known almost at once; a one-pass input is
-            known when it runs out. While ``counting``, the count so far (a lower bound), or
-            None before the first items are counted.
+        total: How many items the input holds, or None while that is unknown. A list, tuple
+            or set (or with ``count_ahead=True`` any input that can be read twice, such as a
+            folder listing) is counted ahead of the uploads, so it is known almost at once;
+            any other input when it runs out. While ``counting``, the count so far (a lower
+            bound), or None before the first items are counted.
         counting: True while ``total`` and ``bytes_to_send`` are still being counted (they
             only grow until then, and never move after).
         restored: Items an earlier run (or another batch sharing the journal) had already
@@ -159,9 +160,9 @@ class BatchProgress:
         upload_failed: Items that failed before their video was uploaded (a bad file, a
             create or upload refused): included in ``failed``.
         bytes_to_send: The bytes the whole batch will send (the sizes of the items the journal
-            does not already have uploaded), once counted (see ``total``); None for a
-            one-pass input. A plan: ``bytes_sent`` ends below it when an upload fails or an
-            item turns out already sent (listed twice, or an interrupted upload that had
+            does not already have uploaded), once counted (see ``total``); None for an input
+            not counted ahead. A plan: ``bytes_sent`` ends below it when an upload fails or
+            an item turns out already sent (listed twice, or an interrupted upload that had
             arrived), above it only when a journaled video the service lost is sent again.
     """
 
@@ -277,6 +278,7 @@ class BatchRun:
         poll_rate: float,
         max_in_flight: int,
         defaults: dict[str, Any],
+        count_ahead: bool | None = None,
     ) -> None:
         check_int("upload_concurrency", upload_concurrency, minimum=1)
         check_int("max_in_flight", max_in_flight, minimum=None)
@@ -295,12 +297,13 @@ class BatchRun:
         # An input that can be read twice is counted ahead of the uploads (see _batch_count).
         self._count_items: Iterable[BatchItem] | None = None
         if isinstance(items, AsyncIterable):
+            if count_ahead:
+                raise TypeError("count_ahead=True cannot read an async iterable twice")
             self._async_items = aiter(items)
         elif isinstance(items, (str, os.PathLike)):
             raise TypeError("batch_upload takes an iterable of paths; wrap one path in a list")
         else:
-            if reiterable(items):
-                self._count_items = items
+            self._count_items = _countable(items, count_ahead)
             self._sync_items = iter(items)
         self._concurrency = upload_concurrency
         self._wait = wait
@@ -1176,6 +1179,22 @@ class BatchUpload:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _countable(items: Iterable[BatchItem], count_ahead: bool | None) -> Iterable[BatchItem] | None:
+    """``items`` if the batch may read them a second time to count them, else None."""
+    if count_ahead is None:
+        # Only what is surely safe to read twice: an iterable of the caller's own could hand
+        # out shared state (a queue, an open file), and a second reading would take its items.
+        return items if isinstance(items, Collection) else None
+    if not isinstance(count_ahead, bool):
+        raise TypeError(f"count_ahead must be True, False or None, got {count_ahead!r}")
+    if count_ahead and not reiterable(items):
+        raise TypeError(
+            "count_ahead=True reads the input twice: pass an iterable whose iter() starts a "
+            f"fresh reading (a list, a folder listing), not an iterator ({type(items).__name__})"
+        )
+    return items if count_ahead else None
 
 
 def _describe(item: BatchItem) -> str:

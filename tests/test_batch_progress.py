@@ -4,12 +4,14 @@ known, through the Python API against the emulator."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 
 from guru_async import BatchProgress, GuruSession
 
@@ -165,3 +167,54 @@ async def test_a_long_input_shows_growing_lower_bounds_while_it_is_counted(
     assert {s["bytes_to_send"] for s in snapshots.counted()} == {5000}
     last = seen[-1]
     assert (last["uploaded"], last["upload_failed"], last["bytes_sent"]) == (1, 600, 5000)
+
+
+class Listing:
+    """A re-iterable input like a folder listing: each iter() is a fresh reading."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.readings = 0
+
+    def __iter__(self) -> Iterator[Path]:
+        self.readings += 1
+        return iter(list(self.paths))
+
+
+class SharedFeed:
+    """An iterable whose every iter() takes items from one shared queue."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.queue = collections.deque(paths)
+
+    def __iter__(self) -> Iterator[Path]:
+        while self.queue:
+            yield self.queue.popleft()
+
+
+async def test_count_ahead_reads_an_iterable_twice_only_when_asked(
+    guru: GuruSession, video_file: MakeFile
+) -> None:
+    """An iterable of the caller's own is read once by default, so one that hands out shared
+    items loses none to a count; with count_ahead=True a listing is read twice and its totals
+    known before the end; an iterator with count_ahead=True is a TypeError before anything
+    is sent."""
+    paths = [video_file(f"l-{i}.mp4", size=3000) for i in range(5)]
+
+    feed = SharedFeed(paths)
+    snapshots = Snapshots()
+    results = [r async for r in guru.batch_upload(feed, progress=snapshots, wait=False)]
+    assert sorted(str(r.item) for r in results) == sorted(str(p) for p in paths)
+    assert snapshots.seen[-1]["total"] == 5
+    assert {s["bytes_to_send"] for s in snapshots.seen} == {None}
+
+    listing = Listing(paths)
+    snapshots = Snapshots()
+    batch = guru.batch_upload(listing, progress=snapshots, wait=False, count_ahead=True)
+    assert len([r async for r in batch]) == 5
+    assert listing.readings == 2
+    assert_never_backwards(snapshots.seen)
+    assert {(s["total"], s["bytes_to_send"]) for s in snapshots.counted()} == {(5, 15_000)}
+
+    with pytest.raises(TypeError, match="not an iterator"):
+        guru.batch_upload(iter(paths), count_ahead=True)

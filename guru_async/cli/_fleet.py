@@ -77,6 +77,7 @@ async def open_batch(
             journal=args.journal,
             progress=progress,
             timeout=args.timeout,
+            count_ahead=True,  # BatchInputs lists its folders afresh for each reading
             **fields,
         )
     try:
