@@ -36,7 +36,6 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Callable,
-    Collection,
     Coroutine,
     Iterable,
     Iterator,
@@ -47,7 +46,7 @@ from typing import Any, Union
 from attrs import Factory, define, evolve, field, frozen
 
 from ._aio import wait_for
-from ._batch_count import count_input, reiterable
+from ._batch_count import count_input, countable
 from ._client import CREATE_REPEAT_RISK, Client
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
@@ -303,7 +302,7 @@ class BatchRun:
         elif isinstance(items, (str, os.PathLike)):
             raise TypeError("batch_upload takes an iterable of paths; wrap one path in a list")
         else:
-            self._count_items = _countable(items, count_ahead)
+            self._count_items = countable(items, count_ahead)
             self._sync_items = iter(items)
         self._concurrency = upload_concurrency
         self._wait = wait
@@ -1179,22 +1178,6 @@ class BatchUpload:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-def _countable(items: Iterable[BatchItem], count_ahead: bool | None) -> Iterable[BatchItem] | None:
-    """``items`` if the batch may read them a second time to count them, else None."""
-    if count_ahead is None:
-        # Only what is surely safe to read twice: an iterable of the caller's own could hand
-        # out shared state (a queue, an open file), and a second reading would take its items.
-        return items if isinstance(items, Collection) else None
-    if not isinstance(count_ahead, bool):
-        raise TypeError(f"count_ahead must be True, False or None, got {count_ahead!r}")
-    if count_ahead and not reiterable(items):
-        raise TypeError(
-            "count_ahead=True reads the input twice: pass an iterable whose iter() starts a "
-            f"fresh reading (a list, a folder listing), not an iterator ({type(items).__name__})"
-        )
-    return items if count_ahead else None
 
 
 def _describe(item: BatchItem) -> str:

@@ -12,7 +12,7 @@ they are known: a huge folder shows a growing lower bound at once instead of a l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -27,6 +27,28 @@ def reiterable(items: object) -> bool:
     """Whether ``items`` can be read a second time without consuming the first reading: an
     iterable that is not itself an iterator (a generator, a file, ``map`` are iterators)."""
     return isinstance(items, Iterable) and not isinstance(items, Iterator)
+
+
+def countable(items: Iterable[T], count_ahead: bool | None) -> Iterable[T] | None:
+    """``items`` if a batch may read them a second time to count them, else None.
+
+    Args:
+        items: The batch's (synchronous) input.
+        count_ahead: None counts an in-memory collection only; True any re-iterable input
+            (an iterator is a TypeError); False nothing.
+    """
+    if count_ahead is None:
+        # Only what is surely safe to read twice: an iterable of the caller's own could hand
+        # out shared state (a queue, an open file), and a second reading would take its items.
+        return items if isinstance(items, Collection) else None
+    if not isinstance(count_ahead, bool):
+        raise TypeError(f"count_ahead must be True, False or None, got {count_ahead!r}")
+    if count_ahead and not reiterable(items):
+        raise TypeError(
+            "count_ahead=True reads the input twice: pass an iterable whose iter() starts a "
+            f"fresh reading (a list, a folder listing), not an iterator ({type(items).__name__})"
+        )
+    return items if count_ahead else None
 
 
 def _chunk(iterator: Iterator[T], inspect: Callable[[T], X], size: int) -> tuple[list[X], bool]:
