@@ -4,9 +4,9 @@ A batch reads its input lazily, one item per free worker, so by itself it knows 
 many items there are nor how many bytes will go out until the very end. An input that can be
 iterated twice (a list; with ``count_ahead=True`` any iterable whose ``iter()`` starts a fresh
 reading, such as the CLI's folder listing) is read a second time here, in chunks on a worker
-thread (a listing and a ``stat`` per
-file must not hold the event loop), and each chunk's counts are handed to the caller as soon as
-they are known: a huge folder shows a growing lower bound at once instead of a long wait.
+thread (a listing and a ``stat`` per file must not hold the event loop), and each chunk's
+counts are handed to the caller as soon as they are known: a huge folder shows a growing lower
+bound at once instead of a long wait. The local batch and a fleet's producer share this.
 """
 
 from __future__ import annotations
