@@ -18,8 +18,8 @@ from aiohttp import web
 from guru_async import Activity
 from guru_async.testing import _synthetic
 
-CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"  # noqa: S105 - a local test server
-TOKEN = "bench-token-" + "x" * 40  # noqa: S105
+CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
+TOKEN = "bench-token-" + "x" * 40
 REPS = 5
 
 
@@ -66,7 +66,7 @@ async def serve() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+    server = site._server
     assert isinstance(server, asyncio.base_events.Server)
     port = server.sockets[0].getsockname()[1]
     base = f"http://127.0.0.1:{port}"

@@ -98,7 +98,9 @@ def measure(
 
     Returns ``cpu`` and ``wall`` seconds of the timed calls alone.
     """
-    return asyncio.run(_measure(side, Endpoints.from_dict(endpoints), calls, concurrency, videos, warmup))
+    return asyncio.run(
+        _measure(side, Endpoints.from_dict(endpoints), calls, concurrency, videos, warmup)
+    )
 
 
 async def _measure(
@@ -109,7 +111,8 @@ async def _measure(
         if side == "guru":
             guru = await stack.enter_async_context(endpoints.session())
             analysis = await guru.get_analysis(ids[0])
-            assert analysis.status == AnalysisStatus.COMPLETE and len(analysis.reps) == 5
+            assert analysis.status == AnalysisStatus.COMPLETE
+            assert len(analysis.reps) == 5
 
             async def work(n: int) -> None:
                 await calls_guru(guru, ids, n, concurrency)
