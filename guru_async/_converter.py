@@ -366,7 +366,8 @@ def _generated_structure_fn(
     an absent one left to the attribute's default, a missing required one a KeyError) with
     less work per field: one dict lookup, a null skipping its hook where that hook maps null to
     null, "number or null" and "string or null" checked inline, and the class built by
-    positional arguments instead of a dict of keyword arguments.
+    positional arguments instead of a dict of keyword arguments (or, where its __init__ would
+    only set the slots, by setting them directly).
     """
     if getattr(cls, "__attrs_pre_init__", None) or getattr(cls, "__attrs_post_init__", None):
         return None
@@ -412,7 +413,17 @@ def _generated_structure_fn(
             made = f"__d{i}"
         lines.append(f"  {v} = o.get({key!r}, _MISSING)")
         lines.append(f"  {v} = {made} if {v} is _MISSING else __h{i}({v}, __t{i})")
-    lines.append(f"  return __cl({', '.join(args)})")
+    setters = _slot_setters(cls)
+    if setters is None:
+        lines.append(f"  return __cl({', '.join(args)})")
+    else:
+        # What attrs' __init__ of a frozen class does, without its object.__setattr__ calls.
+        names["__new"] = _new
+        lines.append("  self = __new(__cl)")
+        for i, setter in enumerate(setters):
+            names[f"__s{i}"] = setter
+            lines.append(f"  __s{i}(self, f{i})")
+        lines.append("  return self")
     source = "\n".join(lines)
     namespace: dict[str, Any] = {}
     filename = f"<guru_async structure {cls.__module__}.{cls.__qualname__}>"
@@ -420,6 +431,22 @@ def _generated_structure_fn(
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     fn: Callable[[Any, Any], Any] = namespace[f"structure_{cls.__name__}"]
     return fn
+
+
+def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
+    """The slots' own setters of ``cls``'s attributes, in order, when its __init__ only sets
+    them (no validators, converters or post-init, checked by the caller; no cached hash);
+    None otherwise."""
+    slots = getattr(cls, "__slots__", None)
+    if slots is None or not set(slots) <= {a.name for a in attrs.fields(cls)} | {"__weakref__"}:
+        return None
+    setters = []
+    for a in attrs.fields(cls):
+        slot = cls.__dict__.get(a.name)
+        if type(slot) is not types.MemberDescriptorType:
+            return None
+        setters.append(slot.__set__)
+    return setters
 
 
 def _maps_null_to_null(hook: Callable[[Any, Any], Any], tp: Any) -> bool:
