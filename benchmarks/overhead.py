@@ -18,6 +18,12 @@ process): what the SDK adds. The sides alternate (ABBA order) for ``rounds`` rou
 is of the least CPU of each side (the run least disturbed by other work on the machine), with
 the ratio of the medians beside it. Wall clock is reported as context only: both clients share
 the loopback server and the machine, so it moves with load far more than CPU does.
+
+Where valgrind is installed, each side's instructions per call are also counted with callgrind
+(a process making ``callgrind_calls`` calls after its warm-up, less one making none, the same
+imports and warm-up in both): user-space instructions only, so the kernel's socket work (alike
+for both) is left out, but deterministic to a fraction of a percent whatever else the machine
+is doing, which CPU time on a shared machine is not.
 """
 
 from __future__ import annotations
