@@ -395,11 +395,37 @@ def _generated_structure_fn(
                 test, expected = inline
                 lines.append(f"  if {v} is not None and {test.format(v=v)}:")
                 lines.append(f"    raise _bad({v}, {expected!r})")
+            elif over.struct_hook is None and _is_enum_or_str(a.type):
+                # _enum_or_str_hook's work, inline: a string, its member if it names one.
+                enum_cls = _wire_enum(a.type)
+                names[f"__m{i}"] = {m.value: m for m in enum_cls}
+                lines.append(f"  if {v} is not None:")
+                lines.append(f"    if type({v}) is not str:")
+                lines.append(f"      raise _bad({v}, {f'a {enum_cls.__name__} string'!r})")
+                lines.append(f"    {v} = __m{i}.get({v}, {v})")
             else:
                 lines.append(f"  if {v} is not None: {v} = __h{i}({v}, __t{i})")
             continue
         if alternate is not None:
             return None
+        item = _attrs_list_item(a.type) if over.struct_hook is None else None
+        if item is not None and getattr(a.default, "factory", None) is list:
+            # structure_objects' work, inline: null or absent is empty, else a list of objects
+            # checked whole before any is built, each by its class's function.
+            conv.get_structure_hook(item)
+            names[f"__g{i}"], names[f"__i{i}"] = _OBJECT_HOOKS[item], item
+            expected = f"a list of objects for {item.__name__}"
+            lines.append(f"  {v} = o.get({key!r})")
+            lines.append(f"  if {v} is None:")
+            lines.append(f"    {v} = []")
+            lines.append("  else:")
+            lines.append(f"    if type({v}) is not list:")
+            lines.append(f"      raise _bad({v}, {expected!r})")
+            lines.append(f"    for v in {v}:")
+            lines.append("      if type(v) is not dict:")
+            lines.append(f"        raise _bad({v}, {expected!r})")
+            lines.append(f"    {v} = [__g{i}(v, __i{i}) for v in {v}]")
+            continue
         if default is attrs.NOTHING:
             lines.append(f"  {v} = __h{i}(o[{key!r}], __t{i})")
             continue
@@ -447,6 +473,21 @@ def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
             return None
         setters.append(slot.__set__)
     return setters
+
+
+def _wire_enum(tp: Any) -> type[enum.Enum]:
+    enum_cls: type[enum.Enum] = next(
+        a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, _WireEnum)
+    )
+    return enum_cls
+
+
+def _attrs_list_item(tp: Any) -> type | None:
+    """The attrs class of a ``list[C]`` field whose factory makes an empty list, else None."""
+    if typing.get_origin(tp) is not list:
+        return None
+    (item,) = typing.get_args(tp) or (None,)
+    return item if isinstance(item, type) and attrs.has(item) else None
 
 
 def _maps_null_to_null(hook: Callable[[Any, Any], Any], tp: Any) -> bool:
