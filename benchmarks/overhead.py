@@ -263,9 +263,9 @@ async def run(size: Size, workdir: Path) -> list[Figure]:
         counted_text = (
             f"Instructions per call (callgrind, {size.callgrind_calls} calls per side after "
             f"the warm-up, less a process making none): guru_async {counted['guru']:,.0f}, raw "
-            f"aiohttp {counted['raw']:,.0f}, {instr:.2f}x. The same ratio as CPU time's on a "
-            f"quiet machine, but unmoved by other load (user-space instructions only: the "
-            f"kernel's share of the socket work, alike for both, is left out)."
+            f"aiohttp {counted['raw']:,.0f}, {instr:.2f}x: unmoved by other load (user-space "
+            f"instructions only: the kernel's share of the socket work, alike for both, is "
+            f"left out)."
         )
     else:
         counted_text = "Instructions per call: not counted (valgrind missing, or skipped)."
