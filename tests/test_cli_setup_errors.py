@@ -14,6 +14,7 @@ from guru_async.testing import CREATE_ROUTE, GuruEmulator
 
 from .redis_server import free_port
 from .test_cli import base_env, cli, emulator_env, thread_emulator
+from .test_cli_output import command, run_in_pty
 
 CLIPS = 30
 
@@ -119,3 +120,19 @@ def test_dangling_link_in_a_folder_is_a_missing_file(emu: GuruEmulator, tmp_path
     assert results["gone.mp4"]["error"]["type"] == "FileNotFoundError"
     assert "gone.mp4" in results["gone.mp4"]["error"]["message"]
     assert "without a video suffix" not in done.stderr
+
+
+def test_refused_credentials_on_a_terminal_leave_only_the_error(
+    emu: GuruEmulator, folder: Path, tmp_path: Path
+) -> None:
+    """On a terminal, a batch stopped by refused credentials leaves the error on the screen and
+    no progress rows (the drawn display is erased)."""
+    env = emulator_env(emu, tmp_path / "cache") | {"GURU_CLIENT_SECRET": "not-the-secret"}
+    status, _, frames, _ = run_in_pty(
+        command("batch", str(folder), "--activity", "squat"), env, tmp_path
+    )
+    assert status == 2
+    screen = " ".join(line for line in frames[-1] if line)
+    assert screen.startswith("guru-async: error: the token endpoint rejected the client")
+    assert "uploads" not in screen
+    assert "analyses" not in screen
