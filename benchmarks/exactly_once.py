@@ -10,15 +10,22 @@ uploads), so the effect of journal claims and of stopping a batch early can be r
 - ``break-at-20``: a 200-item batch whose consumer breaks after 20 results while still holding
   the batch object (the pattern that kept working before), and 4 s later.
 - ``break-at-20-async-with``: the same inside ``async with guru.batch_upload(...) as results``.
+- ``interrupted-SIGINT`` / ``-SIGTERM`` / ``-SIGKILL``: a journaled 16-file batch in its own
+  process (upload_concurrency=8, uploads slowed to about a second by the emulator) gets the
+  signal while 8 uploads are in flight, then is rerun with the same journal: videos created per
+  file (1.00 is one video per item) and empty videos left behind (0 is none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -97,59 +104,126 @@ from guru_async import GuruSession, MemoryTokenStore, PollPolicy
 async def main():
     polls = PollPolicy(interval=0.02, max_interval=0.1)
     async with GuruSession(token_store=MemoryTokenStore(), poll_policy=polls) as guru:
-        async for r in guru.batch_upload(sys.argv[2:], upload_concurrency=4,
+        async for r in guru.batch_upload(sys.argv[3:], upload_concurrency=int(sys.argv[2]),
                                          journal=sys.argv[1], activity="squat"):
             print(r.item, r.video_id, r.ok, flush=True)
 asyncio.run(main())
 """
 
 
-async def two_processes(root: Path) -> str:
-    """Two processes running the same journaled batch at the same time."""
-    paths = files(root, 10, "procs")
-    journal = root / "procs.db"
+@contextlib.asynccontextmanager
+async def standalone_emulator(*args: str) -> AsyncIterator[dict[str, str]]:
+    """A ``python -m guru_async.testing`` process; yields its endpoints."""
     emulator = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "guru_async.testing",
         "--json",
-        "--analysis-delay",
-        "0.05",
+        *args,
         stdout=asyncio.subprocess.PIPE,
+        # Uploads cut off by a kill make aiohttp's server log a traceback each: not results.
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         assert emulator.stdout is not None
-        endpoints = json.loads(await emulator.stdout.readline())
-        env = {
-            **os.environ,
-            "GURU_BASE_URL": endpoints["base_url"],
-            "GURU_TOKEN_URL": endpoints["token_url"],
-            "GURU_CLIENT_ID": endpoints["client_id"],
-            "GURU_CLIENT_SECRET": endpoints["client_secret"],
-        }
+        yield json.loads(await emulator.stdout.readline())
+    finally:
+        emulator.terminate()
+        await emulator.wait()
+
+
+def worker_env(endpoints: dict[str, str]) -> dict[str, str]:
+    """The environment that points a worker process at the emulator."""
+    return {
+        **os.environ,
+        "GURU_BASE_URL": endpoints["base_url"],
+        "GURU_TOKEN_URL": endpoints["token_url"],
+        "GURU_CLIENT_ID": endpoints["client_id"],
+        "GURU_CLIENT_SECRET": endpoints["client_secret"],
+    }
+
+
+async def stats_of(endpoints: dict[str, str]) -> dict[str, Any]:
+    """The standalone emulator's counters."""
+    async with aiohttp.ClientSession() as http, http.get(endpoints["stats_url"]) as resp:
+        stats: dict[str, Any] = await resp.json()
+        return stats
+
+
+async def two_processes(root: Path) -> str:
+    """Two processes running the same journaled batch at the same time."""
+    paths = files(root, 10, "procs")
+    journal = root / "procs.db"
+    async with standalone_emulator("--analysis-delay", "0.05") as endpoints:
         workers = [
             await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
                 WORKER,
                 str(journal),
+                "4",
                 *map(str, paths),
-                env=env,
+                env=worker_env(endpoints),
                 stdout=asyncio.subprocess.PIPE,
             )
             for _ in range(2)
         ]
         outputs = [(await w.communicate())[0].decode().split("\n") for w in workers]
         lines = [sorted(line for line in out if line) for out in outputs]
-        async with aiohttp.ClientSession() as http, http.get(endpoints["stats_url"]) as resp:
-            stats = await resp.json()
+        stats = await stats_of(endpoints)
         return (
             f"{counts(stats)} results={len(lines[0])}+{len(lines[1])} "
             f"same_video_in_both={len(set(lines[0]) & set(lines[1]))}"
         )
-    finally:
-        emulator.terminate()
-        await emulator.wait()
+
+
+INTERRUPT_FILES = 16
+INTERRUPT_CONCURRENCY = 8
+
+
+async def interrupted(root: Path, sig: signal.Signals) -> str:
+    """A journaled batch process stopped by ``sig`` with 8 uploads in flight, then rerun."""
+    paths = files(root, INTERRUPT_FILES, f"cut-{sig.name}")
+    journal = root / f"cut-{sig.name}.db"
+    # 8 KiB at 8 KiB/s: every upload takes about a second, so the signal lands mid-upload.
+    args = ("--analysis-delay", "0.05", "--storage-bandwidth", "8192")
+    async with standalone_emulator(*args) as endpoints:
+
+        async def run() -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                WORKER,
+                str(journal),
+                str(INTERRUPT_CONCURRENCY),
+                *map(str, paths),
+                env=worker_env(endpoints),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+
+        first = await run()
+        deadline = asyncio.get_running_loop().time() + 60
+        while len((await stats_of(endpoints))["upload_attempts"]) < INTERRUPT_CONCURRENCY:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError("the batch never had 8 uploads in flight")
+            await asyncio.sleep(0.02)
+        first.send_signal(sig)
+        await first.communicate()
+        cut = await stats_of(endpoints)
+        second = await run()
+        out = (await second.communicate())[0].decode().split("\n")
+        stats = await stats_of(endpoints)
+    results = [line for line in out if line]
+    videos = stats["videos"]
+    empty = videos - len(stats["uploads_completed"])
+    in_flight = len(cut["upload_attempts"]) - sum(1 for n in cut["uploads_completed"].values() if n)
+    return (
+        f"files={len(paths)} in_flight_at_signal={in_flight} creates="
+        f"{stats['requests'].get(CREATE, 0)} videos={videos} "
+        f"videos_per_file={videos / len(paths):.2f} empty_videos={empty} "
+        f"results_on_rerun={len(results)}"
+    )
 
 
 async def break_at_20(root: Path) -> str:
@@ -199,6 +273,8 @@ async def main() -> None:
             ("break-at-20-async-with", break_at_20_async_with),
         ):
             print(f"{name}: {await scenario(root)}", flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            print(f"interrupted-{sig.name}: {await interrupted(root, sig)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,19 @@
 A page line ``<!-- readme-section: Heading -->`` is replaced by the body of README's
 ``## Heading`` section (up to the next ``## ``), so a guide and README never say things twice;
 ``<!-- readme-section: Heading | optional -->`` shows a short note while the section does not
-exist yet, and ``<!-- include: path -->`` includes a whole Markdown file of the repository (its
-first ``# `` title dropped). README's own ``(#anchor)`` links lead to the guide page holding
-that heading, or to README on GitHub when no guide includes it.
+exist yet, ``<!-- readme-section: Heading | omit: Start -->`` leaves out the section's
+paragraphs that begin with ``Start`` (a page that shows them otherwise, e.g. as admonitions; a
+warning when none does), and ``<!-- include: path -->`` includes a whole Markdown file of the
+repository (its first ``# `` title dropped). README's own ``(#anchor)`` links lead to the guide
+page holding that heading, or to README on GitHub when no guide includes it.
 
 Every module an API page renders (``::: module``) must give each name in its ``__all__``, and
 each public method and property of those classes, a docstring: a missing one is a warning,
 so ``mkdocs build --strict`` fails.
+
+A page holding a Mermaid diagram (a ```` ```mermaid ```` block) gets the site's own copy of
+Mermaid (``docs/assets/mermaid/``), so diagrams render offline and without a CDN; other pages
+do not load it.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from markdown.extensions.toc import slugify
+from mkdocs.utils import get_relative_url
 
 log = logging.getLogger("mkdocs.hooks.guru_async")
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_URL = "https://github.com/guru-async/guru_async/blob/main/"
 SECTION = re.compile(
-    r"^<!-- readme-section: (?P<heading>[^|]+?)(?P<optional> \| optional)? -->$", re.M
+    r"^<!-- readme-section: (?P<heading>[^|]+?)(?P<optional> \| optional)?"
+    r"(?: \| omit: (?P<omit>[^|]+?))? -->$",
+    re.M,
 )
 INCLUDE = re.compile(r"^<!-- include: (?P<path>\S+) -->$", re.M)
 RENDERED = re.compile(r"^::: (?P<identifier>[\w.]+)\s*$", re.M)
@@ -38,6 +47,9 @@ RELATIVE_LINK = re.compile(r"\]\((?!https?:|mailto:|#)(?P<target>[^)\s]+)\)")
 ANCHOR_LINK = re.compile(r"\]\(#(?P<slug>[^)\s]+)\)")
 SUBHEADING = re.compile(r"^#{3,6} (?P<text>.+)$", re.M)
 README_URL = "https://github.com/guru-async/guru_async"
+MERMAID_JS = "assets/mermaid/mermaid.tiny.js"
+# Material's script: Mermaid must be defined before it looks for diagrams.
+MATERIAL_BUNDLE = re.compile(r'<script src="[^"]*assets/javascripts/bundle\.[^"]*"></script>')
 
 
 def readme_sections() -> dict[str, str]:
@@ -79,6 +91,23 @@ def anchor_pages(docs_dir: Path, sections: dict[str, str]) -> dict[str, str]:
     return where
 
 
+def omit_paragraphs(text: str, start: str) -> tuple[str, int]:
+    """``text`` without its paragraphs (blank-line separated, code blocks kept whole) that begin
+    with ``start``, and how many were left out."""
+    blocks: list[list[str]] = [[]]
+    in_fence = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_fence = not in_fence
+        if not line.strip() and not in_fence:
+            blocks.append([])
+        else:
+            blocks[-1].append(line)
+    kept = [b for b in blocks if b and not b[0].startswith(start)]
+    dropped = sum(1 for b in blocks if b) - len(kept)
+    return "\n\n".join("\n".join(b) for b in kept) + "\n", dropped
+
+
 def _readme_anchors(text: str, src_path: str, where: dict[str, str]) -> str:
     def link(match: re.Match[str]) -> str:
         target = where.get(match["slug"])
@@ -101,8 +130,17 @@ def on_page_markdown(markdown: str, page: Any, config: Any, **_: Any) -> str:
     def section(match: re.Match[str]) -> str:
         heading = match["heading"].strip()
         if heading in sections:
-            text = _from_repository(sections[heading])
-            return _readme_anchors(text, page.file.src_path, where)
+            text = sections[heading]
+            if match["omit"]:
+                text, dropped = omit_paragraphs(text, match["omit"].strip())
+                if not dropped:
+                    log.warning(
+                        "%s: README's '## %s' has no paragraph starting %r to omit",
+                        page.file.src_path,
+                        heading,
+                        match["omit"].strip(),
+                    )
+            return _readme_anchors(_from_repository(text), page.file.src_path, where)
         if match["optional"]:
             return f'!!! note "Coming soon"\n    README\'s "{heading}" section is being written.\n'
         log.warning("%s: README.md has no '## %s' section", page.file.src_path, heading)
@@ -186,3 +224,16 @@ def on_files(files: Any, config: Any) -> Any:
         for name in missing:
             log.warning("%s has no docstring", name)
     return files
+
+
+def on_post_page(output: str, page: Any, config: Any, **_: Any) -> str:
+    """Load the site's Mermaid on a page holding a diagram, before Material's own script."""
+    if 'class="mermaid"' not in output:
+        return output
+    src = get_relative_url(MERMAID_JS, page.url)
+    tag = f'<script src="{src}"></script>'
+    bundle = MATERIAL_BUNDLE.search(output)
+    if bundle is None:
+        log.warning("%s: no Material script found to load Mermaid before", page.file.src_path)
+        return output.replace("</body>", f"{tag}\n</body>", 1)
+    return output[: bundle.start()] + tag + "\n" + output[bundle.start() :]

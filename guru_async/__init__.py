@@ -32,6 +32,7 @@ from ._instrumentation import (
     TracingHook,
 )
 from ._limiter import AdaptiveLimiter
+from ._model_json import from_dict, from_json, to_dict, to_json
 from ._models import (
     Analysis,
     BoundingBox,
@@ -119,4 +120,8 @@ __all__ = [
     "VideoSpec",
     "VideoStatus",
     "__version__",
+    "from_dict",
+    "from_json",
+    "to_dict",
+    "to_json",
 ]

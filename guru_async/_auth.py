@@ -35,11 +35,13 @@ from ._aio import run_owning
 from ._converter import decode_json
 from ._error_mapping import token_error
 from ._errors import (
+    APIError,
     GuruConnectionError,
     GuruError,
     ResponseDecodeError,
     SessionClosedError,
 )
+from ._token_failure import memory_of, rebuilt, shared_record
 from ._transport import Request, Response
 
 if sys.platform != "win32":
@@ -99,7 +101,10 @@ class TokenStore(Protocol):
         Cross-process single flight: take the store's lock; re-read ``key``; if a fresh token
         whose ``access_token`` is not ``stale`` (the token the API just rejected, or None) is
         stored, return it; else ``token = await fetch()``, save it, release the lock and return
-        it. Processes starting together then make one token request between them.
+        it. Processes starting together then make one token request between them. A store
+        shared by processes should also keep a failed fetch worth sharing (see
+        ``_token_failure.shared_record``) under the lock, and raise it (``rebuilt``) instead of
+        fetching until its memory runs out, as ``FileTokenStore`` and ``RedisTokenStore`` do.
 
     ``async def discard(self, key: str, access_token: str) -> None``
         Compare-and-delete after a 401: drop the stored token only if it is still
@@ -151,7 +156,12 @@ class FileTokenStore:
     and merge their key into what the file holds under it, so concurrent saves of different
     keys, from any number of tasks or processes, all survive. The store also implements the
     optional ``fetch_once``/``discard`` methods of ``TokenStore``: processes starting together
-    make one token request, the first one's, and the others read its token. Waiting for the
+    make one token request, the first one's, and the others read its token. A fetch the token
+    endpoint refused (a 429 with ``Retry-After``, rejected credentials, a 5xx) is kept in the
+    sidecar file ``<path>.failures`` (0600) for as long as a session remembers it (1 s, or the
+    ``Retry-After``, up to 60 s), and every process raises it from there instead of asking
+    again; a network failure on the way to the endpoint is not kept. The lock is held for the
+    whole fetch however long it takes, so a slow fetch is never made twice. Waiting for the
     lock happens in a worker thread, never on the event loop. (On Windows there is no
     ``flock``: only tasks of one process are coordinated.)
 
@@ -162,6 +172,7 @@ class FileTokenStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._failures_path = self.path.with_name(self.path.name + ".failures")
 
     async def load(self, key: str) -> Token | None:
         """Return the token saved for ``key``, or None (also when the file is unreadable)."""
@@ -176,6 +187,10 @@ class FileTokenStore:
         """Return the fresh token stored for ``key`` (unless it is ``stale``), else fetch and
         save one, all under the file lock, so concurrent processes make one fetch.
 
+        A fetch that the token endpoint refused (see ``_token_failure``) is kept beside the
+        file, and raised again by every process that comes for a token until its memory (1 s,
+        or the ``Retry-After`` it carried, up to 60 s) runs out.
+
         Args:
             key: The credentials' store key.
             fetch: Gets a new token from the token endpoint.
@@ -186,10 +201,21 @@ class FileTokenStore:
             fd = await run_owning(self._lock, os.close)
             handed_off = False
             try:
-                stored = _token_from((await asyncio.to_thread(self._read)).get(key))
+                tokens, failures = await asyncio.to_thread(self._read_both)
+                stored = _token_from(tokens.get(key))
                 if reusable(stored, stale):
                     return stored
-                token = await fetch()
+                failure = _failure_from(failures.get(key))
+                if failure is not None:
+                    raise failure
+                try:
+                    token = await fetch()
+                except GuruError as exc:
+                    shared = shared_record(exc)
+                    if shared is not None:
+                        handed_off = True
+                        await asyncio.to_thread(self._save_failure_and_unlock, fd, key, *shared)
+                    raise
                 # The thread releases the lock after writing, even if this task is cancelled
                 # meanwhile: the lock must cover the whole write.
                 handed_off = True
@@ -241,9 +267,23 @@ class FileTokenStore:
                 "token_type": token.token_type,
                 "issued_at": token.issued_at,
             }
-            self._replace(data)
+            self._replace(self.path, data)
+            failures = self._live_failures()
+            if failures.pop(key, None) is not None:
+                self._replace(self._failures_path, failures)
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+    def _save_failure_and_unlock(
+        self, fd: int, key: str, record: dict[str, object], memory: float
+    ) -> None:
+        try:
+            failures = self._live_failures()
+            # Wall-clock time: every process sharing this file runs on the machine it is on.
+            failures[key] = {**record, "until": time.time() + memory}
+            self._replace(self._failures_path, failures)
+        finally:
+            os.close(fd)
 
     def _locked_discard(self, key: str, access_token: str) -> None:
         fd = self._lock()
@@ -253,16 +293,27 @@ class FileTokenStore:
             if isinstance(entry, dict) and entry.get("access_token") == access_token:
                 data = self._valid_entries()
                 data.pop(key, None)
-                self._replace(data)
+                self._replace(self.path, data)
         finally:
             os.close(fd)
 
-    def _read(self) -> dict[str, object]:
+    def _read(self, path: Path | None = None) -> dict[str, object]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads((path or self.path).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+    def _read_both(self) -> tuple[dict[str, object], dict[str, object]]:
+        return self._read(), self._read(self._failures_path)
+
+    def _live_failures(self) -> dict[str, object]:
+        now = time.time()
+        return {
+            k: v
+            for k, v in self._read(self._failures_path).items()
+            if isinstance(v, dict) and isinstance(v.get("until"), (int, float)) and v["until"] > now
+        }
 
     def _valid_entries(self) -> dict[str, object]:
         now = time.time()
@@ -282,14 +333,14 @@ class FileTokenStore:
         for path in reversed(missing):
             path.mkdir(mode=0o700, exist_ok=True)
 
-    def _replace(self, data: dict[str, object]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=self.path.parent)  # created 0600
+    def _replace(self, path: Path, data: dict[str, object]) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=path.parent)  # created 0600
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -317,6 +368,13 @@ def _token_from(entry: object) -> Token | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _failure_from(entry: object) -> APIError | None:
+    """A failure kept beside the token file, while its memory lasts."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("until"), (int, float)):
+        return None
+    return rebuilt(entry, entry["until"] - time.time())
 
 
 def credentials_key(token_url: str, client_id: str, client_secret: str, scope: str) -> str:
@@ -413,14 +471,6 @@ def _decode_token(resp: Response) -> Token:
     )
 
 
-FAILED_FETCH_MEMORY = 1.0
-"""Seconds a failed token fetch is remembered and shared: every call that needs a token in
-that time gets the same error at once instead of asking the token endpoint again. A failure
-that carried ``Retry-After`` is remembered that long instead (at most
-``MAX_FAILED_FETCH_MEMORY``)."""
-
-MAX_FAILED_FETCH_MEMORY = 60.0
-
 REJECTED_TOKEN_COOLDOWN = 60.0
 """Seconds during which a 401 is raised as it is, with no refresh, after a freshly fetched token
 was rejected too: a new token would not help, and fetching one per call gets an account rate
@@ -466,10 +516,11 @@ class TokenProvider:
 
     Every caller that needs a token while a refresh is in flight awaits that one refresh, each
     for no longer than its own deadline; a failed refresh is shared with all of them and
-    remembered for ``FAILED_FETCH_MEMORY`` seconds (or the ``Retry-After`` it carried). A 401
-    refreshes once, however many calls got it on the same token; when a call's retry with the
-    fresh token is rejected too, 401s stand without refresh for ``REJECTED_TOKEN_COOLDOWN``
-    seconds.
+    remembered for ``FAILED_FETCH_MEMORY`` seconds (or the ``Retry-After`` it carried, see
+    ``_token_failure``); a caller that was not cancelled never gets ``CancelledError`` from a
+    refresh another caller gave up on. A 401 refreshes once, however many calls got it on the
+    same token; when a call's retry with the fresh token is rejected too, 401s stand without
+    refresh for ``REJECTED_TOKEN_COOLDOWN`` seconds.
     """
 
     def __init__(self, *, key: str, store: TokenStore, fetch: FetchToken) -> None:
@@ -508,11 +559,19 @@ class TokenProvider:
                 shared.waiters -= 1
                 if shared.waiters == 0 and not flight.done():
                     flight.cancel()  # nobody wants it any more
+                    # Forgotten at once, not when it lands: a caller arriving before then
+                    # starts a refresh of its own instead of awaiting a cancelled one.
+                    if shared.flight is flight:
+                        shared.flight = shared.flight_owner = None
             if not done:
                 raise GuruConnectionError(
                     "Token request: timed out waiting for a token (the call's Timeouts.total "
                     "ran out)"
                 )
+            if flight.cancelled():
+                # Not this caller's cancellation (that would have raised in wait): the refresh
+                # was cancelled by another party, e.g. its last waiter leaving. Start anew.
+                continue
             if owner is not self and isinstance(flight.exception(), SessionClosedError):
                 continue  # another session, closed meanwhile, sent it: this one is open
             return flight.result().access_token
@@ -593,12 +652,12 @@ def _landed(shared: _Shared, flight: asyncio.Task[Token]) -> None:
         token = flight.result()
         shared.token = token
         shared.failure = shared.failure_tb = None
-    elif isinstance(error, GuruError) and not isinstance(error, SessionClosedError):
+        return
+    # The same rule as a shared store's (memory_of): a failure another process stored is
+    # remembered here just as long as it is there.
+    memory = memory_of(error)
+    if memory is not None:
         shared.failure, shared.failure_tb = error, error.__traceback__
-        wait = getattr(error, "retry_after", None)
-        memory = FAILED_FETCH_MEMORY
-        if isinstance(wait, (int, float)):
-            memory = min(max(float(wait), memory), MAX_FAILED_FETCH_MEMORY)
         shared.failed_until = time.monotonic() + memory
 
 

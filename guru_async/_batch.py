@@ -8,9 +8,17 @@ created only when a worker is about to upload it (its presign cannot expire in a
 each input item yields exactly one BatchResult, success or failure.
 
 With a journal, a worker claims its item there before creating the video (see _journal.py), so
-an item listed twice, or shared with another batch, is uploaded once. Stopping the batch
-(``aclose``, leaving ``async with``) cancels every task at once; a video created but neither
-journaled nor reported is then named in a WARNING.
+an item listed twice, or shared with another batch, is uploaded once. The video's presigned
+target is recorded with the claim before its upload starts, so a rerun (after Ctrl-C, SIGTERM or
+SIGKILL) resumes an unfinished upload to the same target: one video per item. Every journal
+write is fenced by the claim's generation; a write the journal refuses means another batch or
+process took the item over, and this run follows that owner's outcome instead.
+
+Stopping the batch (``aclose``, leaving ``async with``) cancels every task at once; a video whose
+create answered but was not yet journaled is journaled then, and one that cannot be (or an
+unjournaled batch's unreported video) is named in a WARNING. The one window left is a crash
+(SIGKILL, SIGTERM, power loss) between Create Video's answer and its journal write: the rerun
+names that item's file in a WARNING, as a possible orphan.
 """
 
 from __future__ import annotations
@@ -33,23 +41,23 @@ from collections.abc import (
     Iterator,
 )
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
-from attrs import Factory, define, field, frozen
+from attrs import Factory, define, evolve, field, frozen
 
 from ._aio import wait_for
-from ._client import Client
+from ._client import CREATE_REPEAT_RISK, Client
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
 from ._error_mapping import analysis_timeout
 from ._errors import GuruError, JournalError, NotFoundError, UploadError
 from ._instrumentation import OpenScope, TraceScope
-from ._journal import LEASE_SECONDS, Claim, Journal, JournalEntry, item_key
-from ._models import Analysis, CreatedVideo
+from ._journal import Claim, Journal, JournalEntry, UploadTarget, item_key
+from ._models import Analysis, CreatedVideo, Video
 from ._payloads import VideoFields, resolve_fields
 from ._polling import PollPolicy, is_transient_poll_error
-from ._types import ActivityArg, BatchItem, DomainArg
-from ._upload import UploadSource, check_file, presign_expired
+from ._types import ActivityArg, DomainArg
+from ._upload import UploadSource, check_file, policy_expiration, presign_expired
 from ._validation import check_int
 
 
@@ -70,6 +78,10 @@ class VideoSpec:
     activity: ActivityArg = None
     rep_count: int | None = None
     source: str | None = None
+
+
+BatchItem = Union[str, "os.PathLike[str]", VideoSpec]
+"""One input item of a batch: a path, or a VideoSpec for per-video metadata."""
 
 
 @frozen
@@ -162,11 +174,31 @@ class _Waiting:
     key: str | None
     deadline: float
     wait: float
+    # The journal row's generation the item's "done" must be written with.
+    generation: int = 0
     last: Analysis | None = None
     # The video came from the journal (an earlier run, or another batch): if it is gone
     # (404), the item is created and uploaded again, once.
     resumed: bool = False
     trace: _VideoTrace | None = None
+
+
+@frozen
+class _Unrecorded:
+    """A created video no journal write or reported result accounts for yet."""
+
+    item: BatchItem
+    key: str | None
+    generation: int
+    created: CreatedVideo
+
+
+class _ClaimLost(Exception):
+    """The journal refused a write: another batch or process took the item over."""
+
+
+def _target(created: CreatedVideo) -> UploadTarget:
+    return UploadTarget(created.url, created.fields, policy_expiration(created.fields))
 
 
 class _VideoTrace:
@@ -271,14 +303,14 @@ class BatchRun:
         # Keys this run is claiming or owns, so its own repeats of an item wait in memory.
         self._active: dict[str, asyncio.Event] = {}
         # Video ids that exist but are neither in the journal nor handed to the consumer yet:
-        # if the batch stops now, only a log line can tell the user about them.
-        self._unsafe: dict[str, BatchItem] = {}
+        # if the batch stops now, they are journaled then, or named in a log line.
+        self._unsafe: dict[str, _Unrecorded] = {}
         self._consumed = asyncio.Event()
         self._started = False
         self._journal_open = False
         self._supervisor: asyncio.Task[None] | None = None
         self._shut = False
-        self._cut_short: dict[asyncio.Future[CreatedVideo], BatchItem] = {}
+        self._cut_short: dict[asyncio.Future[CreatedVideo], tuple[BatchItem, str | None, int]] = {}
 
     async def start(self) -> None:
         """Open the journal (a JournalError here means nothing was created) and start the
@@ -325,12 +357,13 @@ class BatchRun:
                 self._supervisor.cancel()
                 await asyncio.gather(self._supervisor, return_exceptions=True)
             await self._settle_cut_short()
+            await self._journal_unsafe()
             where = "may not be in the journal" if self._journal is not None else "was not reported"
-            for video_id, item in self._unsafe.items():
+            for video_id, unrecorded in self._unsafe.items():
                 log.warning(
                     "batch_upload stopped: video %s (%s) was created but %s",
                     video_id,
-                    _describe(item),
+                    _describe(unrecorded.item),
                     where,
                 )
             self._unsafe.clear()
@@ -357,12 +390,35 @@ class BatchRun:
             log.warning(
                 "batch_upload stopped: a create for %s did not answer in time; it may have "
                 "made a video the batch never saw",
-                _describe(self._cut_short[create]),
+                _describe(self._cut_short[create][0]),
             )
         for create in done:
             if not create.cancelled() and create.exception() is None:
-                self._unsafe[create.result().id] = self._cut_short[create]
+                item, key, generation = self._cut_short[create]
+                created = create.result()
+                self._unsafe[created.id] = _Unrecorded(item, key, generation, created)
         self._cut_short.clear()
+
+    async def _journal_unsafe(self) -> None:
+        """Journal the videos created but not recorded when the batch stopped (a create cut
+        short, or a record interrupted), with their claims, so a rerun uploads to them."""
+        if self._journal is None or not self._journal_open:
+            return
+        for video_id, unrecorded in list(self._unsafe.items()):
+            if unrecorded.key is None:
+                continue
+            try:
+                written = await self._journal.record(
+                    unrecorded.key,
+                    "created",
+                    generation=unrecorded.generation,
+                    video_id=video_id,
+                    target=_target(unrecorded.created),
+                )
+            except JournalError:
+                return  # the rest are named in the WARNING lines
+            if written:
+                del self._unsafe[video_id]
 
     async def _supervise(self) -> None:
         workers = [asyncio.create_task(self._upload_worker()) for _ in range(self._concurrency)]
@@ -395,7 +451,7 @@ class BatchRun:
         # Keeps this run's claims live; a failure (the journal's disk, say) stops the batch,
         # since claims that lapse could let another batch upload the same items.
         while not main.done():
-            await asyncio.wait({main}, timeout=LEASE_SECONDS / 4)
+            await asyncio.wait({main}, timeout=self._journal_or_fail().lease_seconds / 4)
             if not main.done():
                 await self._journal_or_fail().renew()
 
@@ -471,47 +527,111 @@ class BatchRun:
             task.result()
 
     async def _process(self, item: BatchItem) -> None:
-        video_id: str | None = None
         key: str | None = None
-        owned = False
         created: list[str] = []
         try:
             path, fields = self._checked(item)
-            if self._journal is not None:
-                key = item_key(self._client.service, path, fields.as_dict())
-                claim = await self._claim(key)
-                owned = claim.owned
-                entry = claim.entry
-                if entry is not None and entry.state == "done":
-                    await self._emit(self._restore(item, entry))
-                    return
-                if entry is not None and entry.state == "uploaded" and entry.video_id:
-                    await self._uploaded(item, key, entry.video_id, record=False, resumed=True)
-                    return
-                # A crash between upload and journal leaves "created": ask the API whether the
-                # content arrived, so it is never uploaded twice.
-                if (
-                    entry is not None
-                    and entry.video_id is not None
-                    and await self._arrived(entry.video_id)
-                ):
-                    await self._uploaded(item, key, entry.video_id, record=True, resumed=True)
-                    return
-            video_id = await self._create_and_upload(item, path, fields, key, created)
-            await self._uploaded(item, key, video_id, record=True, resumed=False)
+            if self._journal is None:
+                video_id = await self._create_and_upload(item, path, fields, None, 0, created)
+                await self._uploaded(item, None, video_id, generation=0, record=False)
+                return
+            key = item_key(self._client.service, path, fields.as_dict())
+            while not await self._process_journaled(item, path, fields, key, created):
+                # Another batch or process took the item over (this one was frozen past its
+                # lease, say): wait for its owner and report what it recorded.
+                log.info(
+                    "batch_upload: %s was taken over by another batch or process; following it",
+                    _describe(item),
+                )
         except asyncio.CancelledError:
             raise
         except JournalError:
             raise  # the journal cannot be written: stop the batch rather than lose track
         except Exception as exc:
             # A video created before the failure is named, so it can be inspected.
-            video_id = video_id or (created[-1] if created else None)
-            if self._journal is not None and key is not None and owned:
-                await self._journal.record(key, "error", error=exc)
-            await self._emit(BatchResult(item, video_id=video_id, error=exc))
+            await self._emit(
+                BatchResult(item, video_id=created[-1] if created else None, error=exc)
+            )
+
+    async def _process_journaled(
+        self, item: BatchItem, path: Path, fields: VideoFields, key: str, created: list[str]
+    ) -> bool:
+        """Claim the item and take it to its result or its wait; False when the claim was
+        lost to another batch or process (nothing was recorded)."""
+        claim = await self._claim(key)
+        entry = claim.entry
+        generation = claim.generation
+        if not claim.owned:
+            assert entry is not None
+            if entry.state == "done":
+                await self._emit(self._restore(item, entry))
+            else:
+                assert entry.video_id is not None
+                await self._uploaded(
+                    item, key, entry.video_id, generation=generation, record=False, resumed=True
+                )
+            return True
+        try:
+            try:
+                video_id, arrived = await self._send_owned(item, path, fields, key, claim, created)
+            except (asyncio.CancelledError, JournalError, _ClaimLost):
+                raise
+            except Exception as exc:
+                # Released with the failure recorded (its video and target kept), so a rerun
+                # or another batch tries again, to the same video.
+                if not await self._journal_or_fail().record(
+                    key, "error", generation=generation, error=exc
+                ):
+                    return False
+                raise
+            return await self._uploaded(
+                item, key, video_id, generation=generation, record=True, resumed=arrived
+            )
+        except _ClaimLost:
+            return False
         finally:
-            if owned and key is not None:
-                self._unclaim(key)
+            self._unclaim(key)
+
+    async def _send_owned(
+        self,
+        item: BatchItem,
+        path: Path,
+        fields: VideoFields,
+        key: str,
+        claim: Claim,
+        created: list[str],
+    ) -> tuple[str, bool]:
+        """Get an owned item's content to storage: its video id, and whether an earlier run's
+        upload had already arrived."""
+        entry = claim.entry
+        if claim.abandoned and entry is not None and entry.state == "claimed":
+            # The one window left: a run that ended (crashed) between Create Video's answer
+            # and its journal write leaves a video nothing records.
+            log.warning(
+                "batch_upload: an earlier run stopped while creating the video for %s; "
+                "it may have left an unused video (orphan) that this run cannot know of",
+                _describe(item),
+            )
+        resume = None
+        if entry is not None and entry.video_id is not None:
+            # A crash, Ctrl-C or failure after Create Video: ask the API whether the content
+            # arrived, so it is never sent twice, and else send it to the same target.
+            video = await self._recorded_video(entry.video_id)
+            if video is not None and video.status == VideoStatus.SUCCESS:
+                return entry.video_id, True
+            if video is not None and entry.target is not None:
+                resume = CreatedVideo(entry.video_id, entry.target.url, entry.target.fields)
+        video_id = await self._create_and_upload(
+            item,
+            path,
+            fields,
+            key,
+            claim.generation,
+            created,
+            resume=resume,
+            marked=entry is None or entry.state == "claimed",
+        )
+        return video_id, False
 
     async def _claim(self, key: str, *, replacing: str | None = None) -> Claim:
         """Claim ``key``, waiting while another task, batch or process owns it. The caller
@@ -549,13 +669,13 @@ class BatchRun:
         )
         return check_file(spec.path), fields
 
-    async def _arrived(self, video_id: str) -> bool:
+    async def _recorded_video(self, video_id: str) -> Video | None:
+        """A journaled video as the API has it now, or None when it is gone (404)."""
         try:
-            video = await self._client.get_video(video_id)
+            return await self._client.get_video(video_id)
         except NotFoundError:
             log.info("batch_upload: journaled video %s is gone (404); creating a new one", video_id)
-            return False
-        return video.status == VideoStatus.SUCCESS
+            return None
 
     async def _create_and_upload(
         self,
@@ -563,8 +683,18 @@ class BatchRun:
         path: Path,
         fields: VideoFields,
         key: str | None,
+        generation: int,
         created_ids: list[str],
+        *,
+        resume: CreatedVideo | None = None,
+        marked: bool = True,
     ) -> str:
+        """Upload the item to ``resume`` (a journaled video still waiting for its content), or
+        to a new video; an expired presign is replaced by a new video once.
+
+        ``marked``: the item's journal row is in state ``claimed``, which tells a rerun after a
+        crash that a create may have been in flight; otherwise it is put there before a create.
+        """
         source = UploadSource(path)
         self.progress.bytes_total += source.size
         counted = 0
@@ -582,27 +712,56 @@ class BatchRun:
 
         async def journal_created(created: CreatedVideo) -> None:
             created_ids.append(created.id)
-            self._unsafe[created.id] = item
-            if self._journal is not None and key is not None:
-                try:
-                    await self._journal.record(key, "created", video_id=created.id)
-                except JournalError:
-                    log.warning(
-                        "batch_upload: video %s (%s) was created but the journal could not "
-                        "record it; it is an unused orphan",
-                        created.id,
-                        _describe(item),
-                    )
-                    self._unsafe.pop(created.id, None)
-                    raise
-                # Safe in the journal: a rerun finds it, so stopping now orphans nothing.
+            self._unsafe[created.id] = _Unrecorded(item, key, generation, created)
+            if self._journal is None or key is None:
+                return
+            try:
+                # With its target, before any byte is sent: a rerun uploads to this video.
+                written = await self._journal.record(
+                    key,
+                    "created",
+                    generation=generation,
+                    video_id=created.id,
+                    target=_target(created),
+                )
+            except JournalError:
+                log.warning(
+                    "batch_upload: video %s (%s) was created but the journal could not "
+                    "record it; it is an unused orphan",
+                    created.id,
+                    _describe(item),
+                )
                 self._unsafe.pop(created.id, None)
+                raise
+            # Safe in the journal: a rerun finds it, so stopping now orphans nothing.
+            self._unsafe.pop(created.id, None)
+            if not written:
+                log.warning(
+                    "batch_upload: video %s (%s) was created but another batch or process "
+                    "took the item over before the journal recorded it; it is an unused orphan",
+                    created.id,
+                    _describe(item),
+                )
+                raise _ClaimLost
+
+        async def mark_creating() -> None:
+            nonlocal marked
+            if marked or self._journal is None or key is None:
+                return
+            if not await self._journal.record(key, "claimed", generation=generation):
+                raise _ClaimLost
+            marked = True
 
         async with self._upload_slots:
-            # As Client.create_and_upload: an expired presign is replaced by a fresh video once.
             for attempt in (1, 2):
-                created = await self._create(item, source, fields)
-                await journal_created(created)
+                if attempt == 1 and resume is not None:
+                    created = resume
+                    created_ids.append(created.id)
+                else:
+                    await mark_creating()
+                    created = await self._create(item, source, fields, key, generation)
+                    marked = False  # "created" from here on
+                    await journal_created(created)
                 mine.video_id = created.id
                 self.progress.uploading[number] = mine
                 self._report()
@@ -610,6 +769,13 @@ class BatchRun:
                     await self._client.upload(created, source, on_bytes)
                 except UploadError as exc:
                     if attempt == 1 and presign_expired(exc):
+                        if resume is not None:
+                            log.info(
+                                "batch_upload: the upload target of journaled video %s (%s) "
+                                "expired; creating a new video",
+                                resume.id,
+                                _describe(item),
+                            )
                         continue
                     raise
                 finally:
@@ -618,26 +784,56 @@ class BatchRun:
             raise AssertionError("unreachable")  # pragma: no cover
 
     async def _create(
-        self, item: BatchItem, source: UploadSource, fields: VideoFields
+        self,
+        item: BatchItem,
+        source: UploadSource,
+        fields: VideoFields,
+        key: str | None,
+        generation: int,
     ) -> CreatedVideo:
         # A create cut short by stopping the batch may still make a video: the request is let
-        # finish (shielded), so shutdown can name the video it made.
+        # finish (shielded), so shutdown can journal (or name) the video it made.
         create = asyncio.ensure_future(self._client.create_video(source.name, source.size, fields))
         try:
             return await asyncio.shield(create)
         except asyncio.CancelledError:
-            self._cut_short[create] = item
+            self._cut_short[create] = (item, key, generation)
+            raise
+        except GuruError as exc:
+            if CREATE_REPEAT_RISK in str(exc):
+                # Its answer was lost: the one way left to a video nothing records.
+                log.warning(
+                    "batch_upload: Create Video for %s failed after it may have reached the "
+                    "service; it may have left an unused video (orphan) whose id is unknown",
+                    _describe(item),
+                )
             raise
 
     async def _uploaded(
-        self, item: BatchItem, key: str | None, video_id: str, *, record: bool, resumed: bool
-    ) -> None:
+        self,
+        item: BatchItem,
+        key: str | None,
+        video_id: str,
+        *,
+        generation: int,
+        record: bool,
+        resumed: bool = False,
+    ) -> bool:
+        """Hand an uploaded item to the poll loop (or to the consumer without ``wait``); False
+        when the journal refused to record it (the claim was lost)."""
+        if (
+            self._journal is not None
+            and key is not None
+            and record
+            and not await self._journal.record(
+                key, "uploaded", generation=generation, video_id=video_id
+            )
+        ):
+            return False
         self.progress.uploaded += 1
-        if self._journal is not None and key is not None and record:
-            await self._journal.record(key, "uploaded", video_id=video_id)
         if not self._wait:
             await self._emit(BatchResult(item, video_id=video_id))
-            return
+            return True
         number = next(self._seq)
         self._waiting[number] = _Waiting(
             number,
@@ -646,12 +842,14 @@ class BatchRun:
             key,
             time.monotonic() + self._timeout,
             self._policy.interval,
+            generation=generation,
             resumed=resumed,
             trace=_ITEM_TRACE.get(),
         )
         heapq.heappush(self._due, (time.monotonic(), number))
         self._report()
         self._wakeup.set()
+        return True
 
     def _restore(self, item: BatchItem, entry: JournalEntry) -> BatchResult:
         # Only finished items are restored ("done" always holds the final analysis); items
@@ -661,6 +859,9 @@ class BatchRun:
             analysis = structure(
                 decode_json(entry.analysis.encode(), what="journal"), Analysis, what="journal"
             )
+            if analysis.video_id is None and entry.video_id is not None:
+                # Journals written before Analysis.video_id existed hold analyses without it.
+                analysis = evolve(analysis, video_id=entry.video_id)
         return BatchResult(item, video_id=entry.video_id, analysis=analysis)
 
     async def _recreate(self, waiting: _Waiting) -> BatchResult | None:
@@ -669,32 +870,43 @@ class BatchRun:
         assert waiting.key is not None
         gone = waiting.video_id
         log.info("batch_upload: journaled video %s is gone (404); creating a new one", gone)
-        claim = await self._claim(waiting.key, replacing=gone)
-        entry = claim.entry
-        if claim.owned:
+        journal = self._journal_or_fail()
+        while True:
+            claim = await self._claim(waiting.key, replacing=gone)
+            entry = claim.entry
+            generation = claim.generation
+            if not claim.owned:
+                # Another batch replaced it already ("uploaded" or "done" with another video):
+                # follow that video.
+                assert entry is not None
+                assert entry.video_id is not None
+                if entry.state == "done":
+                    return self._restore(waiting.item, entry)
+                video_id = entry.video_id
+                break
             try:
                 path, fields = self._checked(waiting.item)
                 video_id = await self._create_and_upload(
-                    waiting.item, path, fields, waiting.key, []
+                    waiting.item, path, fields, waiting.key, generation, [], marked=False
                 )
-                await self._journal_or_fail().record(waiting.key, "uploaded", video_id=video_id)
+                written = await journal.record(
+                    waiting.key, "uploaded", generation=generation, video_id=video_id
+                )
+            except _ClaimLost:
+                written = False
             except JournalError:
                 raise
             except Exception as exc:
                 # Released with the failure recorded, so a rerun (or another batch) tries again.
-                await self._journal_or_fail().record(waiting.key, "error", error=exc)
+                await journal.record(waiting.key, "error", generation=generation, error=exc)
                 raise
             finally:
                 self._unclaim(waiting.key)
-        else:
-            # Another batch replaced it already (not owned: "uploaded" or "done" with another
-            # video): follow that video.
-            assert entry is not None
-            assert entry.video_id is not None
-            if entry.state == "done":
-                return self._restore(waiting.item, entry)
-            video_id = entry.video_id
+            if written:
+                break
+            # Another batch or process took the item over: follow what it records.
         waiting.video_id = video_id
+        waiting.generation = generation
         waiting.resumed = False
         waiting.last = None
         now = time.monotonic()
@@ -785,8 +997,14 @@ class BatchRun:
             waiting.last = analysis
             if analysis.is_done:
                 if self._journal is not None and waiting.key is not None:
+                    # Refused only if another batch replaced the video since (it was gone for
+                    # them): this analysis is still this item's result, reported as it is.
                     await self._journal.record(
-                        waiting.key, "done", video_id=video_id, analysis=to_json(analysis).decode()
+                        waiting.key,
+                        "done",
+                        generation=waiting.generation,
+                        video_id=video_id,
+                        analysis=to_json(analysis).decode(),
                     )
                 return BatchResult(waiting.item, video_id=video_id, analysis=analysis)
         now = time.monotonic()

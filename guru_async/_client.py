@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import aiohttp
+import attrs
 from yarl import URL
 
 from . import _routes as routes
@@ -23,12 +24,13 @@ from ._download import Redirected, redirect_target, stream_to_file
 from ._error_mapping import api_error, download_error, storage_error
 from ._errors import GuruConnectionError, GuruError, UploadError
 from ._instrumentation import Hooks, TraceScope
-from ._models import Analysis, CreatedVideo, Video
+from ._models import Analysis, CreatedVideo, JointData, Video
 from ._payloads import CreateVideoBody, VideoFields
 from ._retry import parse_retry_after
 from ._transport import Request, Response, Transport
-from ._types import FileSource, ProgressCallback
+from ._types import ProgressCallback
 from ._upload import (
+    FileSource,
     MultipartUpload,
     UploadSource,
     check_not_expired,
@@ -147,11 +149,23 @@ class Client:
         self, video_id: str, *, include: str | None = None, max_retries: int | None = None
     ) -> Video:
         """Get Video (``include``: the joined, checked values, or None)."""
+        decode_video = model(Video, f"Get video {video_id}")
+
+        def decode(resp: Response) -> Video:
+            video = decode_video(resp)
+            if video.analysis is None and video.j2p is None:
+                return video
+            return attrs.evolve(
+                video,
+                analysis=of_video(video.analysis, video_id),
+                j2p=joints_of_video(video.j2p, video_id),
+            )
+
         return await self.call(
             "GET",
             f"/videos/{video_id}",
             what=f"Get video {video_id}",
-            decode=model(Video, f"Get video {video_id}"),
+            decode=decode,
             params=None if include is None else {"include": include},
             max_retries=max_retries,
             route=routes.GET_VIDEO,
@@ -166,7 +180,8 @@ class Client:
         decode_analysis = model(Analysis, what)
 
         def decode(resp: Response) -> tuple[Analysis, float | None]:
-            return decode_analysis(resp), parse_retry_after(resp.headers.get("Retry-After"))
+            analysis = attrs.evolve(decode_analysis(resp), video_id=video_id)
+            return analysis, parse_retry_after(resp.headers.get("Retry-After"))
 
         return await self.call(
             "GET",
@@ -328,6 +343,18 @@ def model(cls: type[T], what: str) -> Callable[[Response], T]:
         return decode_model(resp.body, cls, what=what, status=resp.status)
 
     return decode
+
+
+def of_video(analysis: Analysis | None, video_id: str) -> Analysis | None:
+    """``analysis`` marked as the analysis of ``video_id`` (the API's answer does not say)."""
+    return None if analysis is None else attrs.evolve(analysis, video_id=video_id)
+
+
+def joints_of_video(joints: JointData | None, video_id: str) -> JointData | None:
+    """``joints`` with its rep analysis marked as that of ``video_id``."""
+    if joints is None or joints.analysis is None:
+        return joints
+    return attrs.evolve(joints, analysis=of_video(joints.analysis, video_id))
 
 
 def _ignore_body(resp: Response) -> None:

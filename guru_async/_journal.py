@@ -1,10 +1,13 @@
 """A batch's journal: each item's progress in SQLite, so a crashed batch resumes, never repeats.
 
 One row per item, keyed by what identifies the work: the service, the file's absolute path, the
-metadata it is sent with, and the content's identity (see :func:`item_key`). States move forward:
+metadata it is sent with, and the content's identity (see :func:`item_key`). States move forward
+(back to ``claimed`` only just before a replacement video is created):
 
-    claimed  -> a batch owns the item and is about to create its video
-    created  -> the video exists (id recorded) but its upload may not have finished
+    claimed  -> a batch owns the item and is about to create its video (a run that crashed
+                here may have created one it never recorded: the rerun logs that)
+    created  -> the video exists (id and presigned upload target recorded) but its upload may
+                not have finished
     uploaded -> storage accepted the content; only the analysis is awaited
     done     -> the final result (analysis JSON) is recorded
     error    -> the last attempt failed; a rerun tries again
@@ -15,7 +18,18 @@ reaches the same item while the claim is live waits until the owner records the 
 reports the same video. A claim is live while its lease runs (renewed every
 ``LEASE_SECONDS / 4`` by the owner) and, on the same host, while its process exists: a claim left
 by a crashed process is taken over at once on the same machine, after the lease elsewhere.
-Recording ``uploaded``, ``done`` or ``error`` releases the claim.
+Recording ``uploaded``, ``done`` or ``error`` releases the claim; a batch that stops releases
+every claim it holds. A new journal file is created readable by its user only.
+
+One video per item: the presigned target Create Video answered (url, fields and the policy's
+expiry) is recorded with the claim before any byte is sent, so whoever resumes the item (a rerun
+after Ctrl-C, SIGTERM or SIGKILL, or a batch taking over a lapsed claim) uploads to that same
+target, which storage treats as an overwrite of the same key, instead of creating a second video.
+
+Fencing: taking a claim bumps the row's ``generation`` and hands it to the claimant, and every
+:meth:`Journal.record` is a compare-and-set on it (and on the owner), so a process that lost its
+claim (frozen past its lease while another took the item over) writes nothing: ``record``
+answers False and the caller follows the item's new owner instead.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives the process being killed
 (the OS still has it), and readers never block the writer. All calls run on one worker thread
@@ -26,6 +40,7 @@ so the event loop never waits on the disk. Every SQLite failure surfaces as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -36,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 
 from ._errors import JournalError
 
@@ -57,9 +72,30 @@ _COLUMNS = {
     "updated_at": "REAL NOT NULL",
     "owner": "TEXT",
     "lease_until": "REAL",
+    "generation": "INTEGER NOT NULL DEFAULT 0",
+    "upload_url": "TEXT",
+    "upload_fields": "TEXT",
+    "upload_expires": "REAL",
 }
-# Columns added after 0.1: journals written by 0.1 gain them on open.
-_ADDED_COLUMNS = ("owner", "lease_until")
+# Columns added after 0.1 (owner, lease_until) and 0.2 (the rest): older journals gain them on
+# open, and keep working (an old "created" row has no target: its item gets a new video).
+_ADDED_COLUMNS = (
+    "owner",
+    "lease_until",
+    "generation",
+    "upload_url",
+    "upload_fields",
+    "upload_expires",
+)
+# An entry's columns (see _entry), then what a claim also reads.
+_SELECT_ENTRY = (
+    "SELECT state, video_id, analysis, error_type, error, upload_url, upload_fields, "
+    "upload_expires FROM items WHERE key = ?"
+)
+_SELECT_CLAIM = (
+    "SELECT state, video_id, analysis, error_type, error, upload_url, upload_fields, "
+    "upload_expires, owner, lease_until, generation FROM items WHERE key = ?"
+)
 _SCHEMA = "CREATE TABLE IF NOT EXISTS items ({})".format(
     ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
 )
@@ -67,14 +103,40 @@ _META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)"
 
 
 @frozen
+class UploadTarget:
+    """Where a created video's content goes: the presigned POST Create Video answered.
+
+    Attributes:
+        url: The storage URL.
+        fields: The signed form fields, in the order issued.
+        expires: The presigned policy's expiry (Unix time), or None when it is not readable.
+    """
+
+    url: str = field(repr=False)  # presigned: the signature must not reach logs via repr
+    fields: dict[str, str] = field(repr=False)
+    expires: float | None
+
+
+@frozen
 class JournalEntry:
-    """What the journal knows of one item."""
+    """What the journal knows of one item.
+
+    Attributes:
+        state: ``claimed``, ``created``, ``uploaded``, ``done`` or ``error``.
+        video_id: The item's video once created.
+        analysis: The final analysis as JSON (``done`` only).
+        error_type: The last failure's exception type (``error`` only).
+        error: The last failure's message (``error`` only).
+        target: The video's upload target, kept until its upload is recorded (None in
+            journals written before targets were recorded).
+    """
 
     state: str
     video_id: str | None
     analysis: str | None
     error_type: str | None
     error: str | None
+    target: UploadTarget | None = None
 
 
 @frozen
@@ -85,15 +147,25 @@ class Claim:
         entry: The item's row as it was when claimed, or None for a new item.
         owned: True when this journal now owns the item and may create its video; False when
             there is nothing to create (the item is ``uploaded`` or ``done``).
+        generation: The fencing number every later ``record`` of the item must present: the
+            new one when owned, else the row's current one.
+        abandoned: The claim was taken over from a run that never released it (it crashed, or
+            lost its lease); with ``entry.state == "claimed"`` that run may have created a
+            video it never recorded.
     """
 
     entry: JournalEntry | None
     owned: bool
+    generation: int = 0
+    abandoned: bool = False
 
 
 class Journal:
     """The SQLite journal of one batch (safe to reuse across runs, and to share between
     batches and processes on one machine)."""
+
+    # How long a claim stays live without renewal; the batch renews every quarter of it.
+    lease_seconds: float = LEASE_SECONDS
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -127,6 +199,7 @@ class Journal:
     def _open(self) -> None:
         if self.path.is_dir():
             raise self._fail("it is a folder; give a file path such as 'batch.db' inside it")
+        _create_private(self.path)
         try:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
@@ -141,13 +214,7 @@ class Journal:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             db.execute(_META)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
-            missing = set(_COLUMNS) - columns
-            if missing - set(_ADDED_COLUMNS):
-                raise self._fail("it is an SQLite database, but not a batch journal")
-            for name in _ADDED_COLUMNS:
-                if name in missing:
-                    db.execute(f"ALTER TABLE items ADD COLUMN {name} {_COLUMNS[name]}")
+            self._migrate(db)
             # Prove the journal can be written now, before any video is created: a read-only
             # file or folder fails here rather than after the first upload.
             db.execute(
@@ -163,6 +230,24 @@ class Journal:
             raise
         self._db = db
 
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Add the columns an older journal lacks, in one transaction: batches opening one
+        old journal together add each column once."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+            missing = set(_COLUMNS) - columns
+            if missing - set(_ADDED_COLUMNS):
+                raise self._fail("it is an SQLite database, but not a batch journal")
+            for name in _ADDED_COLUMNS:
+                if name in missing:
+                    db.execute(f"ALTER TABLE items ADD COLUMN {name} {_COLUMNS[name]}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     async def close(self) -> None:
         """Close the database and its thread."""
         try:
@@ -173,8 +258,14 @@ class Journal:
             self._executor.shutdown(wait=True)
 
     async def _run(self, fn: Any, *args: Any, raw: bool = False) -> Any:
+        # Shielded: a caller cancelled (Ctrl-C) while its write waits or runs does not drop
+        # the write; it lands before the journal closes (one thread runs them in order).
+        work = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(_consume)  # nobody awaits it now: no "never retrieved"
+            raise
         except sqlite3.Error as exc:
             if raw:
                 raise
@@ -186,13 +277,11 @@ class Journal:
     async def get(self, key: str) -> JournalEntry | None:
         """The entry for ``key``, or None if the item was never started."""
         row = await self._run(self._get, key)
-        return None if row is None else JournalEntry(*row)
+        return None if row is None else _entry(row)
 
     def _get(self, key: str) -> tuple[Any, ...] | None:
         assert self._db is not None
-        cur = self._db.execute(
-            "SELECT state, video_id, analysis, error_type, error FROM items WHERE key = ?", (key,)
-        )
+        cur = self._db.execute(_SELECT_ENTRY, (key,))
         row: tuple[Any, ...] | None = cur.fetchone()
         return row
 
@@ -213,13 +302,10 @@ class Journal:
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute(
-                "SELECT state, video_id, analysis, error_type, error, owner, lease_until "
-                "FROM items WHERE key = ?",
-                (key,),
-            ).fetchone()
-            entry = None if row is None else JournalEntry(*row[:5])
-            if row is not None and row[5] is not None and self._alive(row[5], row[6], now):
+            row = db.execute(_SELECT_CLAIM, (key,)).fetchone()
+            entry = None if row is None else _entry(row[:8])
+            owner, lease_until, generation = (None, None, 0) if row is None else row[8:]
+            if owner is not None and self._alive(owner, lease_until, now):
                 db.execute("COMMIT")
                 return None
             if (
@@ -228,19 +314,20 @@ class Journal:
                 and (replacing is None or entry.video_id != replacing)
             ):
                 db.execute("COMMIT")
-                return Claim(entry, owned=False)
+                return Claim(entry, owned=False, generation=generation)
             db.execute(
-                "INSERT INTO items (key, state, updated_at, owner, lease_until) "
-                "VALUES (?, 'claimed', ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-                "owner = excluded.owner, lease_until = excluded.lease_until",
-                (key, now, self.owner, now + LEASE_SECONDS),
+                "INSERT INTO items (key, state, updated_at, owner, lease_until, generation) "
+                "VALUES (?, 'claimed', ?, ?, ?, 1) ON CONFLICT(key) DO UPDATE SET "
+                "owner = excluded.owner, lease_until = excluded.lease_until, "
+                "generation = items.generation + 1",
+                (key, now, self.owner, now + self.lease_seconds),
             )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return Claim(entry, owned=True)
+        return Claim(entry, owned=True, generation=generation + 1, abandoned=owner is not None)
 
     def _alive(self, owner: str, lease_until: float | None, now: float) -> bool:
         if lease_until is None or lease_until <= now:
@@ -262,7 +349,7 @@ class Journal:
         assert self._db is not None
         self._db.execute(
             "UPDATE items SET lease_until = ? WHERE owner = ?",
-            (time.time() + LEASE_SECONDS, self.owner),
+            (time.time() + self.lease_seconds, self.owner),
         )
 
     async def release_all(self) -> None:
@@ -280,38 +367,93 @@ class Journal:
         key: str,
         state: str,
         *,
+        generation: int,
         video_id: str | None = None,
         analysis: str | None = None,
         error: BaseException | None = None,
-    ) -> None:
-        """Move ``key`` to ``state``, keeping its video id once known.
+        target: UploadTarget | None = None,
+    ) -> bool:
+        """Move ``key`` to ``state`` if the caller still holds the item; False if it does not.
 
-        ``created`` keeps the item's claim; any later state releases it.
+        A compare-and-set: the row must still carry ``generation`` (from the caller's
+        :class:`Claim`) and be owned by this journal or by nobody, so a writer whose claim was
+        taken over changes nothing. ``claimed`` (a create is about to be sent) and ``created``
+        keep the claim; any later state releases it. The video id is kept once known; the
+        upload target until ``uploaded`` or ``done`` (``error`` keeps it: a rerun resumes the
+        same upload).
         """
         error_type = None if error is None else type(error).__name__
         message = None if error is None else str(error)
-        await self._run(self._record, key, state, video_id, analysis, error_type, message)
+        written: bool = await self._run(
+            self._record, key, state, generation, video_id, analysis, error_type, message, target
+        )
+        return written
 
     def _record(
         self,
         key: str,
         state: str,
+        generation: int,
         video_id: str | None,
         analysis: str | None,
         error_type: str | None,
         error: str | None,
-    ) -> None:
+        target: UploadTarget | None,
+    ) -> bool:
         assert self._db is not None
-        self._db.execute(
-            "INSERT INTO items (key, state, video_id, analysis, error_type, error, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET state = excluded.state, "
-            "video_id = COALESCE(excluded.video_id, items.video_id), "
-            "analysis = excluded.analysis, error_type = excluded.error_type, "
-            "error = excluded.error, updated_at = excluded.updated_at, "
-            "owner = CASE WHEN excluded.state = 'created' THEN items.owner END, "
-            "lease_until = CASE WHEN excluded.state = 'created' THEN items.lease_until END",
-            (key, state, video_id, analysis, error_type, error, time.time()),
+        keep = state not in ("uploaded", "done")
+        cur = self._db.execute(
+            "UPDATE items SET state = :state, video_id = COALESCE(:video_id, video_id), "
+            "analysis = :analysis, error_type = :error_type, error = :error, "
+            "updated_at = :now, "
+            "owner = CASE WHEN :held THEN owner END, "
+            "lease_until = CASE WHEN :held THEN lease_until END, "
+            "upload_url = CASE WHEN :given THEN :url WHEN :keep THEN upload_url END, "
+            "upload_fields = CASE WHEN :given THEN :fields WHEN :keep THEN upload_fields END, "
+            "upload_expires = CASE WHEN :given THEN :expires WHEN :keep THEN upload_expires END "
+            "WHERE key = :key AND generation = :generation "
+            "AND (owner IS NULL OR owner = :owner)",
+            {
+                "state": state,
+                "video_id": video_id,
+                "analysis": analysis,
+                "error_type": error_type,
+                "error": error,
+                "now": time.time(),
+                "held": state in ("claimed", "created"),
+                "given": target is not None,
+                "keep": keep,
+                "url": None if target is None else target.url,
+                "fields": None if target is None else json.dumps(target.fields),
+                "expires": None if target is None else target.expires,
+                "key": key,
+                "generation": generation,
+                "owner": self.owner,
+            },
         )
+        return cur.rowcount == 1
+
+
+def _entry(row: tuple[Any, ...]) -> JournalEntry:
+    """A JournalEntry from the columns of _SELECT_ENTRY."""
+    state, video_id, analysis, error_type, error, url, fields, expires = row
+    target = None
+    if url is not None and fields is not None:
+        target = UploadTarget(url, json.loads(fields), expires)
+    return JournalEntry(state, video_id, analysis, error_type, error, target)
+
+
+def _create_private(path: Path) -> None:
+    """Create a new journal file readable by its user only: it holds presigned upload targets
+    (SQLite gives its -wal and -shm files the same mode). An existing file is left as it is,
+    and any other failure is SQLite's to report, as it would without this."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _consume(work: asyncio.Future[Any]) -> None:
+    if not work.cancelled():
+        work.exception()
 
 
 def _pid_exists(pid: int) -> bool:

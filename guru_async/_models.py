@@ -114,6 +114,12 @@ class Analysis:
         reps: The reps (or sprint strides) found, each with its analyses.
         field_markers: Sprint only: the yard lines and cones detected.
         runner_progress: Sprint only: distance over time.
+        video_id: The video this is the analysis of. The API's answer does not carry it: the
+            session sets it on every Analysis it returns (``get_analysis``,
+            ``await_analysis``, ``analyze``, a batch's results, the analysis inside a Video or
+            JointData), so ``analyze`` gives the id too. It is part of the model's JSON
+            (``videoId``, see ``to_dict``) and of equality: analyses of two videos are not
+            equal. None on an Analysis made by hand, or read from JSON without it.
     """
 
     status: AnalysisStatus | UnknownValue | None = None
@@ -123,6 +129,7 @@ class Analysis:
     reps: list[Rep] = field(factory=list)
     field_markers: FieldMarkers | None = None
     runner_progress: list[RunnerProgress] | None = None
+    video_id: str | None = field(default=None, kw_only=True)
 
     @property
     def is_done(self) -> bool:

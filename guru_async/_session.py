@@ -29,11 +29,12 @@ from ._batch import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_POLL_RATE,
     DEFAULT_UPLOAD_CONCURRENCY,
+    BatchItem,
     BatchProgress,
     BatchRun,
     BatchUpload,
 )
-from ._client import Client, model
+from ._client import Client, joints_of_video, model
 from ._converter import decode_json
 from ._enums import OverlayType
 from ._errors import ResponseDecodeError
@@ -44,16 +45,9 @@ from ._payloads import UpdateVideoBody, resolve_fields
 from ._polling import DEFAULT_TIMEOUT, PollPolicy, poll_analysis
 from ._retry import RetryBudget, RetryPolicy
 from ._transport import Response, Timeouts, Transport
-from ._types import (
-    UNSET,
-    ActivityArg,
-    BatchItem,
-    DomainArg,
-    FileSource,
-    ProgressCallback,
-)
+from ._types import UNSET, ActivityArg, DomainArg, ProgressCallback
 from ._types import UnsetType as _Unset
-from ._upload import UploadSource, is_url
+from ._upload import FileSource, UploadSource, empty_video, is_url
 from ._urls import checked_url
 from ._validation import (
     check_include,
@@ -265,7 +259,8 @@ class GuruSession:
 
         Raises:
             ValueError: An unknown domain or activity (the message lists the accepted values),
-                an activity outside the domain, a negative or huge rep count.
+                an activity outside the domain, a negative or huge rep count, an empty video
+                (size 0, or a file of 0 bytes).
             FileNotFoundError: No ``size`` and no file at ``filename``.
             GuruConnectionError, ServerError, ResponseDecodeError: The request failed; when the
                 message says "not retried, as the video may have been created", the service
@@ -282,6 +277,8 @@ class GuruSession:
                 size = UploadSource(filename).size
             name = os.path.basename(os.fspath(filename)) or "video"
         size = check_size(size)
+        if size == 0:
+            raise empty_video(f"the video {name!r} (size=0)")
         fields = resolve_fields(
             domain=domain, activity=activity, rep_count=rep_count, source=source
         )
@@ -328,7 +325,7 @@ class GuruSession:
                 bytes than its size. Never retried.
             OSError: Reading a local file failed (raised as it is, never retried).
             FileNotFoundError, IsADirectoryError, TypeError, ValueError: An unusable ``file``,
-                ``filename`` or URL, before anything is sent.
+                ``filename`` or URL, or empty content (0 bytes), before anything is sent.
         """
         if not isinstance(created, CreatedVideo):
             raise TypeError(
@@ -365,8 +362,8 @@ class GuruSession:
             The new video's id, to pass to await_analysis or get_analysis.
 
         Raises:
-            ValueError: A bad domain, activity, rep count or ``filename``, before anything is
-                sent.
+            ValueError: A bad domain, activity, rep count or ``filename``, or empty content
+                (0 bytes), before anything is sent.
             UploadError, SourceError, OSError: As for upload.
         """
         fields = resolve_fields(
@@ -449,11 +446,18 @@ class GuruSession:
         """Fetch per-frame joint positions and the rep analysis (Get Joint Data)."""
         check_video_id(video_id)
         what = f"Get joint data of video {video_id}"
+        decode_joints = model(JointData, what)
+
+        def decode(resp: Response) -> JointData:
+            joints = joints_of_video(decode_joints(resp), video_id)
+            assert joints is not None
+            return joints
+
         return await self._client.call(
             "GET",
             f"/videos/{video_id}/j2p",
             what=what,
-            decode=model(JointData, what),
+            decode=decode,
             max_retries=max_retries,
             route=routes.GET_JOINT_DATA,
             video_id=video_id,
@@ -519,7 +523,8 @@ class GuruSession:
             progress: As for upload_video.
 
         Returns:
-            The Analysis, Complete or Failed (check ``analysis.status``).
+            The Analysis, Complete or Failed (check ``analysis.status``); its ``video_id`` is
+            the video this call made.
 
         Raises:
             AnalysisTimeoutError: The upload succeeded but the analysis did not finish in

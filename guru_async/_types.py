@@ -1,26 +1,21 @@
 """Sentinels and the types of arguments, in one place (anthropic's ``_types.py``).
 
 Everything here is a name for what a caller passes: ``UNSET`` (not given, as distinct from
-None), the wrapper ``Unvalidated``, and the aliases ``DomainArg``, ``ActivityArg``,
-``FileSource``, ``ProgressCallback`` and ``BatchItem``. This module sits at the bottom of the
-package: the classes two aliases name (``StreamSource``, ``VideoSpec``) are imported for type
-checking only, and written as strings.
+None), the wrapper ``Unvalidated``, and the aliases ``DomainArg``, ``ActivityArg`` and
+``ProgressCallback``. This module sits at the bottom of the package and imports nothing of it
+but the enumerations, not even for type checkers: an alias that names a class of a higher layer
+lives beside that class (``FileSource`` with ``StreamSource`` in ``_upload``, ``BatchItem`` with
+``VideoSpec`` in ``_batch``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
-from typing import IO, TYPE_CHECKING, Final, Union
+from typing import Final
 
 from attrs import frozen
-from yarl import URL
 
 from ._enums import Activity, Domain
-
-if TYPE_CHECKING:
-    from ._batch import VideoSpec
-    from ._upload import StreamSource
 
 
 class UnsetType:
@@ -69,12 +64,5 @@ DomainArg = Domain | str | Unvalidated | None
 ActivityArg = Activity | str | Unvalidated | None
 """An activity: an Activity, its wire string, an Unvalidated newer value, or None."""
 
-FileSource = Union[str, "os.PathLike[str]", IO[bytes], URL, "StreamSource"]
-"""What an upload takes: a path, an http(s) URL (a str or yarl.URL), a binary file object
-opened for reading, or a StreamSource."""
-
 ProgressCallback = Callable[[int, int], Awaitable[None] | None]
 """Called as ``progress(sent_bytes, total_bytes)`` while a file is sent; may be async."""
-
-BatchItem = Union[str, "os.PathLike[str]", "VideoSpec"]
-"""One input item of a batch: a path, or a VideoSpec for per-video metadata."""

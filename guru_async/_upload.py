@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Union
 
 import aiohttp
 from yarl import URL
@@ -40,7 +40,7 @@ from ._aio import run_owning
 from ._error_mapping import describe_network_error, source_status_error
 from ._errors import BodyAbort, GuruError, SourceError, UploadError
 from ._progress import ProgressReporter
-from ._types import FileSource, ProgressCallback
+from ._types import ProgressCallback
 from ._urls import MAX_REDIRECTS, REDIRECT_STATUSES
 from ._validation import check_size
 
@@ -51,66 +51,130 @@ EXPIRY_MARGIN = 5.0
 
 
 class StreamSource:
-    """An async byte stream with a declared size, to upload without touching the disk.
+    """A web framework's upload or an async byte stream with a declared size, sent without
+    being written to disk again.
 
-    For web apps: a Starlette/FastAPI ``UploadFile``, an aiohttp multipart part
-    (``BodyPartReader``) or ``request.content``, or any ``AsyncIterable[bytes]``::
+    For web apps: a Starlette/FastAPI ``UploadFile``, aiohttp's ``FileField`` (from
+    ``await request.post()``), an aiohttp multipart part (``BodyPartReader``) or
+    ``request.content``, or any ``AsyncIterable[bytes]``::
 
-        video_id = await guru.upload_video(StreamSource(part, size=n, filename="squat.mp4"))
+        video_id = await guru.upload_video(StreamSource(upload), activity="squat")
 
-    The stream is read with ``read_chunk(n)`` when it has one (aiohttp parts), else with an
-    async ``read(n)`` (UploadFile, aiohttp's StreamReader), else by iterating it. It is sent
-    once: a stream cannot be rewound, so an upload from it is never retried (an upload that
-    fails must be started again with a fresh stream).
+    A source that can seek is retried like a file: an ``UploadFile`` or a ``FileField`` (both
+    hold the upload in a seekable ``.file``, in memory or spooled to disk) or any seekable
+    binary file object is read from its position at this call, again for each attempt. A
+    stream that cannot seek (a multipart part, ``request.content``, an async generator) is
+    one-shot: it is read with ``read_chunk(n)`` when it has one, else with an async ``read(n)``,
+    else by iterating it, and its upload is tried once, never retried (one that fails must be
+    started again with a fresh stream).
 
     Args:
         stream: The bytes to upload.
         size: Their exact number; defaults to the stream's own integer ``size`` attribute
-            (``UploadFile.size``). Storage refuses a body of another length, so a stream that
+            (``UploadFile.size``), else, for a source that can seek, the bytes from its
+            position to its end. Storage refuses a body of another length, so a stream that
             ends early or runs long fails the upload with SourceError.
         filename: The name sent to Create Video and storage; defaults to the stream's own
             ``filename`` attribute, else ``"video"``.
 
     Raises:
-        TypeError: ``stream`` is not readable asynchronously.
-        ValueError: No size given and none on the stream, or a negative size.
+        TypeError: ``stream`` is neither readable asynchronously nor a seekable file.
+        ValueError: No size given and none on the stream; a negative size, or 0 (an empty
+            video cannot be analysed); a size other than what a seekable source holds.
     """
 
     def __init__(
         self, stream: object, *, size: int | None = None, filename: str | None = None
     ) -> None:
-        if not (
+        file = _seekable_file(stream)
+        if file is None and not (
             callable(getattr(stream, "read_chunk", None))
             or callable(getattr(stream, "read", None))
             or hasattr(stream, "__aiter__")
         ):
             raise TypeError(
                 "StreamSource takes an async byte stream (with async read(n) or read_chunk(n), "
-                f"or an AsyncIterable[bytes]), got {type(stream).__name__}"
+                "or an AsyncIterable[bytes]) or a seekable file (an UploadFile or FileField "
+                f"holds one in .file), got {type(stream).__name__}"
             )
+        if filename is None:
+            own_name = getattr(stream, "filename", None)
+            filename = own_name if isinstance(own_name, str) and own_name else None
+        self.stream = stream
+        self.filename = filename
+        # The seekable file behind the stream and where its content starts: read again from
+        # there for each attempt. None for a one-shot stream.
+        self.file = file
+        self.start = 0
+        held: int | None = None
+        if file is not None:
+            self.start = file.tell()
+            held = file.seek(0, os.SEEK_END) - self.start
+            file.seek(self.start)
         if size is None:
             own = getattr(stream, "size", None)
             if isinstance(own, int) and not isinstance(own, bool):
                 size = own
+            elif held is not None:
+                size = held
             else:
                 raise ValueError(
                     "StreamSource needs size=: the exact number of bytes the stream delivers "
                     "(storage refuses an upload without an exact Content-Length)"
                 )
         check_size(size)
-        if filename is None:
-            own_name = getattr(stream, "filename", None)
-            filename = own_name if isinstance(own_name, str) and own_name else None
-        self.stream = stream
+        if held is not None and size != held:
+            raise ValueError(
+                f"StreamSource of {filename or 'video'!r} announces {size} bytes but its file "
+                f"holds {held} from its current position (was it read already? seek(0) first)"
+            )
+        if size == 0:
+            raise empty_video(f"the stream {filename or 'video'!r}")
         self.size = size
-        self.filename = filename
         self.used = False
+
+    @property
+    def rewindable(self) -> bool:
+        """Whether the content can be read again from its start (its upload is retried)."""
+        return self.file is not None
 
     def __repr__(self) -> str:
         return (
             f"<StreamSource {type(self.stream).__name__} size={self.size} "
-            f"filename={self.filename!r}>"
+            f"filename={self.filename!r} rewindable={self.rewindable}>"
         )
+
+
+def _seekable_file(stream: object) -> IO[bytes] | None:
+    """The seekable binary file a source holds (UploadFile.file, FileField.file) or is."""
+    for candidate in (stream, getattr(stream, "file", None)):
+        if candidate is None:
+            continue
+        read = getattr(candidate, "read", None)
+        seek = getattr(candidate, "seek", None)
+        tell = getattr(candidate, "tell", None)
+        # A coroutine function read is the async face of a file (UploadFile): use its .file.
+        if not (callable(read) and callable(seek) and callable(tell)) or (
+            inspect.iscoroutinefunction(read) or inspect.iscoroutinefunction(seek)
+        ):
+            continue
+        # Python 3.10's SpooledTemporaryFile (an UploadFile's) has no seekable(): tell() then.
+        seekable = getattr(candidate, "seekable", None)
+        try:
+            if callable(seekable) and seekable() is not True:
+                continue
+            tell()
+            if isinstance(read(0), str):
+                continue
+        except (OSError, ValueError):  # closed, not readable, or not seekable
+            continue
+        return candidate  # type: ignore[return-value]
+    return None
+
+
+FileSource = Union[str, "os.PathLike[str]", IO[bytes], URL, StreamSource]
+"""What an upload takes: a path, an http(s) URL (a str or yarl.URL), a binary file object
+opened for reading, or a StreamSource."""
 
 
 def is_url(source: object) -> bool:
@@ -131,7 +195,15 @@ def check_file(path: str | os.PathLike[str]) -> Path:
         raise IsADirectoryError(f"expected a video file but {str(p)!r} is a folder")
     if not os.access(p, os.R_OK):
         raise PermissionError(f"video file is not readable: {str(p)!r}")
+    if p.stat().st_size == 0:
+        raise empty_video(f"the video file {str(p)!r}")
     return p
+
+
+def empty_video(what: str) -> ValueError:
+    """The error for content of 0 bytes, refused before anything is sent: the service would
+    create a video, take the empty upload and fail its analysis."""
+    return ValueError(f"{what} is empty (0 bytes): there is no video to analyse")
 
 
 def check_filename(filename: object) -> str:
@@ -156,7 +228,8 @@ def public_url(url: URL) -> str:
 class UploadSource:
     """What to upload, measured once, re-readable from its start for each attempt when it can.
 
-    ``resendable`` is False for a StreamSource: its upload is tried once.
+    ``resendable`` is False for a one-shot StreamSource (one that cannot seek): its upload is
+    tried once. Content of 0 bytes is refused here, before anything is sent.
     """
 
     def __init__(
@@ -181,9 +254,14 @@ class UploadSource:
             self.url = url
             self.name = _url_name(url)
         elif isinstance(source, StreamSource):
-            self.stream = source
             self.name = source.filename or "video"
             self.size = source.size
+            if source.file is not None:
+                # Seekable (an UploadFile's spooled file): read again for each attempt.
+                self.file = source.file
+                self.start = source.start
+            else:
+                self.stream = source
         elif isinstance(source, (str, os.PathLike)):
             self.path = check_file(source)
             self.name = self.path.name
@@ -194,6 +272,11 @@ class UploadSource:
                     "expected a path or a binary file object with read() and seek(), an "
                     f"http(s) URL or a StreamSource; got {type(source).__name__}"
                 )
+            if inspect.iscoroutinefunction(source.read):
+                raise TypeError(
+                    f"{type(source).__name__} is read asynchronously: wrap it as "
+                    "StreamSource(upload), or pass its seekable .file with filename="
+                )
             if isinstance(source.read(0), str):
                 raise TypeError("the file object is open in text mode; open it with 'rb'")
             self.file = source
@@ -201,6 +284,8 @@ class UploadSource:
             self.start = source.tell()
             self.size = source.seek(0, os.SEEK_END) - self.start
             source.seek(self.start)
+            if self.size == 0:
+                raise empty_video(f"the file object {self.name!r} (from its current position)")
         if filename is not None:
             self.name = check_filename(filename)
 
@@ -229,6 +314,9 @@ class UploadSource:
         response = await self._get()
         self._first = response
         self.size = self._announced(response)
+        if self.size == 0:
+            self.release()
+            raise empty_video(f"the source {self.described}")
 
     def release(self) -> None:
         """Let go of what measure() kept (the call ended before the upload used it)."""

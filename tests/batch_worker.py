@@ -6,7 +6,9 @@ The endpoints and credentials come from GURU_BASE_URL, GURU_TOKEN_URL, GURU_CLIE
 GURU_CLIENT_SECRET. tests/test_batch.py kills this process mid-batch and runs it again with the
 same journal to check that the batch resumes without uploading anything twice. With
 BATCH_WORKER_FSIZE_LIMIT=BYTES the process may not write files larger than that (RLIMIT_FSIZE):
-the journal's writes fail as on a full disk.
+the journal's writes fail as on a full disk. With BATCH_WORKER_LEASE_SECONDS=S its journal claims
+lapse S seconds after their last renewal (60 by default), so a test that freezes it (SIGSTOP)
+sees them lapse quickly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import signal
 import sys
 
 from guru_async import GuruSession, MemoryTokenStore, PollPolicy
+from guru_async._journal import Journal
 
 
 async def run(journal: str, concurrency: int, files: list[str]) -> None:
@@ -49,6 +52,9 @@ def main(argv: list[str]) -> int:
         # Without this the kernel kills the process (SIGXFSZ) instead of failing the write.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), resource.RLIM_INFINITY))
+    lease = os.environ.get("BATCH_WORKER_LEASE_SECONDS")
+    if lease is not None:
+        Journal.lease_seconds = float(lease)
     asyncio.run(run(argv[0], int(argv[1]), argv[2:]))
     return 0
 

@@ -6,15 +6,14 @@ import asyncio
 import json
 import os
 import stat
-import sys
 import time
-from asyncio.subprocess import Process
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 import guru_async._auth as guru_auth
+import guru_async._token_failure as token_failure
 from guru_async import (
     AuthenticationError,
     FileTokenStore,
@@ -40,11 +39,12 @@ from guru_async.testing import (
 )
 from tests.conftest import FAST_POLLS
 from tests.helpers import headers_of, recorded_on, wait_until
+from tests.redis_server import free_port
+from tests.token_procs import token_workers
 
 API_ROUTES = {CREATE_ROUTE, GET_VIDEO_ROUTE, UPDATE_ROUTE, ANALYSIS_ROUTE, J2P_ROUTE}
 
 MakeSession = Callable[..., GuruSession]
-REPO = Path(__file__).resolve().parent.parent
 
 
 async def _created_video_id(emulator: GuruEmulator) -> str:
@@ -356,26 +356,6 @@ async def test_file_store_fetch_once_reuses_a_fresh_token_unless_stale(tmp_path:
     assert await FileTokenStore(tmp_path / "tokens.json").load("k") == new
 
 
-async def _start_token_worker(emulator: GuruEmulator, token_file: Path) -> Process:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "GURU_BASE_URL": emulator.base_url,
-        "GURU_TOKEN_URL": emulator.token_url,
-        "GURU_CLIENT_ID": emulator.client_id,
-        "GURU_CLIENT_SECRET": emulator.client_secret,
-    }
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(REPO / "tests" / "token_worker.py"),
-        str(token_file),
-        cwd=REPO,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-
-
 @pytest.mark.slow
 async def test_processes_starting_together_make_one_token_request(
     emulator: GuruEmulator, tmp_path: Path
@@ -384,28 +364,44 @@ async def test_processes_starting_together_make_one_token_request(
     make one token request and all call the API with that token."""
     emulator.faults.add(FaultRule(route=TOKEN_ROUTE, kind="delay", delay=0.3))
     token_file = tmp_path / "cache" / "tokens.json"
-    workers = [await _start_token_worker(emulator, token_file) for _ in range(4)]
-    try:
+    async with token_workers(emulator) as start:
+        workers = await start(str(token_file), count=4)
         for worker in workers:
-            assert worker.stdout is not None
-            assert await asyncio.wait_for(worker.stdout.readline(), timeout=30) == b"ready\n"
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write(b"go\n")
-            await worker.stdin.drain()
-        outputs = [await asyncio.wait_for(w.communicate(), timeout=30) for w in workers]
-    finally:
-        for worker in workers:
-            if worker.returncode is None:
-                worker.kill()
-                await worker.wait()
-    assert [out for out, _ in outputs] == [b"done\n"] * 4
-    assert [w.returncode for w in workers] == [0] * 4
+            await worker.go()
+        outcomes = [await w.outcome() for w in workers]
+    assert outcomes == [{"error": None}] * 4
     assert emulator.token_requests == 1
     tokens = {headers_of(r)["authorization"] for r in recorded_on(emulator, GET_VIDEO_ROUTE)}
     assert len(tokens) == 1
     (entry,) = json.loads(token_file.read_text()).values()
     assert tokens == {entry["access_token"]}
+
+
+@pytest.mark.slow
+async def test_processes_sharing_a_token_file_make_one_request_after_a_429(
+    emulator: GuruEmulator, tmp_path: Path
+) -> None:
+    """Five processes on one token file against a token endpoint answering 429 with
+    Retry-After: 30 make one token request: the others, and a process started afterwards,
+    raise the stored RateLimitError with the time left, from a 0600 file beside the tokens."""
+    emulator.faults.add(FaultRule(route=TOKEN_ROUTE, status=429, retry_after=30))
+    token_file = tmp_path / "tokens.json"
+    async with token_workers(emulator) as start:
+        *together, late = await start(str(token_file), "--retries", "0", count=6)
+        for worker in together:
+            await worker.go()
+        outcomes = [await w.outcome() for w in together]
+        await late.go()
+        outcomes.append(await late.outcome())
+    assert [(o["error"], o["status"]) for o in outcomes] == [("RateLimitError", 429)] * 6
+    assert all(20 < o["retry_after"] <= 30 for o in outcomes)
+    assert emulator.token_requests == 1
+    failures = token_file.with_name("tokens.json.failures")
+    assert stat.S_IMODE(os.stat(failures).st_mode) == 0o600
+    (entry,) = json.loads(failures.read_text()).values()
+    assert entry["type"] == "RateLimitError"
+    assert 20 < entry["until"] - time.time() <= 30
+    assert emulator.client_secret not in failures.read_text()
 
 
 MISSING_ID = "0b8e4c1e-0000-4000-8000-000000000000"
@@ -417,7 +413,7 @@ async def test_a_failed_token_fetch_is_shared_by_every_waiting_call(
     """Six concurrent calls against a token endpoint answering 503 make one fetch (its own
     retry included) between them, all raise its error, and a call made just after gets the
     remembered failure without another token request."""
-    monkeypatch.setattr(guru_auth, "FAILED_FETCH_MEMORY", 60.0)
+    monkeypatch.setattr(token_failure, "FAILED_FETCH_MEMORY", 60.0)
     emulator.faults.add(FaultRule(route=TOKEN_ROUTE, status=503, retry_after=0.01))
     async with make_session(max_retries=1, timeouts=Timeouts(total=5)) as guru:
         results = await asyncio.gather(
@@ -437,7 +433,7 @@ async def test_a_remembered_token_failure_expires(
 ) -> None:
     """Once the failure's memory has run out, the next call asks the token endpoint again and
     succeeds when it has recovered."""
-    monkeypatch.setattr(guru_auth, "FAILED_FETCH_MEMORY", 0.0)
+    monkeypatch.setattr(token_failure, "FAILED_FETCH_MEMORY", 0.0)
     emulator.faults.add(FaultRule(route=TOKEN_ROUTE, status=503, times=1))
     async with make_session(max_retries=0) as guru:
         with pytest.raises(ServerError):
@@ -578,3 +574,72 @@ async def test_a_token_that_cured_a_401_is_refreshed_when_it_is_revoked_later(
         assert video.status == "Pending"
     assert emulator.token_requests == 3
     assert emulator.requests[GET_VIDEO_ROUTE] == 4
+
+
+async def test_a_caller_arriving_as_a_refresh_is_abandoned_gets_a_token(
+    emulator: GuruEmulator, guru: GuruSession
+) -> None:
+    """When the only caller waiting for a token refresh is cancelled, a call made right after,
+    before the abandoned refresh has finished, gets a token of its own, not CancelledError."""
+    emulator.faults.add(FaultRule(route=TOKEN_ROUTE, kind="delay", delay=30, times=1))
+    leaving = asyncio.ensure_future(guru.get_video(MISSING_ID))
+    await wait_until(lambda: emulator.token_requests == 1)  # its refresh is in flight
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    # The refresh is cancelled but has not landed yet (its done-callback runs after this
+    # task resumes): the call below starts while it is still being torn down.
+    with pytest.raises(NotFoundError):
+        await guru.get_video(MISSING_ID)
+    assert emulator.token_requests == 2
+    assert emulator.requests[GET_VIDEO_ROUTE] == 1
+
+
+async def test_rejected_credentials_are_shared_through_a_token_file(
+    emulator: GuruEmulator, tmp_path: Path
+) -> None:
+    """A token endpoint rejecting the credentials is asked once by two sessions with their own
+    FileTokenStore on one file (two processes' worth): the second raises the stored
+    AuthenticationError, which carries no retry_after, as the first did not."""
+    path = tmp_path / "tokens.json"
+    sessions = [
+        GuruSession(
+            emulator.client_id,
+            "wrong-secret",
+            base_url=emulator.base_url,
+            token_url=emulator.token_url,
+            token_store=FileTokenStore(path),
+        )
+        for _ in range(2)
+    ]
+    try:
+        with pytest.raises(AuthenticationError) as first:
+            await sessions[0].get_video(MISSING_ID)
+        with pytest.raises(AuthenticationError) as second:
+            await sessions[1].get_video(MISSING_ID)
+    finally:
+        for session in sessions:
+            await session.close()
+    assert emulator.token_requests == 1
+    assert first.value.status == second.value.status == 400  # the emulator's invalid_client
+    assert first.value.retry_after is None
+    assert second.value.retry_after is None
+    assert "kept in the token store" in str(second.value)
+    assert "wrong-secret" not in path.with_name("tokens.json.failures").read_text()
+
+
+async def test_a_network_failure_is_not_kept_in_a_token_file(tmp_path: Path) -> None:
+    """A token endpoint nobody listens on (one machine's network, maybe) fails the call with
+    GuruConnectionError and leaves nothing in the token file's failures."""
+    path = tmp_path / "tokens.json"
+    async with GuruSession(
+        "id",
+        "secret",
+        base_url="http://127.0.0.1:9/",
+        token_url=f"http://127.0.0.1:{free_port()}/oauth2/token",
+        token_store=FileTokenStore(path),
+        max_retries=0,
+    ) as guru:
+        with pytest.raises(GuruConnectionError):
+            await guru.get_video(MISSING_ID)
+    assert not path.with_name("tokens.json.failures").exists()

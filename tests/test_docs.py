@@ -121,3 +121,62 @@ def test_rest_docstrings_become_markdown() -> None:
     assert rest.to_markdown(text) == (
         "Use `GuruSession`:\n\n```python\nasync with GuruSession() as s:\n    ...\n```\n"
     )
+
+
+def test_omitted_paragraphs_leave_the_rest_of_the_section(caplog: pytest.LogCaptureFixture) -> None:
+    """``| omit: Start`` drops the section's paragraphs beginning with Start (a code block with
+    blank lines stays whole), and warns, failing the strict build, when none begins so."""
+    text = "Intro.\n\nGuarantees: one.\ntwo.\n\n```python\nx = 1\n\nGuarantees = 2\n```\n\nEnd.\n"
+    assert hooks.omit_paragraphs(text, "Guarantees:") == (
+        "Intro.\n\n```python\nx = 1\n\nGuarantees = 2\n```\n\nEnd.\n",
+        1,
+    )
+
+    class Page:
+        class file:
+            src_path = "fleet.md"
+
+    caplog.set_level(logging.WARNING, logger="mkdocs")
+    page = "<!-- readme-section: Beyond one machine | omit: No such start: -->\n"
+    out = hooks.on_page_markdown(page, Page(), {"docs_dir": str(DOCS)})
+    assert "A fleet is any number of worker processes" in out
+    assert [r.getMessage() for r in caplog.records] == [
+        "fleet.md: README's '## Beyond one machine' has no paragraph starting 'No such start:' "
+        "to omit"
+    ]
+
+
+def test_mermaid_is_loaded_before_material_only_where_a_diagram_is() -> None:
+    """A page holding a diagram loads the site's own Mermaid, by a path relative to the page,
+    before Material's script (which otherwise fetches Mermaid from a CDN); other pages don't."""
+
+    class Page:
+        url = "fleet/"
+
+        class file:
+            src_path = "fleet.md"
+
+    bundle = '<script src="../assets/javascripts/bundle.a5f9d56c.min.js"></script>'
+    html = f'<body><pre class="mermaid"><code>flowchart TB</code></pre>{bundle}</body>'
+    assert hooks.on_post_page(html, Page(), {}) == html.replace(
+        bundle, f'<script src="../assets/mermaid/mermaid.tiny.js"></script>\n{bundle}'
+    )
+    plain = f"<body><p>no diagram</p>{bundle}</body>"
+    assert hooks.on_post_page(plain, Page(), {}) == plain
+    assert (DOCS / hooks.MERMAID_JS).is_file()
+
+
+def test_screen_capture_keeps_what_the_terminal_drew() -> None:
+    """docs/pictures.py reads a screen as a terminal draws it: a redraw replaces the line, and
+    colours and weights become rich styles (pyte's "brown" is yellow), blank rows dropped."""
+    pyte = pytest.importorskip("pyte")
+    pictures = load("pictures")
+    screen = pyte.Screen(20, 5)
+    stream = pyte.ByteStream(screen)
+    stream.feed(b"uploads 1/6\r\x1b[2Kuploads \x1b[1;33m6/6\x1b[0m\r\n\x1b[38;5;196mred\x1b[0m")
+    first, second = pictures.screen_text(screen)
+    assert first.plain == "uploads 6/6"
+    assert [(span.start, span.end) for span in first.spans if span.style.bold] == [(8, 11)]
+    assert first.get_style_at_offset(pictures.Console(), 9).color.name == "yellow"
+    assert second.plain == "red"
+    assert second.get_style_at_offset(pictures.Console(), 0).color.name == "#ff0000"

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from guru_async import GuruSession, MemoryTokenStore, RetryPolicy
 from guru_async._enums import Activity, Domain
 from guru_async.testing import (
     CREATE_ROUTE,
@@ -33,6 +34,7 @@ from guru_async.testing import (
     FaultRule,
     GuruEmulator,
 )
+from guru_async.testing import main as emulator_main
 
 REPO = Path(__file__).resolve().parents[1]
 BOUNDARY = "emulator-test-boundary-7f3a"
@@ -799,3 +801,72 @@ async def test_standalone_cli_prints_json_and_serves() -> None:
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+
+
+async def _standalone(*args: str) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    """Start ``python -m guru_async.testing --json ARGS``; return it and its endpoints."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "guru_async.testing", "--json", "--analysis-delay", "0", *args),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), timeout=10)
+    return process, json.loads(line)
+
+
+async def test_standalone_emulator_injects_faults_from_flags(tmp_path: Path) -> None:
+    """--fault rules act in a standalone emulator: a session rides out storage 503s and a
+    create 429, and the stats count each fault that fired."""
+    process, endpoints = await _standalone(
+        *("--fault", "POST /storage:rate=1:status=503:times=2"),
+        *("--fault", "POST /videos:status=429:retry-after=0:times=1"),
+    )
+    try:
+        clip = tmp_path / "squat.mp4"
+        clip.write_bytes(os.urandom(10_000))
+        async with GuruSession(
+            endpoints["client_id"],
+            endpoints["client_secret"],
+            base_url=endpoints["base_url"],
+            token_url=endpoints["token_url"],
+            token_store=MemoryTokenStore(),
+            retry_policy=RetryPolicy(wait_initial=0.01, wait_max=0.02),
+        ) as guru:
+            video_id = await guru.upload_video(clip, activity="squat")
+        async with aiohttp.ClientSession() as http, http.get(endpoints["stats_url"]) as response:
+            stats = await response.json()
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+    assert stats["faults_fired"] == {UPLOAD_ROUTE: 2, CREATE_ROUTE: 1}
+    assert stats["requests"][UPLOAD_ROUTE] == 3
+    assert stats["uploads_completed"] == {video_id: 1}
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("POST /nope:rate=0.5", "unknown route 'POST /nope'"),
+        ("POST /storage:rate=half", "bad value 'half' for rate"),
+        ("POST /storage:rate=1.5", "rate must be between 0 and 1"),
+        ("POST /storage:kind=explode", "kind must be one of status, delay, drop"),
+        ("POST /storage:speed=2", "KEY one of rate, kind, status, retry_after, delay, times"),
+        ("POST /storage:503", "expected KEY=VALUE"),
+    ],
+)
+def test_a_bad_fault_flag_is_a_usage_error(
+    fault: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --fault the emulator cannot read stops it at once with exit 2 and a message that
+    says what is wrong and what is accepted."""
+    with pytest.raises(SystemExit) as stopped:
+        emulator_main(["--fault", fault])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "python -m guru_async.testing: error: argument --fault: " in err
+    assert message in err

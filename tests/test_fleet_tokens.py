@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -12,12 +13,23 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as redis_async
 
-from guru_async import GuruSession, NotFoundError, Token
+from guru_async import (
+    AuthenticationError,
+    GuruConnectionError,
+    GuruSession,
+    NotFoundError,
+    ServerError,
+    Timeouts,
+    Token,
+)
+from guru_async._auth import credentials_key
 from guru_async.fleet import RedisTokenStore, RedisUnavailableError
 from guru_async.testing import GET_VIDEO_ROUTE, TOKEN_ROUTE, FaultRule, GuruEmulator
 
 from .fleet_procs import Workers, emulator_stats, standalone_emulator
+from .helpers import headers_of, recorded_on, wait_until
 from .redis_server import RedisServer, free_port
+from .token_procs import token_workers
 
 MISSING = "0b8e4c1e-0000-4000-8000-000000000000"
 
@@ -38,6 +50,11 @@ def endpoints_of(emu: GuruEmulator) -> dict[str, str]:
         "client_id": emu.client_id,
         "client_secret": emu.client_secret,
     }
+
+
+def key_of(emu: GuruEmulator, guru: GuruSession) -> str:
+    """The credentials hash a session's token keys in Redis are named by."""
+    return credentials_key(str(guru.token_url), emu.client_id, emu.client_secret, guru.scope)
 
 
 async def authorized_call(guru: GuruSession) -> None:
@@ -76,9 +93,10 @@ async def test_a_lock_holder_killed_mid_fetch_costs_one_more_request(
     client = redis_async.Redis.from_url(redis_url)
     try:
         await holder.go()
-        # Another process's state: polled, as there is nothing to wait on across processes.
-        while not await client.keys("guru_async:token:*:lock"):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+        # Its token request has arrived (killed before that, it would cost no request at all),
+        # so it holds the lock.
+        await wait_until(lambda: emu.token_requests == 1, timeout=30)
+        assert await client.keys("guru_async:token:*:lock") != []
         await asyncio.gather(*(w.go() for w in waiters))
         holder.kill()
         outcomes = await asyncio.gather(*(w.outcome() for w in waiters))
@@ -373,29 +391,177 @@ async def test_the_store_returns_to_redis_after_the_cooldown(
     assert "answers again" in messages[1][1]
 
 
-async def test_a_waiter_fetches_for_itself_when_the_lock_never_frees(
-    redis_url: str, caplog: pytest.LogCaptureFixture
+async def test_a_call_waits_on_a_held_lock_no_longer_than_its_own_timeout(
+    emulator: GuruEmulator, redis_url: str
 ) -> None:
-    """A lock that outlives twice ``lock_timeout`` (a holder stuck, or a foreign lock) does not
-    hold a call forever: the waiter fetches its own token, saves it, and says so."""
-    fetched: list[str] = []
-
-    async def fetch() -> Token:
-        fetched.append("own")
-        now = time.time()
-        return Token("own", now + 600, issued_at=now)
-
+    """A lock held by another process is waited on, never fetched around: a call whose
+    Timeouts.total runs out first fails without a token request, and once the lock expires the
+    next call fetches the one token."""
     client = redis_async.Redis.from_url(redis_url)
     try:
-        await client.set("guru_async:token:k:lock", "someone-else", px=60_000)
-        async with RedisTokenStore(redis_url, lock_timeout=0.1) as store:
-            token = await store.fetch_once("k", fetch, stale=None)
-        assert token.access_token == "own"
-        assert fetched == ["own"]
-        assert await client.hget("guru_async:token:k", "access_token") == b"own"
-        assert await client.get("guru_async:token:k:lock") == b"someone-else"  # not ours
+        async with (
+            RedisTokenStore(redis_url) as store,
+            emulator.session(token_store=store, timeouts=Timeouts(total=0.2)) as hurried,
+            emulator.session(token_store=store) as patient,
+        ):
+            key = key_of(emulator, hurried)
+            await client.set(f"guru_async:token:{key}:lock", "someone-else", px=1500)
+            with pytest.raises(GuruConnectionError, match="timed out waiting for a token"):
+                await hurried.get_video(MISSING)
+            assert emulator.token_requests == 0
+            await authorized_call(patient)
     finally:
         await client.aclose()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "no token appeared in Redis" in warnings[0]
+    assert emulator.token_requests == 1
+
+
+@pytest.mark.slow
+async def test_processes_sharing_redis_make_one_token_request_after_a_429(
+    emulator: GuruEmulator, redis_url: str
+) -> None:
+    """Five processes on one RedisTokenStore against a token endpoint answering 429 with
+    Retry-After: 30 make one token request: the others, and a process started afterwards,
+    raise the RateLimitError stored in Redis (a string key beside the token's, expiring on
+    Redis's clock) with the time left."""
+    emulator.faults.add(FaultRule(TOKEN_ROUTE, status=429, retry_after=30))
+    async with token_workers(emulator) as start:
+        *together, late = await start(redis_url, "--retries", "0", count=6)
+        for worker in together:
+            await worker.go()
+        outcomes = [await w.outcome() for w in together]
+        await late.go()
+        outcomes.append(await late.outcome())
+    assert [(o["error"], o["status"]) for o in outcomes] == [("RateLimitError", 429)] * 6
+    assert all(20 < o["retry_after"] <= 30 for o in outcomes)
+    assert emulator.token_requests == 1
+    client = redis_async.Redis.from_url(redis_url)
+    try:
+        async with emulator.session() as guru:
+            failure_key = f"guru_async:token:{key_of(emulator, guru)}:failure"
+        assert await client.type(failure_key) == b"string"
+        assert 20_000 < await client.pttl(failure_key) <= 30_000
+        record = json.loads(await client.get(failure_key))
+        assert (record["type"], record["status"], record["retry_after"]) == (
+            "RateLimitError",
+            429,
+            True,
+        )
+        assert await client.keys("guru_async:token:*:lock") == []
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.slow
+async def test_a_token_request_slower_than_the_lock_is_made_once(
+    emulator: GuruEmulator, redis_url: str
+) -> None:
+    """A token request 2.5 times slower than lock_timeout keeps its lock (renewed while it
+    runs): a second process asking meanwhile waits for that token instead of fetching one."""
+    emulator.faults.add(FaultRule(TOKEN_ROUTE, kind="delay", delay=2.5, times=1))
+    async with token_workers(emulator) as start:
+        holder, waiter = await start(redis_url, "--lock-timeout", "1.0", count=2)
+        await holder.go()
+        await wait_until(lambda: emulator.token_requests == 1)
+        await waiter.go()
+        outcomes = [await holder.outcome(), await waiter.outcome()]
+    assert outcomes == [{"error": None}] * 2
+    assert emulator.token_requests == 1
+    tokens = {headers_of(r)["authorization"] for r in recorded_on(emulator, GET_VIDEO_ROUTE)}
+    assert len(tokens) == 1
+
+
+async def test_rejected_credentials_are_shared_for_a_second(
+    emulator: GuruEmulator, redis_url: str
+) -> None:
+    """Credentials the token endpoint rejects are asked about once by two processes' worth of
+    stores: the second raises the stored AuthenticationError (no retry_after, as the first),
+    kept 1 s in Redis; after that the endpoint is asked again."""
+    client = redis_async.Redis.from_url(redis_url)
+
+    def session(store: RedisTokenStore) -> GuruSession:
+        return GuruSession(
+            emulator.client_id,
+            "wrong-secret",
+            base_url=emulator.base_url,
+            token_url=emulator.token_url,
+            token_store=store,
+        )
+
+    try:
+        async with (
+            RedisTokenStore(redis_url) as one,
+            RedisTokenStore(redis_url) as two,
+            session(one) as first,
+            session(two) as second,
+        ):
+            with pytest.raises(AuthenticationError) as refused:
+                await first.get_video(MISSING)
+            (failure_key,) = await client.keys("guru_async:token:*:failure")
+            assert 0 < await client.pttl(failure_key) <= 1000
+            with pytest.raises(AuthenticationError) as shared:
+                await second.get_video(MISSING)
+            assert emulator.token_requests == 1
+            assert shared.value.status == refused.value.status == 400
+            assert shared.value.retry_after is refused.value.retry_after is None
+            assert "wrong-secret" not in (await client.get(failure_key)).decode()
+            # Redis's TTL, not this process: wait on the key, then the endpoint is asked again.
+            deadline = time.monotonic() + 5
+            while await client.exists(failure_key):
+                assert time.monotonic() < deadline, "the failure outlived its 1 s TTL"
+                await asyncio.sleep(0.05)
+        async with RedisTokenStore(redis_url) as three, session(three) as third:
+            with pytest.raises(AuthenticationError):
+                await third.get_video(MISSING)
+    finally:
+        await client.aclose()
+    assert emulator.token_requests == 2
+
+
+async def test_a_network_failure_is_not_stored_in_redis(redis_url: str) -> None:
+    """A token endpoint nobody listens on (maybe one machine's network) fails the call with
+    GuruConnectionError and leaves no failure in Redis for the other machines."""
+    client = redis_async.Redis.from_url(redis_url)
+    try:
+        async with (
+            RedisTokenStore(redis_url) as store,
+            GuruSession(
+                "id",
+                "secret",
+                base_url="http://127.0.0.1:9/",
+                token_url=f"http://127.0.0.1:{free_port()}/oauth2/token",
+                token_store=store,
+                max_retries=0,
+            ) as guru,
+        ):
+            with pytest.raises(GuruConnectionError):
+                await guru.get_video(MISSING)
+        assert await client.keys("*") == []
+    finally:
+        await client.aclose()
+
+
+async def test_a_saved_token_clears_a_stored_failure(
+    emulator: GuruEmulator, redis_url: str
+) -> None:
+    """A token saved while a failure is stored (another process got one) deletes the failure:
+    the next process uses that token instead of raising the failure."""
+    emulator.faults.add(FaultRule(TOKEN_ROUTE, status=503, retry_after=30, times=1))
+    client = redis_async.Redis.from_url(redis_url)
+    try:
+        async with (
+            RedisTokenStore(redis_url) as one,
+            RedisTokenStore(redis_url) as two,
+            emulator.session(token_store=one, max_retries=0) as first,
+            emulator.session(token_store=two, max_retries=0) as second,
+        ):
+            with pytest.raises(ServerError):
+                await first.get_video(MISSING)
+            key = key_of(emulator, first)
+            assert await client.exists(f"guru_async:token:{key}:failure") == 1
+            now = time.time()
+            await one.save(key, Token(emulator.issue_token(), now + 600, issued_at=now))
+            assert await client.exists(f"guru_async:token:{key}:failure") == 0
+            await authorized_call(second)
+    finally:
+        await client.aclose()
+    assert emulator.token_requests == 1

@@ -122,6 +122,29 @@ async def test_marker_loop_scope(guru):
         await guru.get_video("not-a-video")
 """
 
+GURU_ENV_TESTS = """
+import os
+
+import pytest
+from guru_async import AnalysisStatus, GuruSession
+
+
+@pytest.mark.asyncio
+async def test_own_session_reaches_the_emulator(guru_env, guru_emulator, tmp_path):
+    assert guru_env["GURU_BASE_URL"] == guru_emulator.base_url == os.environ["GURU_BASE_URL"]
+    video = tmp_path / "squat.mp4"
+    video.write_bytes(b"x" * 2048)
+    async with GuruSession() as session:  # as an app's lifespan opens it
+        analysis = await session.analyze(video, activity="squat")
+    assert analysis.status is AnalysisStatus.COMPLETE
+    assert guru_emulator.token_requests == 1
+
+
+def test_environment_is_restored_after():
+    assert os.environ["GURU_BASE_URL"] == "https://api.example.invalid"
+    assert "GURU_CLIENT_SECRET" not in os.environ
+"""
+
 PYTEST_ASYNCIO_STRICT = """
 [pytest]
 asyncio_mode = strict
@@ -261,3 +284,12 @@ def test_readme_example(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert passed == {"test_counts_reps", "test_a_refused_upload"}
+
+
+def test_guru_env_points_an_apps_own_session_at_the_emulator(tmp_path: Path) -> None:
+    """guru_env sets GURU_* for one test, so a GuruSession() an app opens itself reaches the
+    emulator, and puts the environment back afterwards."""
+    project = make_project(tmp_path / "env", PYTEST_ASYNCIO_STRICT, GURU_ENV_TESTS)
+    passed, result = run_pytest(project, env={"GURU_BASE_URL": "https://api.example.invalid"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert passed == {"test_own_session_reaches_the_emulator", "test_environment_is_restored_after"}

@@ -16,12 +16,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, TextIO, TypeVar
 
-from .._batch import BatchProgress, BatchResult, VideoSpec
+from .._batch import BatchItem, BatchProgress, BatchResult, VideoSpec
 from .._converter import converter
 from .._enums import AnalysisStatus
 from .._errors import AnalysisTimeoutError
 from .._models import Rep
-from .._types import BatchItem
 from ._constants import TABLE_REP_VALUES
 
 # -- rich, from the cli extra ---------------------------------------------------------------

@@ -23,10 +23,10 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 from yarl import URL
 
-from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchProgress, BatchResult, VideoSpec
+from .._batch import DEFAULT_MAX_IN_FLIGHT, BatchItem, BatchProgress, BatchResult, VideoSpec
 from .._payloads import resolve_fields
 from .._polling import DEFAULT_TIMEOUT
-from .._types import ActivityArg, BatchItem, DomainArg
+from .._types import ActivityArg, DomainArg
 from .._upload import is_url
 from .._validation import check_int
 from ._protocol import (

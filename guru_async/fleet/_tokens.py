@@ -1,9 +1,24 @@
-"""One token for the whole fleet: a TokenStore in Redis with a fleet-wide single-flight refresh."""
+"""One token for the whole fleet: a TokenStore in Redis with a fleet-wide single-flight refresh.
+
+Keys written, all named by the credentials hash ``KEY`` (``guru:<sha256>`` of token URL, client
+id, secret and scope, which already tells accounts apart) after ``prefix``
+(``guru_async:token:`` by default):
+
+- ``{prefix}KEY``, a hash (``access_token``, ``token_type``, ``lifetime``, ``margin``): the
+  token. TTL: its lifetime less a margin (a tenth of the lifetime, at most 30 s).
+- ``{prefix}KEY:lock``, a string (the holder's random value): the refresh lock. TTL:
+  ``lock_timeout`` (10 s), renewed every third of it while the holder's token request runs.
+- ``{prefix}KEY:failure``, a string (JSON: ``type``, ``status``, ``message``, ``body``,
+  ``retry_after``): the token endpoint's refusal of the last fetch. TTL: as long as a session
+  remembers it (1 s, or its ``Retry-After`` up to 60 s), on Redis's clock; deleted when a token
+  is saved.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -12,6 +27,8 @@ from types import TracebackType
 import redis.asyncio as redis_async
 
 from .._auth import Token, reusable
+from .._errors import APIError, GuruError
+from .._token_failure import rebuilt, shared_record
 from ._redis import RedisLink, Unavailable, log
 
 DEFAULT_PREFIX = "guru_async:token:"
@@ -29,6 +46,22 @@ _POLL_MAX = 0.2
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# Extend the lock while its owner's token request runs, only while the owner still holds it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# Keep a failed fetch for the others, only while its owner still holds the lock: a holder that
+# lost it (frozen past lock_timeout) must not overwrite what the next holder learned.
+_REMEMBER_FAILURE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return 1
 end
 return 0
 """
@@ -56,11 +89,21 @@ class RedisTokenStore:
 
     How a refresh goes: the process that needs a token takes a short lock (``SET NX PX`` with
     a random value, released by compare-and-delete), re-reads the token, and fetches one only if
-    none is there; the others poll the token's key and use what it saved. If the lock's holder
-    dies, its lock expires after ``lock_timeout`` and the next process takes over; a process
-    that waited twice that long fetches for itself. The token's key expires on Redis's clock a
-    margin before the token does, and a token read back takes its lifetime from that key's TTL,
-    so the machines' clocks never matter.
+    none is there; the others poll the token's key and use what it saved. The holder renews its
+    lock every third of ``lock_timeout`` for as long as its token request runs (the session
+    allows it up to ``Timeouts.total``, retries included), so a slow request is never made
+    twice; if the holder dies or freezes, its lock expires after ``lock_timeout`` and the next
+    process takes over. A waiting call is bounded by its own ``Timeouts.total``. The token's key
+    expires on Redis's clock a margin before the token does, and a token read back takes its
+    lifetime from that key's TTL, so the machines' clocks never matter.
+
+    A fetch the token endpoint refused (a 429 or 503 with ``Retry-After``, rejected
+    credentials: any ``APIError``) is stored beside the token, under the lock, for as long as a
+    session remembers it (1 s, or its ``Retry-After`` up to 60 s, on Redis's clock); every
+    process that comes for a token meanwhile raises it (same type and status, ``retry_after``
+    the time left) without asking the endpoint again. A failure to reach the endpoint
+    (``GuruConnectionError``) may be one machine's network: it is not stored, and the others
+    still ask.
 
     Redis down, slow or refusing the password never fails a call: the process keeps its own
     copy of the token, fetches for itself when it needs one (still one fetch at a time within
@@ -75,16 +118,18 @@ class RedisTokenStore:
 
     Keys written (``KEY`` is the session's credentials hash, ``guru:<sha256>``): the token as a
     hash at ``{prefix}KEY`` (fields ``access_token``, ``token_type``, ``lifetime``,
-    ``margin``; expires with the token), and the refresh lock as a string at
-    ``{prefix}KEY:lock`` (expires after ``lock_timeout``).
+    ``margin``; expires with the token), the refresh lock as a string at ``{prefix}KEY:lock``
+    (expires after ``lock_timeout``, renewed while its holder fetches), and a refused fetch as
+    a JSON string at ``{prefix}KEY:failure`` (expires when the failure's memory runs out).
 
     Args:
         redis: A ``redis://``, ``rediss://`` or ``unix://`` URL (the store then owns its
             connections: close it with ``aclose()`` or ``async with``), or a
             ``redis.asyncio.Redis`` that the caller owns and closes.
         prefix: Put before every key this store writes.
-        lock_timeout: How long the refresh lock lives in Redis, in seconds: how long the
-            others wait for a process that died while fetching. Longer than a token request.
+        lock_timeout: How long the refresh lock lives in Redis unless renewed, in seconds:
+            how long the others wait for a process that died or froze while fetching. Its
+            holder renews it every third of that while its token request runs.
         timeout: The longest one Redis operation may take before Redis counts as down.
         cooldown: How long to use the local fallback after Redis failed before trying again.
     """
@@ -201,36 +246,39 @@ class RedisTokenStore:
     async def _fetch_fleet_wide(self, key: str, fetch: FetchToken, stale: str | None) -> Token:
         lock_key = self._token_key(key) + ":lock"
         lock_ms = max(1, round(self.lock_timeout * 1000))
-        give_up_at = time.monotonic() + 2 * self.lock_timeout
         delay = _POLL_FIRST
         while True:
-            token = await self._read(key)
-            if reusable(token, stale):
-                self._local[key] = token
+            token = await self._stored_or_raise(key, stale)
+            if token is not None:
                 return token
             owner = secrets.token_hex(16)
             if await self._take_lock(lock_key, owner, lock_ms):
                 try:
-                    # Re-read: the previous holder may have saved a token just before releasing.
-                    token = await self._read(key)
-                    if reusable(token, stale):
-                        self._local[key] = token
+                    # Re-read: the previous holder may have saved a token (or its failure) just
+                    # before releasing.
+                    token = await self._stored_or_raise(key, stale)
+                    if token is not None:
                         return token
-                    return await self._fetch_and_save(key, fetch)
+                    return await self._fetch_holding(key, fetch, lock_key, owner, lock_ms)
                 finally:
                     with contextlib.suppress(Unavailable):
                         await self._release_lock(lock_key, owner)
-            if time.monotonic() >= give_up_at:
-                # Locks keep being held but no token appears (holders stuck in long fetches):
-                # better one extra token request than a call that waits on and on.
-                log.warning(
-                    "no token appeared in Redis at %s within %g s; fetching one for this process",
-                    self._link.where,
-                    2 * self.lock_timeout,
-                )
-                return await self._fetch_and_save(key, fetch)
+            # The holder renews its lock while it fetches: wait for what it stores for as long
+            # as it lives. The call's own deadline bounds this (TokenProvider cancels the
+            # refresh once no caller waits), and a dead holder's lock expires.
             await asyncio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
             delay = min(delay * 1.5, _POLL_MAX)
+
+    async def _stored_or_raise(self, key: str, stale: str | None) -> Token | None:
+        """The stored token if it is reusable; else raise the stored failure if there is one;
+        else None."""
+        token, failure = await self._read_state(key)
+        if reusable(token, stale):
+            self._local[key] = token
+            return token
+        if failure is not None:
+            raise failure
+        return None
 
     async def _take_lock(self, lock_key: str, owner: str, lock_ms: int) -> bool:
         return bool(await self._link.run(lambda r: r.set(lock_key, owner, nx=True, px=lock_ms)))
@@ -238,12 +286,55 @@ class RedisTokenStore:
     async def _release_lock(self, lock_key: str, owner: str) -> None:
         await self._link.run(lambda r: r.eval(_RELEASE, 1, lock_key, owner))
 
-    async def _fetch_and_save(self, key: str, fetch: FetchToken) -> Token:
-        token = await fetch()
+    async def _fetch_holding(
+        self, key: str, fetch: FetchToken, lock_key: str, owner: str, lock_ms: int
+    ) -> Token:
+        """Fetch under the lock, renewing it meanwhile; save the token, or store the failure
+        for the other processes if it is one to share."""
+        renewal = asyncio.ensure_future(self._renew(lock_key, owner, lock_ms))
+        try:
+            token = await fetch()
+        except GuruError as exc:
+            shared = shared_record(exc)
+            if shared is not None:
+                with contextlib.suppress(Unavailable):
+                    await self._remember_failure(key, lock_key, owner, *shared)
+            raise
+        finally:
+            renewal.cancel()
+            await asyncio.wait({renewal})
         self._local[key] = token
         with contextlib.suppress(Unavailable):
             await self._write(key, token)
         return token
+
+    async def _renew(self, lock_key: str, owner: str, lock_ms: int) -> None:
+        while True:
+            await asyncio.sleep(self.lock_timeout / 3)
+            try:
+                held = await self._link.run(
+                    lambda r: r.eval(_RENEW, 1, lock_key, owner, str(lock_ms))
+                )
+            except Unavailable:
+                continue  # the breaker said so once; the lock may still be there next time
+            if not held:
+                # Frozen past lock_timeout, or Redis lost its data: another process may be
+                # fetching too. Nothing to do about it but let this fetch finish.
+                log.info(
+                    "the token refresh lock at %s expired while this process fetched a token",
+                    self._link.where,
+                )
+                return
+
+    async def _remember_failure(
+        self, key: str, lock_key: str, owner: str, record: dict[str, object], memory: float
+    ) -> None:
+        failure_key = self._token_key(key) + ":failure"
+        value = json.dumps(record)
+        ms = str(max(1, round(memory * 1000)))
+        await self._link.run(
+            lambda r: r.eval(_REMEMBER_FAILURE, 2, lock_key, failure_key, owner, value, ms)
+        )
 
     async def _read(self, key: str) -> Token | None:
         def read(r: redis_async.Redis) -> Awaitable[list[object]]:
@@ -257,6 +348,23 @@ class RedisTokenStore:
         assert isinstance(fields, dict)
         assert isinstance(pttl, int)
         return _decode(fields, pttl)
+
+    async def _read_state(self, key: str) -> tuple[Token | None, APIError | None]:
+        token_key = self._token_key(key)
+
+        def read(r: redis_async.Redis) -> Awaitable[list[object]]:
+            pipe = r.pipeline(transaction=True)
+            pipe.hgetall(token_key)
+            pipe.pttl(token_key)
+            pipe.get(token_key + ":failure")
+            pipe.pttl(token_key + ":failure")
+            return pipe.execute()
+
+        fields, pttl, failure, failure_pttl = await self._link.run(read)
+        assert isinstance(fields, dict)
+        assert isinstance(pttl, int)
+        assert isinstance(failure_pttl, int)
+        return _decode(fields, pttl), _decode_failure(failure, failure_pttl)
 
     async def _write(self, key: str, token: Token) -> None:
         now = time.time()
@@ -278,6 +386,7 @@ class RedisTokenStore:
             pipe.delete(self._token_key(key))
             pipe.hset(self._token_key(key), mapping=mapping)
             pipe.pexpire(self._token_key(key), ttl_ms)
+            pipe.delete(self._token_key(key) + ":failure")  # a token now: nothing failed
             return pipe.execute()
 
         await self._link.run(write)
@@ -312,6 +421,18 @@ def _decode(fields: dict[object, object], pttl: int) -> Token | None:
         )
     except (KeyError, ValueError, UnicodeDecodeError):
         return None  # a foreign or damaged value: fetch a fresh token rather than fail
+
+
+def _decode_failure(raw: object, pttl: int) -> APIError | None:
+    """A stored failure with its memory's time left (the key's TTL, on Redis's clock), or None
+    when there is none or it is a value this version cannot read."""
+    if raw is None or pttl <= 0:
+        return None
+    try:
+        record = json.loads(_text(raw))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return rebuilt(record, pttl / 1000)
 
 
 def _text(value: object) -> str:

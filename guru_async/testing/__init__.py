@@ -7,7 +7,8 @@
         emu.faults.add(FaultRule(route="GET /videos/{id}/analysis", rate=0.3, status=503))
         ...  # point the code under test at emu.base_url and emu.token_url
 
-``python -m guru_async.testing`` runs it standalone.
+``python -m guru_async.testing`` runs it standalone (``--fault "POST /storage:rate=0.5"`` injects
+faults there, read by :func:`parse_fault`).
 """
 
 from guru_async.testing._api import FAILURE_REASON
@@ -19,12 +20,14 @@ from guru_async.testing._faults import (
     DOWNLOAD_ROUTE,
     GET_VIDEO_ROUTE,
     J2P_ROUTE,
+    ROUTES,
     TOKEN_ROUTE,
     UPDATE_ROUTE,
     UPLOAD_ROUTE,
     FaultKind,
     FaultRule,
     Faults,
+    parse_fault,
 )
 from guru_async.testing._models import EmulatedVideo, RecordedRequest
 from guru_async.testing._state import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SCOPE, AnalysisDelay
@@ -41,6 +44,7 @@ __all__ = [
     "FAILURE_REASON",
     "GET_VIDEO_ROUTE",
     "J2P_ROUTE",
+    "ROUTES",
     "SCOPE",
     "TOKEN_ROUTE",
     "UNANALYZABLE_MARKER",
@@ -54,4 +58,5 @@ __all__ = [
     "GuruEmulator",
     "RecordedRequest",
     "main",
+    "parse_fault",
 ]

@@ -12,13 +12,14 @@ import sys
 
 from guru_async.testing._api import STATS_PATH
 from guru_async.testing._emulator import GuruEmulator
+from guru_async.testing._faults import ROUTES, FaultRule, parse_fault
 from guru_async.testing._state import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     # Shows real defaults only: "(default: None)" or "(default: False)" says nothing.
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
+        if action.default is None or action.default is False or action.default == []:
             return action.help
         return super()._get_help_string(action)
 
@@ -91,9 +92,31 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="the client secret the token endpoint accepts",
     )
     parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        type=_fault,
+        metavar="ROUTE[:KEY=VALUE...]",
+        help=(
+            "inject a fault, as FaultRule does in tests; repeatable. KEYs: rate (0-1, default "
+            "1), kind (status, delay, drop, truncate, malformed; default status), status "
+            "(default 503), retry_after, delay, times. ROUTE is * or one of: "
+            + ", ".join(ROUTES)
+            + '. E.g. --fault "POST /storage:rate=0.5:status=503"'
+        ),
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the endpoints as one JSON object line"
     )
     return parser
+
+
+def _fault(text: str) -> FaultRule:
+    try:
+        return parse_fault(text)
+    except ValueError as exc:
+        # argparse turns this into "usage: ... error: argument --fault: ..." and exit 2.
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m guru_async.testing") -> int:
@@ -146,6 +169,8 @@ async def _serve(args: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, AttributeError):
             loop.add_signal_handler(signum, stop.set)
+    for rule in args.fault:
+        emulator.faults.add(rule)
     async with emulator:
         endpoints = {
             "base_url": emulator.base_url,

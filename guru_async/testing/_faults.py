@@ -65,6 +65,77 @@ class FaultRule:
     times: int | None = None
 
 
+ROUTES: tuple[str, ...] = (
+    TOKEN_ROUTE,
+    CREATE_ROUTE,
+    GET_VIDEO_ROUTE,
+    UPDATE_ROUTE,
+    ANALYSIS_ROUTE,
+    J2P_ROUTE,
+    UPLOAD_ROUTE,
+    DOWNLOAD_ROUTE,
+)
+"""Every route a rule can name (or ``"*"`` for all)."""
+
+# The options a rule's text may give, and how each is read: FaultRule's own keywords.
+_FAULT_OPTIONS: dict[str, Callable[[str], object]] = {
+    "rate": float,
+    "kind": str,
+    "status": int,
+    "retry_after": float,
+    "delay": float,
+    "times": int,
+}
+
+
+def parse_fault(text: str) -> FaultRule:
+    """Read a FaultRule from ``ROUTE[:KEY=VALUE]...``, as ``--fault`` takes it.
+
+    For example ``"POST /storage:rate=0.5:status=503"`` or
+    ``"GET /videos/{id}/analysis:kind=drop:rate=0.1"``; the keys are FaultRule's (``rate``,
+    ``kind``, ``status``, ``retry_after`` or ``retry-after``, ``delay``, ``times``) and the
+    route is one of ``ROUTES`` or ``*``.
+
+    Raises:
+        ValueError: An unknown route or key, a value that is not a number where one belongs,
+            or one FaultRule refuses (a rate outside 0..1, an unknown kind); the message
+            names what is accepted.
+    """
+    route, *options = text.split(":")
+    route = " ".join(route.split())
+    if route != "*" and route not in ROUTES:
+        raise ValueError(
+            f"unknown route {route!r} in fault {text!r}; routes: * or {', '.join(ROUTES)}"
+        )
+    given: dict[str, object] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in _FAULT_OPTIONS:
+            raise ValueError(
+                f"bad option {option!r} in fault {text!r}; expected KEY=VALUE with KEY one of "
+                f"{', '.join(_FAULT_OPTIONS)}"
+            )
+        read = _FAULT_OPTIONS[key]
+        try:
+            given[key] = read(value.strip())
+        except ValueError:
+            expected = "a whole number" if read is int else "a number"
+            raise ValueError(
+                f"bad value {value!r} for {key} in fault {text!r}: expected {expected}"
+            ) from None
+    kind = given.get("kind", "status")
+    if kind not in FAULT_KINDS:
+        raise ValueError(
+            f"bad fault {text!r}: kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}"
+        )
+    try:
+        return FaultRule(route=route, **given)  # type: ignore[arg-type]
+    except ValueError as exc:
+        reason = str(exc)
+    raise ValueError(f"bad fault {text!r}: {reason}")
+
+
 class Faults:
     """The emulator's fault rules, drawn from a seeded random generator.
 

@@ -126,10 +126,12 @@ class EmulatorState:
         self.uploads_completed.clear()
 
     def stats(self) -> dict[str, Any]:
-        """The counters: token requests, requests per route, uploads per video id."""
+        """The counters: token requests, requests and faults fired per route, uploads per
+        video id."""
         return {
             "token_requests": self.token_requests,
             "requests": dict(self.requests),
+            "faults_fired": dict(self.faults.fired),
             "upload_attempts": dict(self.upload_attempts),
             "uploads_completed": dict(self.uploads_completed),
             "videos": len(self.videos),

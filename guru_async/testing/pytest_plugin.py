@@ -14,6 +14,9 @@ Fixtures:
   session`` in the pytest configuration; counters and faults are reset before each test).
 - ``guru``: an open :class:`~guru_async.GuruSession` pointed at ``guru_emulator``, opened and
   closed on the test's own event loop: pytest-asyncio (auto or strict mode) or anyio's plugin.
+- ``guru_env``: the ``GURU_*`` environment (base URL, token URL, client id and secret) pointed
+  at ``guru_emulator`` for one test, for code that opens its own session, such as a web app's
+  lifespan: ``GuruSession()`` then talks to the emulator. Restored after the test.
 
 The ``guru_emulator`` marker configures the emulator of one test: ``faults=`` takes
 :class:`~guru_async.testing.FaultRule` objects, any other keyword is a ``GuruEmulator`` option::
@@ -209,6 +212,29 @@ def guru_emulator(request: pytest.FixtureRequest) -> Iterator[GuruEmulator]:
         for rule in faults:
             emulator.faults.add(rule)
         yield emulator
+
+
+@pytest.fixture
+def guru_env(guru_emulator: GuruEmulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point the ``GURU_*`` environment at ``guru_emulator`` for this test.
+
+    For code that opens its own session (a web app's lifespan, a CLI, a worker): a
+    ``GuruSession()`` made during the test talks to the emulator. The variables are restored
+    after the test.
+
+    Returns:
+        The variables set: ``GURU_BASE_URL``, ``GURU_TOKEN_URL``, ``GURU_CLIENT_ID`` and
+        ``GURU_CLIENT_SECRET``.
+    """
+    env = {
+        "GURU_BASE_URL": guru_emulator.base_url,
+        "GURU_TOKEN_URL": guru_emulator.token_url,
+        "GURU_CLIENT_ID": guru_emulator.client_id,
+        "GURU_CLIENT_SECRET": guru_emulator.client_secret,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
 
 
 @contextlib.asynccontextmanager
