@@ -42,12 +42,15 @@ WATCH_INTERVAL = 1.0
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says Redis is unreachable for now (as opposed to refusing this client)."""
+    """Whether ``exc`` says Redis is unreachable for now (as opposed to refusing this client).
+
+    Only redis-py's connection errors and the socket's own count: a bare timeout (saq waiting
+    on a job, say) says nothing about Redis, and its log line is kept.
+    """
     if isinstance(exc, RedisAuthError):  # a ConnectionError subclass in redis-py
         return False
-    return isinstance(
-        exc,
-        (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError, asyncio.TimeoutError),
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, BusyLoadingError)) or (
+        isinstance(exc, OSError) and not isinstance(exc, TimeoutError)
     )
 
 
@@ -89,7 +92,7 @@ async def wait_for_redis(url: str, *, where: str, stop: asyncio.Event) -> bool:
             try:
                 await wait_for(client.ping(), PROBE_TIMEOUT)  # type: ignore[arg-type]
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
-                if not is_outage(exc):
+                if not (is_outage(exc) or isinstance(exc, asyncio.TimeoutError)):
                     raise RedisUnavailableError(
                         f"Redis at {where} is unavailable: {_reason(exc, url)}"
                     ) from None
@@ -165,7 +168,7 @@ class RedisWatch(logging.Filter):
                 try:
                     await wait_for(client.ping(), PROBE_TIMEOUT)  # type: ignore[arg-type]
                 except (RedisError, OSError, asyncio.TimeoutError) as exc:
-                    if is_outage(exc):
+                    if is_outage(exc) or isinstance(exc, asyncio.TimeoutError):
                         self._went_down(exc)
                     else:  # a password changed under a running worker: say so, once
                         self._went_down(RedisUnavailableError(_reason(exc, self._url)))
