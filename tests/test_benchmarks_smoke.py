@@ -122,7 +122,7 @@ async def test_prediction_runs_every_setting_of_a_local_batch(tmp_path: Path) ->
 async def test_overhead_times_both_clients(tmp_path: Path) -> None:
     """Figure 5 reports client CPU per get_analysis for both clients (the ratio of the two),
     with the wall-clock ratio as context."""
-    size = overhead.Size(calls=40, concurrency=4, videos=4, rounds=2)
+    size = overhead.Size(calls=40, concurrency=4, videos=4, rounds=2, warmup=8, callgrind_calls=0)
     figure = _by_number(await overhead.run(size, tmp_path))["5"]
     _measured(figure)
     guru_us = float(figure.value.removesuffix(" us/call"))
