@@ -242,7 +242,7 @@ async def test_fleet_plans_each_video_from_its_size(
             ) as fleet:
                 return {str(r.item): r async for r in fleet.batch_upload(files, activity="squat")}
 
-        await batch(_sized_clips(tmp_path / "learn", [10_000 * (i % 10 + 1) for i in range(10)]))
+        await batch(_sized_clips(tmp_path / "learn", [10_000 * (i % 10 + 1) for i in range(20)]))
         before = collections.Counter(r.path for r in emu.recorded)
         files = _sized_clips(tmp_path / "learned", [10_000, 100_000] * 5)
         results = await batch(files)
@@ -263,7 +263,7 @@ async def test_fleet_plans_each_video_from_its_size(
         entries = [v.decode().split() for v in client.lrange(key, 0, -1)]
     finally:
         client.close()
-    assert len(entries) >= 15
+    assert len(entries) >= 25
     assert {int(size) for _, _, size in entries} <= {10_000 * (i + 1) for i in range(10)}
 
 
