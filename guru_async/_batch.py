@@ -143,6 +143,15 @@ class BatchProgress:
         uploading: The uploads in flight, by a number unique within the batch, each with its
             own bytes: an entry appears when its content starts to go out and is removed when
             that upload ends, sent or failed. At most ``upload_concurrency`` entries.
+        queued: A fleet's batch: items enqueued that no worker has taken yet (0 in one
+            process).
+        running: A fleet's batch: items a worker has taken (uploading or awaiting the
+            analysis) and not yet reported (0 in one process).
+        workers: A fleet's batch: the live workers on its queue, as last counted (every
+            second); None in one process and until first counted.
+        notice: Something the batch's watcher should be told, or None: a fleet's batch with
+            no live worker for ``Fleet(no_worker_warning=)`` seconds says so here (and once
+            in the log, at WARNING), with the queue's name and the command that starts one.
     """
 
     started: int = 0
@@ -153,6 +162,10 @@ class BatchProgress:
     bytes_sent: int = 0
     bytes_total: int = 0
     uploading: dict[int, UploadProgress] = Factory(dict)
+    queued: int = 0
+    running: int = 0
+    workers: int | None = None
+    notice: str | None = None
 
 
 log = logging.getLogger("guru_async")

@@ -42,6 +42,7 @@ from .._batch import (
     BatchProgress,
     BatchResult,
     BatchUpload,
+    UploadProgress,
     VideoSpec,
 )
 from .._payloads import resolve_fields
@@ -64,6 +65,15 @@ from ._protocol import (
     upload_queue_name,
 )
 from ._redis import RedisUnavailableError, describe_client, describe_url
+from ._status import (
+    FleetStatus,
+    item_states,
+    live_workers,
+    queue_depth,
+    request_rate,
+    token_times,
+    worker_infos,
+)
 from ._worker import ping, redis_client
 
 log = logging.getLogger("guru_async.fleet")
@@ -111,6 +121,9 @@ class Fleet:
             worker death costs one).
         check_interval: Seconds between reconciliations of the pending items with saq's jobs.
         redis_timeout: How long this producer rides out a Redis outage before it raises.
+        no_worker_warning: Seconds a batch waits with no live worker on its queue before it
+            says so (once, at WARNING, and in ``BatchProgress.notice``), naming the queue and
+            the command that starts a worker.
     """
 
     def __init__(
@@ -125,6 +138,7 @@ class Fleet:
         attempts: int = 10,
         check_interval: float = 5.0,
         redis_timeout: float = 60.0,
+        no_worker_warning: float = 30.0,
     ) -> None:
         if isinstance(redis, str):
             self._client: redis_async.Redis | None = None
@@ -150,6 +164,13 @@ class Fleet:
             raise ValueError(
                 f"check_interval must be a number of seconds > 0, got {check_interval!r}"
             )
+        if isinstance(no_worker_warning, bool) or not (
+            isinstance(no_worker_warning, (int, float)) and 0 < no_worker_warning < float("inf")
+        ):
+            raise ValueError(
+                f"no_worker_warning must be a number of seconds > 0, got {no_worker_warning!r}"
+            )
+        self.no_worker_warning = float(no_worker_warning)
         self.account = _account(client_id, base_url)
         self.queue = queue
         self.retention = retention
@@ -170,6 +191,58 @@ class Fleet:
         return upload_queue_name(self.queue, self.account), poll_queue_name(
             self.queue, self.account
         )
+
+    async def status(self) -> FleetStatus:
+        """A snapshot of this account's fleet, read from Redis (nothing is written): the live
+        workers with what each is working on, the queues' depths, the items per state, the
+        request rate against the ceiling and the shared token's age. What ``guru-async fleet
+        status`` shows.
+
+        The items are counted with one SCAN of the account's item records, so this takes
+        longer the more items are kept (``retention``). A process that only reads the fleet
+        (this one, saq's web UI) is never counted as a worker.
+
+        Raises:
+            RuntimeError: The Fleet is not open (use ``async with``).
+            RedisUnavailableError: Redis did not answer.
+        """
+        client = self._client
+        if client is None or self._uploads is None:
+            raise RuntimeError("the Fleet is not open; use 'async with Fleet(...) as fleet'")
+        uploads, polls = self.queue_names
+        try:
+            workers = await live_workers(client, uploads)
+            infos = await _published(client, uploads)
+            rate = None
+            if infos.get("rate_key"):
+                rate = await request_rate(client, infos["rate_key"])
+            token = None
+            if infos.get("token_key"):
+                token = await token_times(client, infos["token_key"])
+            pattern = f"guru:fleet:{self.account}:{self.queue}:item:*"
+            return FleetStatus(
+                where=self.where,
+                queue=self.queue,
+                account=self.account,
+                workers=tuple(workers),
+                uploads=await queue_depth(client, uploads),
+                analyses=await queue_depth(client, polls),
+                items=await item_states(client, pattern),
+                request_rate=None if rate is None else rate[0],
+                rate_ceiling=None if rate is None else rate[1],
+                token_age=None if token is None else token[0],
+                token_expires_in=None if token is None else token[1],
+            )
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailableError(
+                f"Redis at {self.where} is unavailable: {type(exc).__name__}"
+            ) from None
+
+    def start_hint(self) -> str:
+        """The command that starts a worker for this fleet (the Redis URL, which may hold a
+        password, is left to ``GURU_REDIS_URL``)."""
+        queue = "" if self.queue == DEFAULT_QUEUE else f" --queue {self.queue}"
+        return f"guru-async worker{queue}"
 
     async def __aenter__(self) -> Fleet:
         if self._url is not None:
@@ -301,6 +374,19 @@ class Fleet:
         return BatchUpload(run)
 
 
+async def _published(client: redis_async.Redis, queue_name: str) -> dict[str, str]:
+    """Where the live workers' ceiling and token live, as they publish it (key names only)."""
+    found: dict[str, str] = {}
+    for info in await worker_infos(client, queue_name):
+        meta = info.get("metadata")
+        if isinstance(meta, dict):
+            for name in ("rate_key", "token_key"):
+                value = meta.get(name)
+                if isinstance(value, str) and name not in found:
+                    found[name] = value
+    return found
+
+
 def _account(client_id: str | None, base_url: str | None) -> str:
     """The account the producer's keys are namespaced by, as its workers compute it."""
     client_id = client_id or os.environ.get("GURU_CLIENT_ID")
@@ -322,9 +408,14 @@ class _Pending:
     fields: dict[str, Any]
     since: float
     job_key: str
+    number: int = 0
     enqueued: int = 1
     uploaded: bool = False
     suspect: int = 0
+    # Taken by a worker (news from it), its size counted, and its bytes sent so far.
+    started: bool = False
+    sized: bool = False
+    sent: int = 0
 
 
 def _location(item: object) -> str:
@@ -413,6 +504,8 @@ class _FleetRun:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._crash: list[BaseException] = []
+        self._worker_seen = time.monotonic()
+        self._warned = False
 
     async def start(self) -> None:
         """Start feeding, receiving and reconciling; idempotent."""
@@ -423,6 +516,7 @@ class _FleetRun:
             asyncio.create_task(self._feed()),
             asyncio.create_task(self._receive()),
             asyncio.create_task(self._check()),
+            asyncio.create_task(self._watch()),
         ]
 
         def died(task: asyncio.Task[None]) -> None:
@@ -523,8 +617,11 @@ class _FleetRun:
         identity = [self._fleet.account, path, *_content_identity(path), fields]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         key = f"{self._batch}:{number}:{digest[:24]}"
-        self._pending[key] = _Pending(item, path, fields, time.monotonic(), job_key=key)
+        self._pending[key] = _Pending(
+            item, path, fields, time.monotonic(), job_key=key, number=number
+        )
         await self._enqueue(key)
+        self.progress.queued += 1
         self._report()
 
     async def _enqueue(self, key: str) -> None:
@@ -582,17 +679,54 @@ class _FleetRun:
             pending = self._pending.get(message.get("key"))
             if pending is None:
                 continue  # a duplicate, or news of another run or content: not ours
+            if "news" in message:
+                self._news(pending, message)
+                continue
             if message.get("uploaded"):
                 if not pending.uploaded:
                     pending.uploaded = True
                     self.progress.uploaded += 1
                     size = message.get("size")
+                    self._started(pending, size if isinstance(size, int) else None)
                     if isinstance(size, int):
-                        self.progress.bytes_total += size
-                        self.progress.bytes_sent += size
+                        self._sent(pending, size)
+                    self.progress.uploading.pop(pending.number, None)
                     self._report()
                 continue
             await self._finish(message["key"], self._decode(pending, message))
+
+    def _news(self, pending: _Pending, message: dict[str, Any]) -> None:
+        """A worker's news of an item: taken, or bytes sent (the highest count stands, so a
+        late or repeated message changes nothing)."""
+        if pending.uploaded:
+            return
+        size = message.get("size")
+        size = size if isinstance(size, int) else None
+        self._started(pending, size)
+        upload = self.progress.uploading.get(pending.number)
+        if upload is None:
+            upload = self.progress.uploading[pending.number] = UploadProgress(
+                pending.item, bytes_total=size or 0
+            )
+        sent = message.get("sent")
+        if isinstance(sent, int):
+            self._sent(pending, sent)
+        upload.bytes_sent = pending.sent
+        self._report()
+
+    def _started(self, pending: _Pending, size: int | None) -> None:
+        if not pending.started:
+            pending.started = True
+            self.progress.queued -= 1
+            self.progress.running += 1
+        if size is not None and not pending.sized:
+            pending.sized = True
+            self.progress.bytes_total += size
+
+    def _sent(self, pending: _Pending, sent: int) -> None:
+        if sent > pending.sent:
+            self.progress.bytes_sent += sent - pending.sent
+            pending.sent = sent
 
     def _decode(self, pending: _Pending, message: dict[str, Any]) -> BatchResult:
         video_id = message.get("video_id")
@@ -611,10 +745,52 @@ class _FleetRun:
         pending = self._pending.pop(key, None)
         if pending is None:
             return
+        if pending.started:
+            self.progress.running -= 1
+        else:
+            self.progress.queued -= 1
+        self.progress.uploading.pop(pending.number, None)
         if not pending.uploaded and result.error is None:
             self.progress.uploaded += 1
         await self._emit(result)
         await self._maybe_end()
+
+    # -- live workers ------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Every second, count the live workers on the queue; after ``no_worker_warning``
+        seconds without one while items wait, say so once (until a worker shows up)."""
+        fleet = self._fleet
+        queue_name = fleet.queue_names[0]
+        while True:
+            try:
+                workers = len(await wait_for(live_workers(self._client, queue_name), 5.0))
+            except (RedisError, OSError, asyncio.TimeoutError, ValueError):
+                workers = None  # the other tasks ride out (and report) an outage
+            now = time.monotonic()
+            if workers is not None:
+                self.progress.workers = workers
+                if workers:
+                    self._worker_seen = now
+                    if self._warned:
+                        self._warned = False
+                        self.progress.notice = None
+                        log.info("fleet: a worker is taking items from queue %s", fleet.queue)
+                elif (
+                    not self._warned
+                    and self._pending
+                    and now - self._worker_seen >= fleet.no_worker_warning
+                ):
+                    self._warned = True
+                    self.progress.notice = (
+                        f"no live worker on queue {fleet.queue!r} (account {fleet.account}, "
+                        f"Redis {fleet.where}) for {now - self._worker_seen:.0f} s: items wait "
+                        f"until one starts; start one with '{fleet.start_hint()}' (the same "
+                        "GURU_REDIS_URL, GURU_CLIENT_ID and GURU_BASE_URL, and the secret)"
+                    )
+                    log.warning("fleet: %s", self.progress.notice)
+                self._report()
+            await asyncio.sleep(1.0)
 
     # -- reconciliation ----------------------------------------------------------------------
 
@@ -695,6 +871,12 @@ class _FleetRun:
         pending.job_key = f"{key}#{pending.enqueued}"
         pending.enqueued += 1
         pending.since = time.monotonic()
+        if pending.started:
+            # Back in the queue until a worker takes it again (its bytes stay counted).
+            pending.started = False
+            self.progress.running -= 1
+            self.progress.queued += 1
+            self.progress.uploading.pop(pending.number, None)
         log.info(
             "fleet: item %s has no result and its job %s is %s; enqueuing it again",
             key,
