@@ -86,7 +86,9 @@ async def open_batch(
     try:
         # The workers' account: GURU_CLIENT_ID (no secret needed here) and the base URL.
         producer = Fleet(
-            fleet_url(fleet_option, option="--fleet"), base_url=getattr(args, "base_url", None)
+            fleet_url(fleet_option, option="--fleet"),
+            base_url=getattr(args, "base_url", None),
+            no_worker_warning=args.no_worker_warning,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

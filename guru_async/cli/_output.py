@@ -28,7 +28,7 @@ from ._constants import TABLE_REP_VALUES
 try:
     from rich import box
     from rich.cells import cell_len
-    from rich.console import Console, Group, RenderableType
+    from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
     from rich.live import Live
     from rich.progress import (
         BarColumn,
@@ -298,7 +298,7 @@ class BatchDisplay(LiveProgress):
         what = "analyses" if self.wait else "videos"
         return (
             f"uploads {self._uploads()}: {p.bytes_sent / 1e6:.1f}/{of / 1e6:.1f} MB{speed} | "
-            f"{what}: {self._counts()} | {elapsed:.1f} s"
+            f"{what}: {self._counts()}{fleet_counts(p, prefix=' | fleet: ')} | {elapsed:.1f} s"
         )
 
     def renderable(self) -> RenderableType:
@@ -316,7 +316,7 @@ class BatchDisplay(LiveProgress):
             auto_refresh=False,
         )
         self._done = self._results.add_task(self._what(), total=self.total, counts=self._counts())
-        return Group(self._files, self._totals, self._results)
+        return Group(self._files, self._totals, self._results, _FleetRow(self))
 
     def sync(self) -> None:
         """Add a row for each new upload in flight, move every bar, drop finished uploads."""
@@ -369,6 +369,36 @@ class BatchDisplay(LiveProgress):
         done = self.progress.succeeded + self.progress.failed
         of = f"{done}/{self.total}" if self.total is not None else f"{done}"
         return f"{'analyses' if self.wait else 'videos'} {of}"
+
+
+def fleet_counts(progress: BatchProgress, *, prefix: str = "") -> str:
+    """A fleet's batch's counts, e.g. ``3 workers, 10 queued, 4 running, 6 done`` (after
+    ``prefix``); empty for a batch in one process."""
+    p = progress
+    if p.workers is None:
+        return ""
+    if p.workers:
+        workers = f"{p.workers} worker{'' if p.workers == 1 else 's'}"
+    else:
+        workers = "no live worker"
+    done = p.succeeded + p.failed
+    return f"{prefix}{workers}, {p.queued} queued, {p.running} running, {done} done"
+
+
+class _FleetRow:
+    """The fleet's line under a batch's progress (nothing for a batch in one process): its
+    workers and items, and the batch's notice (no live worker) while it stands."""
+
+    def __init__(self, display: BatchDisplay) -> None:
+        self._display = display
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        progress = self._display.progress
+        counts = fleet_counts(progress, prefix="fleet: ")
+        if counts:
+            yield Text(counts)
+        if progress.notice:
+            yield Text(printable(progress.notice), style="bold yellow")
 
 
 class TransferDisplay(LiveProgress):

@@ -687,9 +687,9 @@ class _FleetRun:
                     pending.uploaded = True
                     self.progress.uploaded += 1
                     size = message.get("size")
-                    self._started(pending, size if isinstance(size, int) else None)
+                    self._taken(pending, size if isinstance(size, int) else None)
                     if isinstance(size, int):
-                        self._sent(pending, size)
+                        self._count_sent(pending, size)
                     self.progress.uploading.pop(pending.number, None)
                     self._report()
                 continue
@@ -702,7 +702,7 @@ class _FleetRun:
             return
         size = message.get("size")
         size = size if isinstance(size, int) else None
-        self._started(pending, size)
+        self._taken(pending, size)
         upload = self.progress.uploading.get(pending.number)
         if upload is None:
             upload = self.progress.uploading[pending.number] = UploadProgress(
@@ -710,11 +710,11 @@ class _FleetRun:
             )
         sent = message.get("sent")
         if isinstance(sent, int):
-            self._sent(pending, sent)
+            self._count_sent(pending, sent)
         upload.bytes_sent = pending.sent
         self._report()
 
-    def _started(self, pending: _Pending, size: int | None) -> None:
+    def _taken(self, pending: _Pending, size: int | None) -> None:
         if not pending.started:
             pending.started = True
             self.progress.queued -= 1
@@ -723,7 +723,7 @@ class _FleetRun:
             pending.sized = True
             self.progress.bytes_total += size
 
-    def _sent(self, pending: _Pending, sent: int) -> None:
+    def _count_sent(self, pending: _Pending, sent: int) -> None:
         if sent > pending.sent:
             self.progress.bytes_sent += sent - pending.sent
             pending.sent = sent
