@@ -112,6 +112,9 @@ async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(str(exc)) from None
     if args.verbose:
         logging.getLogger("saq").setLevel(logging.INFO)
+    else:
+        # A worker's own story (waiting for Redis, Redis back, stopping) is told at INFO.
+        logging.getLogger("guru_async.fleet").setLevel(logging.INFO)
     url = fleet_url(args.redis, option="--redis")
     client_id, client_secret = credentials()
     store = RedisTokenStore(url)

@@ -9,9 +9,10 @@ Keys read (``A`` the account, ``Q`` the queue name; see ``_protocol``), never wr
                                   whose info is still valid (scored by its expiry, ms on the
                                   worker's clock) and each one's info (JSON: stats, queue,
                                   metadata; expires ``worker_info`` + 1 s after it was written,
-                                  6 s for a fleet worker). A fleet worker's metadata has
-                                  ``kind`` = ``guru-async-worker``: anything else registered
-                                  there (a monitor, another program) is not counted.
+                                  3 s for a fleet worker, which writes it every 2 s). A
+                                  fleet worker's metadata has ``kind`` =
+                                  ``guru-async-worker``: anything else registered there (a
+                                  monitor, another program) is not counted.
     saq:Q.A:queued / active / incomplete, and the same of saq:Q-poll.A  saq's lists
     guru:fleet:A:Q:item:*         the items' records (their ``state`` field)
     {rate key}:counts             the rate limiter's requests per second (see ``_rate``)
@@ -57,7 +58,7 @@ class WorkerItem:
 
 @frozen
 class WorkerStatus:
-    """One live fleet worker, as it last described itself (every 5 s).
+    """One live fleet worker, as it last described itself (every 2 s).
 
     Attributes:
         host: The machine's host name.
@@ -101,7 +102,7 @@ class FleetStatus:
         where: The Redis, without its password.
         queue: The fleet's queue name (``--queue``).
         account: The account its keys are namespaced by.
-        workers: The live workers (a worker that stopped or died drops out within 6 s).
+        workers: The live workers (a worker that stopped or died drops out within 3 s).
         uploads: The upload queue's depth.
         analyses: The depth of the queue of videos whose analysis is awaited.
         items: Item records per state (``created``, ``uploaded``, ``done``), within their
@@ -219,8 +220,8 @@ def _worker(info: dict[str, Any], now: float) -> WorkerStatus | None:
         return None
     stats = info.get("stats") if isinstance(info.get("stats"), dict) else {}
     assert isinstance(stats, dict)
-    # saq's own uptime is measured on the worker's clock alone: no skew between machines.
-    uptime = _number(stats.get("uptime")) / 1000 or max(now - _number(meta.get("started"), now), 0)
+    # From its start on its own clock (saq's uptime is as old as the info, up to 2 s).
+    uptime = max(now - _number(meta.get("started"), now), _number(stats.get("uptime")) / 1000)
     items = []
     for entry in meta.get("items") or ():
         if not isinstance(entry, dict):

@@ -61,7 +61,6 @@ from .._models import Analysis, CreatedVideo
 from .._payloads import VideoFields
 from .._polling import DEFAULT_TIMEOUT, PollSchedule, poll_analysis
 from .._session import GuruSession, client_of
-from .._types import ProgressCallback
 from .._upload import (
     EXPIRY_MARGIN,
     UploadSource,
@@ -325,11 +324,9 @@ async def _upload_item(
             size = None if file is None else file.stat().st_size
             if video_id is None:
                 fleet.activity.begin(job.key, name, "uploading", record.video_id)
-                resuming = f" (resuming video {record.video_id})" if record.video_id else ""
-                log.info("fleet: %s: started%s", name, resuming)
                 await fleet.report(lease, batch, encode_news(key, size=size), retention)
                 began = time.monotonic()
-                news = _UploadNews(fleet, lease, batch, key, retention)
+                news = _UploadNews(fleet, lease, batch, key, retention, job=job.key, name=name)
                 try:
                     video_id, size = await _deliver(
                         fleet, lease, record, path, file, sent_fields, retention, created, news
@@ -400,8 +397,20 @@ class _UploadNews:
     item's fence, at most every NEWS_INTERVAL seconds (news only: a push that fails is
     dropped, the upload goes on)."""
 
-    def __init__(self, fleet: _Context, lease: Lease, batch: str, key: str, retention: int) -> None:
+    def __init__(
+        self,
+        fleet: _Context,
+        lease: Lease,
+        batch: str,
+        key: str,
+        retention: int,
+        *,
+        job: str,
+        name: str,
+    ) -> None:
         self._fleet = fleet
+        self._job = job
+        self.name = name
         self._lease = lease
         self._batch = batch
         self._key = key
@@ -418,6 +427,12 @@ class _UploadNews:
         if not busy and time.monotonic() - self._last >= NEWS_INTERVAL:
             self._last = time.monotonic()
             self._task = asyncio.create_task(self._push(self._sent))
+
+    def starting(self, video_id: str, *, resumed: bool) -> None:
+        """The item's one start line (with its video), before the first byte goes."""
+        self._fleet.activity.video(self._job, video_id)
+        again = " (resumed: its recorded target)" if resumed else ""
+        log.info("fleet: %s: uploading to video %s%s", self.name, video_id, again)
 
     async def _push(self, sent: int) -> None:
         message = encode_news(self._key, size=self._size, sent=sent)
@@ -440,7 +455,7 @@ async def _deliver(
     fields: VideoFields,
     retention: int,
     created_ids: list[str],
-    progress: ProgressCallback | None = None,
+    news: _UploadNews | None = None,
 ) -> tuple[str, int | None]:
     """Get the item's content to storage, once: resume its recorded video if there is one,
     else create one and record it (with its presigned target) before any byte is sent.
@@ -478,13 +493,16 @@ async def _deliver(
     source = await client.source(path, None) if file is None else UploadSource(file)
     try:
         for attempt in (1, 2):
+            resumed = resume is not None
             if resume is not None:
                 target_video, resume = resume, None
             else:
                 target_video = await _create(fleet, lease, source, fields, name, retention)
                 created_ids.append(target_video.id)
+            if news is not None:
+                news.starting(target_video.id, resumed=resumed)
             try:
-                await client.upload(target_video, source, progress)
+                await client.upload(target_video, source, news)
             except UploadError as exc:
                 # An expired presign is replaced by a fresh video once, as upload_video does.
                 if attempt == 1 and presign_expired(exc) and source.restartable:
@@ -737,7 +755,9 @@ class FleetWorker:
             )
             # Upkeep loops notice a stop only between sleeps: keep them short, so a SIGTERM
             # is not held up by them.
-            timers = {"sweep": self._sweep, "schedule": 1, "abort": 1, "worker_info": 5}
+            # worker_info: what ``fleet status`` shows is at most 2 s old, and a dead worker
+            # drops out of it within 3 s.
+            timers = {"sweep": self._sweep, "schedule": 1, "abort": 1, "worker_info": 2}
             # saq publishes the metadata with its worker info (saq's web UI shows it too).
             common: dict[str, Any] = {"timers": timers, "metadata": fleet.activity.metadata}
             upload_worker = Worker(
