@@ -273,6 +273,7 @@ class BatchDisplay(LiveProgress):
         self._sent_at: float | None = None
         self._all: TaskID | None = None
         self._done: TaskID | None = None
+        self._notice: str | None = None
 
     def update(self, progress: BatchProgress) -> None:
         """Show these counters from now on (fits ``batch_upload(progress=...)``)."""
@@ -357,9 +358,15 @@ class BatchDisplay(LiveProgress):
         super().draw()
 
     def sample(self) -> None:
-        """Note when the bytes sent last grew (the average speed leaves analysis time out)."""
+        """Note when the bytes sent last grew (the average speed leaves analysis time out);
+        where no terminal draws, write a line at once when the batch's notice appears, so it
+        stands beside the log's warning."""
         if self.progress.bytes_sent != self._last_sent:
             self._last_sent, self._sent_at = self.progress.bytes_sent, self.elapsed
+        if self.progress.notice != self._notice:
+            self._notice = self.progress.notice
+            if self._notice and not self.tty:
+                self.draw()
 
     def _sending_time(self) -> float:
         self.sample()

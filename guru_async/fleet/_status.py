@@ -129,7 +129,7 @@ class FleetStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as plain JSON-ready data (what ``fleet status --json`` prints)."""
-        data: dict[str, Any] = asdict(self, recurse=True, retain_collection_types=False)
+        data: dict[str, Any] = asdict(self, recurse=True)
         return data
 
 

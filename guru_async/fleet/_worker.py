@@ -423,21 +423,27 @@ class _UploadNews:
     def __call__(self, sent: int, total: int) -> None:
         self._sent = max(self._sent, sent)
         self._size = total or None
-        busy = self._task is not None and not self._task.done()
-        if not busy and time.monotonic() - self._last >= NEWS_INTERVAL:
+        if self._task is None or self._task.done():
+            # The latest count goes out within NEWS_INTERVAL, even if no call follows.
+            self._task = asyncio.create_task(self._push())
+
+    async def _push(self) -> None:
+        pushed = -1
+        while pushed != self._sent:
+            await asyncio.sleep(max(self._last + NEWS_INTERVAL - time.monotonic(), 0))
             self._last = time.monotonic()
-            self._task = asyncio.create_task(self._push(self._sent))
+            pushed = self._sent
+            message = encode_news(self._key, size=self._size, sent=pushed)
+            try:
+                await self._fleet.report(self._lease, self._batch, message, self._retention)
+            except (RedisError, OSError, LeaseLostError):
+                return
 
     def starting(self, video_id: str, *, resumed: bool) -> None:
         """The item's one start line (with its video), before the first byte goes."""
         self._fleet.activity.video(self._job, video_id)
         again = " (resumed: its recorded target)" if resumed else ""
         log.info("fleet: %s: uploading to video %s%s", self.name, video_id, again)
-
-    async def _push(self, sent: int) -> None:
-        message = encode_news(self._key, size=self._size, sent=sent)
-        with contextlib.suppress(RedisError, OSError, LeaseLostError):
-            await self._fleet.report(self._lease, self._batch, message, self._retention)
 
     async def aclose(self) -> None:
         """Stop pushing (the upload ended)."""
