@@ -506,6 +506,8 @@ class _FleetRun:
         self._crash: list[BaseException] = []
         self._worker_seen = time.monotonic()
         self._warned = False
+        # Set when a worker's news arrives while none is counted: count again at once.
+        self._recount = asyncio.Event()
 
     async def start(self) -> None:
         """Start feeding, receiving and reconciling; idempotent."""
@@ -715,6 +717,8 @@ class _FleetRun:
         self._report()
 
     def _taken(self, pending: _Pending, size: int | None) -> None:
+        if not self.progress.workers:
+            self._recount.set()
         if not pending.started:
             pending.started = True
             self.progress.queued -= 1
@@ -790,7 +794,9 @@ class _FleetRun:
                     )
                     log.warning("fleet: %s", self.progress.notice)
                 self._report()
-            await asyncio.sleep(1.0)
+            self._recount.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await wait_for(self._recount.wait(), 1.0)
 
     # -- reconciliation ----------------------------------------------------------------------
 
