@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 import time
 import unicodedata
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -405,7 +406,10 @@ class _FleetRow:
         if counts:
             yield Text(counts)
         if progress.notice:
-            yield Text(printable(progress.notice), style="bold yellow")
+            # Wrapped here: the live display crops long lines, and the notice ends with the
+            # command to run.
+            for line in textwrap.wrap(printable(progress.notice), max(options.max_width, 20)):
+                yield Text(line, style="bold yellow")
 
 
 class TransferDisplay(LiveProgress):

@@ -787,10 +787,11 @@ class _FleetRun:
                 ):
                     self._warned = True
                     self.progress.notice = (
-                        f"no live worker on queue {fleet.queue!r} (account {fleet.account}, "
-                        f"Redis {fleet.where}) for {now - self._worker_seen:.0f} s: items wait "
-                        f"until one starts; start one with '{fleet.start_hint()}' (the same "
-                        "GURU_REDIS_URL, GURU_CLIENT_ID and GURU_BASE_URL, and the secret)"
+                        f"no live worker on queue {fleet.queue!r} for "
+                        f"{now - self._worker_seen:.0f} s: items wait until one starts; start "
+                        f"one with '{fleet.start_hint()}' (the same GURU_REDIS_URL, "
+                        "GURU_CLIENT_ID and GURU_BASE_URL, and the secret; account "
+                        f"{fleet.account}, Redis {fleet.where})"
                     )
                     log.warning("fleet: %s", self.progress.notice)
                 self._report()
