@@ -46,6 +46,7 @@ from typing import Any, Protocol, Union
 from attrs import Factory, define, evolve, field, frozen
 
 from ._aio import wait_for
+from ._batch_count import count_input, countable
 from ._client import CREATE_REPEAT_RISK, Client
 from ._converter import decode_json, structure, to_json
 from ._enums import AnalysisStatus, VideoStatus
@@ -132,17 +133,36 @@ class UploadProgress:
 class BatchProgress:
     """Counters of a running batch, passed to the ``progress`` callback after each change.
 
+    Counters only grow (but ``waiting`` and ``uploading``), and totals never move once known:
+    a display built on them never goes backwards.
+
     Attributes:
         started: Items read from the input and being worked on (or done).
-        uploaded: Items whose video is uploaded (or was, by an earlier journaled run).
-        succeeded: Items finished successfully.
+        uploaded: Items whose video is uploaded, by this run or (``restored``) an earlier one.
+        succeeded: Items finished successfully (restored ones included).
         failed: Items finished with an error or a Failed analysis.
         waiting: Uploaded videos whose analysis is being awaited.
         bytes_sent: Bytes uploaded so far, all items together.
-        bytes_total: The size of every item started so far.
+        bytes_total: The size of every upload started so far.
         uploading: The uploads in flight, by a number unique within the batch, each with its
             own bytes: an entry appears when its content starts to go out and is removed when
             that upload ends, sent or failed. At most ``upload_concurrency`` entries.
+        total: How many items the input holds, or None while that is unknown. A list, tuple
+            or set (or with ``count_ahead=True`` any input that can be read twice, such as a
+            folder listing) is counted ahead of the uploads, so it is known almost at once;
+            any other input when it runs out. While ``counting``, the count so far (a lower
+            bound), or None before the first items are counted.
+        counting: True while ``total`` and ``bytes_to_send`` are still being counted (they
+            only grow until then, and never move after).
+        restored: Items an earlier run (or another batch sharing the journal) had already
+            uploaded, taken from the journal with nothing sent: included in ``uploaded``.
+        upload_failed: Items that failed before their video was uploaded (a bad file, a
+            create or upload refused): included in ``failed``.
+        bytes_to_send: The bytes the whole batch will send (the sizes of the items the journal
+            does not already have uploaded), once counted (see ``total``); None for an input
+            not counted ahead. A plan: ``bytes_sent`` ends below it when an upload fails or
+            an item turns out already sent (listed twice, or an interrupted upload that had
+            arrived), above it only when a journaled video the service lost is sent again.
         queued: A fleet's batch: items enqueued that no worker has taken yet (0 in one
             process).
         running: A fleet's batch: items a worker has taken (uploading or awaiting the
@@ -162,6 +182,11 @@ class BatchProgress:
     bytes_sent: int = 0
     bytes_total: int = 0
     uploading: dict[int, UploadProgress] = Factory(dict)
+    total: int | None = None
+    counting: bool = False
+    restored: int = 0
+    upload_failed: int = 0
+    bytes_to_send: int | None = None
     queued: int = 0
     running: int = 0
     workers: int | None = None
@@ -265,6 +290,7 @@ class BatchRun:
         poll_rate: float,
         max_in_flight: int,
         defaults: dict[str, Any],
+        count_ahead: bool | None = None,
     ) -> None:
         check_int("upload_concurrency", upload_concurrency, minimum=1)
         check_int("max_in_flight", max_in_flight, minimum=None)
@@ -280,11 +306,16 @@ class BatchRun:
         self.traces: set[_VideoTrace] = set()
         self._sync_items: Iterator[BatchItem] | None = None
         self._async_items: AsyncIterator[BatchItem] | None = None
+        # An input that can be read twice is counted ahead of the uploads (see _batch_count).
+        self._count_items: Iterable[BatchItem] | None = None
         if isinstance(items, AsyncIterable):
+            if count_ahead:
+                raise TypeError("count_ahead=True cannot read an async iterable twice")
             self._async_items = aiter(items)
         elif isinstance(items, (str, os.PathLike)):
             raise TypeError("batch_upload takes an iterable of paths; wrap one path in a list")
         else:
+            self._count_items = countable(items, count_ahead)
             self._sync_items = iter(items)
         self._concurrency = upload_concurrency
         self._wait = wait
@@ -297,6 +328,10 @@ class BatchRun:
         resolve_fields(defaults=defaults)
         self._defaults = defaults
         self.progress = BatchProgress()
+        # Totals stay None until the count's first chunk is in.
+        self.progress.counting = self._count_items is not None
+        self._read = 0
+        self._input_over = False
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * upload_concurrency + 16)
         self._pull_lock = asyncio.Lock()
         # Items read from the input but not yet reported: each reported result frees one, so
@@ -437,19 +472,29 @@ class BatchRun:
         workers = [asyncio.create_task(self._upload_worker()) for _ in range(self._concurrency)]
         poller = asyncio.create_task(self._poll_loop())
         tasks = [*workers, poller]
+        counter = None
+        if self._count_items is not None:
+            counter = asyncio.create_task(self._count(self._count_items))
+            tasks.append(counter)
 
         async def pipeline() -> None:
             await asyncio.gather(*workers)
             self._uploads_over = True
             self._wakeup.set()
             await poller
+            if counter is not None:
+                # A rerun that restores everything can outrun its count: the last report
+                # still gets final totals (the count reads what the batch read, no more).
+                await counter
 
         main = asyncio.create_task(pipeline())
         tasks.append(main)
+        awaited = [main]
         if self._journal is not None:
-            tasks.append(asyncio.create_task(self._heartbeat(main)))
+            awaited.append(asyncio.create_task(self._heartbeat(main)))
+            tasks.append(awaited[-1])
         try:
-            await asyncio.gather(*tasks[-2:])
+            await asyncio.gather(*awaited)
         except Exception as exc:
             self._crash = exc
         finally:
@@ -476,19 +521,76 @@ class BatchRun:
 
     async def _next_item(self) -> Any:
         async with self._pull_lock:
-            if self._input_error is not None:
+            if self._input_over:
                 return _END
             try:
                 if self._async_items is not None:
-                    return await anext(self._async_items)
-                assert self._sync_items is not None
-                return next(self._sync_items)
+                    item = await anext(self._async_items)
+                else:
+                    assert self._sync_items is not None
+                    item = next(self._sync_items)
             except (StopIteration, StopAsyncIteration):
+                self._end_of_input()
                 return _END
             except Exception as exc:
                 # The caller's iterable failed: finish what is in flight, then raise it.
                 self._input_error = exc
+                self._end_of_input()
                 return _END
+            self._read += 1
+            return item
+
+    def _end_of_input(self) -> None:
+        self._input_over = True
+        if self.progress.total is None or self.progress.counting:
+            # Exact now: every item is read (a count still running only adds bytes).
+            self.progress.total = max(self._read, self.progress.total or 0)
+            self._report()
+
+    # -- counting the input ahead (see _batch_count) -----------------------------------------
+
+    async def _count(self, items: Iterable[BatchItem]) -> None:
+        try:
+            await count_input(
+                items, inspect=self._inspect, weigh=self._weigh, on_count=self._counted
+            )
+        except Exception:
+            # Only a display's totals depend on it: they go back to unknown, the batch goes on.
+            log.debug("batch_upload: counting the input failed", exc_info=True)
+            progress = self.progress
+            progress.counting = False
+            progress.bytes_to_send = None
+            if not self._input_over:
+                progress.total = None
+            self._report()
+
+    def _inspect(self, item: BatchItem) -> tuple[int, str | None]:
+        """An item's size and (journaled) key, or (0, None) for one that will fail; on a
+        worker thread."""
+        try:
+            path, fields = self._checked(item)
+            size = path.stat().st_size
+            if self._journal is None:
+                return size, None
+            return size, item_key(self._client.service, path, fields.as_dict())
+        except Exception:
+            return 0, None  # it fails when its turn comes, sending nothing
+
+    async def _weigh(self, facts: tuple[int, str | None]) -> int:
+        size, key = facts
+        if key is None or self._journal is None:
+            return size
+        entry = await self._journal.get(key)
+        # Restored on its turn: an earlier run (or another batch) uploaded it already.
+        return 0 if entry is not None and entry.state in ("uploaded", "done") else size
+
+    def _counted(self, count: int, weight: int, done: bool) -> None:
+        progress = self.progress
+        if not self._input_over:
+            progress.total = max(count, progress.total or 0)
+        progress.bytes_to_send = weight
+        progress.counting = not done
+        self._report()
 
     async def _emit(self, result: BatchResult) -> None:
         # Called exactly once per item read from the input.
@@ -561,6 +663,7 @@ class BatchRun:
         except JournalError:
             raise  # the journal cannot be written: stop the batch rather than lose track
         except Exception as exc:
+            self.progress.upload_failed += 1
             # A video created before the failure is named, so it can be inspected.
             await self._emit(
                 BatchResult(item, video_id=created[-1] if created else None, error=exc)
@@ -577,6 +680,8 @@ class BatchRun:
         if not claim.owned:
             assert entry is not None
             if entry.state == "done":
+                self.progress.uploaded += 1
+                self.progress.restored += 1
                 await self._emit(self._restore(item, entry))
             else:
                 assert entry.video_id is not None
@@ -844,6 +949,8 @@ class BatchRun:
         ):
             return False
         self.progress.uploaded += 1
+        if resumed:
+            self.progress.restored += 1
         if not self._wait:
             await self._emit(BatchResult(item, video_id=video_id))
             return True

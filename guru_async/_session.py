@@ -621,6 +621,7 @@ class GuruSession:
         timeout: float = DEFAULT_TIMEOUT,
         poll_rate: float = DEFAULT_POLL_RATE,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        count_ahead: bool | None = None,
         domain: DomainArg = None,
         activity: ActivityArg = None,
         rep_count: int | None = None,
@@ -660,6 +661,12 @@ class GuruSession:
             poll_rate: The most Get Analysis requests per second the batch makes.
             max_in_flight: The most items between being read from ``items`` and being
                 reported (uploading or awaiting analysis); bounds memory for any input.
+            count_ahead: Read ``items`` a second time, on a worker thread ahead of the
+                uploads, so ``BatchProgress.total`` and ``bytes_to_send`` are known early.
+                None (the default) counts an in-memory collection (a list, tuple or set) and
+                nothing else; True counts any iterable whose every ``iter()`` is a fresh
+                reading of the same items, such as a folder listing (not an iterator: that
+                is a TypeError); False never counts.
             domain: The default domain of items that do not set one.
             activity: The default activity of items that do not set one.
             rep_count: The default rep count of items that do not set one.
@@ -683,6 +690,7 @@ class GuruSession:
             poll_policy=self.poll_policy,
             poll_rate=poll_rate,
             max_in_flight=max_in_flight,
+            count_ahead=count_ahead,
             defaults={
                 "domain": domain,
                 "activity": activity,

@@ -40,7 +40,8 @@ FAST_POLLS = PollPolicy(interval=0.01, max_interval=0.05)
 # The names a results table must cope with: wide characters and a newline.
 NAMES = ("plain.mp4", "スクワット.mp4", "new\nline.mp4")
 PLAIN_LINE = re.compile(
-    r"^uploads 3/3: 0\.7/0\.7 MB, [\d.]+ MB/s \| analyses: 0 pending, 3 complete, 0 failed"
+    r"^uploads 3/3 \(3 uploaded, 0 restored, 0 failed\): 0\.7/0\.7 MB, [\d.]+ MB/s \| "
+    r"analyses: 0 pending, 3 complete, 0 failed"
     r" \| [\d.]+ s$"
 )
 
@@ -457,7 +458,75 @@ async def test_display_writes_plain_lines_while_the_batch_runs(
     assert len(lines) >= 3  # the analysis alone takes 0.2 s: several intervals
     assert "\x1b" not in stream.getvalue()
     assert re.match(
-        r"^uploads 1/1: 0\.1/0\.1 MB, [\d.]+ MB/s \| analyses: 0 pending, 1 complete, 0 failed",
+        r"^uploads 1/1 \(1 uploaded, 0 restored, 0 failed\): 0\.1/0\.1 MB, [\d.]+ MB/s \| "
+        r"analyses: 0 pending, 1 complete, 0 failed",
         lines[-1],
     )
     assert any("1 pending" in line for line in lines)
+
+
+# "uploads 3/4" (or "uploads 3/≥4" while counted, "uploads 3" with no total) and the bytes.
+UPLOADS_ROW = re.compile(r"^uploads (\d+)(?:/(≥?\d+))? .*?([\d.]+)/([\d.?]+) (kB|MB|bytes)")
+
+
+def test_folder_batch_counts_the_folder_and_tells_restored_items_apart(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A folder batch on a terminal shows items settled of the folder's count and bytes sent of
+    the bytes to send, totals that never move (a failing file included) and bytes that never
+    go back; rerun with its journal in a pipe, its plain line counts the restored videos apart,
+    with nothing to send."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"clip{i}.mp4").write_bytes(bytes([i + 1]) * SIZE)
+    (folder / "empty.mp4").write_bytes(b"")
+    args = command("batch", "videos", "--activity", "squat", "--journal", "batch.db")
+
+    status, _, frames, _ = run_in_pty(args, cli_env, tmp_path)
+
+    final = frames[-1]
+    assert status == 1, "\n".join(final)  # the empty file failed
+    rows = [m for frame in frames for line in frame if (m := UPLOADS_ROW.match(line))]
+    assert rows, "no uploads row"
+    # Every frame that showed totals showed the whole folder's: 4 items, 720 kB to send.
+    shown = {(m.group(2), m.group(4), m.group(5)) for m in rows if m.group(4) != "?"}
+    assert shown == {("4", "720.0", "kB")}, shown
+    sent = shown_bytes(frames, re.compile(r"^uploads "))
+    assert sent == sorted(sent), f"the bytes sent went back: {sent}"
+    uploads = next(line for line in final if line.startswith("uploads "))
+    assert uploads.startswith("uploads 4/4 "), uploads
+    assert "720.0/720.0 kB" in uploads
+    # The items settled, told apart, on the line below (the row is a terminal's width).
+    assert final[final.index(uploads) + 1] == "  3 uploaded, 0 restored, 1 failed"
+    assert any(line.startswith("analyses 4/4 ") for line in final), "\n".join(final)
+
+    rerun = subprocess.run(
+        args, env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert rerun.returncode == 1, rerun.stderr
+    last = rerun.stderr.splitlines()[-1]
+    assert re.match(
+        r"^uploads 4/4 \(0 uploaded, 3 restored, 1 failed\): 0\.0/0\.0 MB(, [\d.]+ MB/s)? \| "
+        r"analyses: 0 pending, 3 complete, 1 failed \| [\d.]+ s$",
+        last,
+    ), last
+
+
+def test_display_shows_lower_bounds_while_the_input_is_counted() -> None:
+    """While a huge input is still being counted the plain line shows its totals as lower
+    bounds (``/≥N``), then as exact numbers once the count is complete."""
+    progress = BatchProgress(
+        started=14, uploaded=13, restored=1, upload_failed=1, failed=1, succeeded=9, waiting=3
+    )
+    progress.bytes_sent, progress.total, progress.bytes_to_send = 4_200_000, 300, 12_700_000
+    progress.counting = True
+    display = BatchDisplay(progress, total=None, stream=io.StringIO())
+    assert display.plain().startswith(
+        "uploads 14/≥300 (12 uploaded, 1 restored, 1 failed): 4.2/≥12.7 MB"
+    ), display.plain()
+    progress.counting = False
+    assert display.plain().startswith(
+        "uploads 14/300 (12 uploaded, 1 restored, 1 failed): 4.2/12.7 MB"
+    ), display.plain()
+    assert "analyses: 3 pending, 9 complete, 1 failed" in display.plain()

@@ -209,17 +209,36 @@ def video_files(
         pending.extend(sorted(subfolders, reverse=True))
 
 
-def _batch_items(
-    paths: Sequence[str], found: list[int], *, recursive: bool, skipped: Skipped
-) -> Iterator[str]:
-    for given in paths:
-        if Path(given).is_dir():
-            for file in video_files(Path(given), recursive=recursive, skipped=skipped):
-                found[0] += 1
-                yield file
-        else:
-            found[0] += 1
-            yield given
+class BatchInputs:
+    """The ``batch`` command's items: the files given and the videos in the folders given,
+    listed afresh by each ``iter()``, so the batch can count them ahead of its uploads while
+    it reads them lazily (a huge folder starts at once and its total grows as it is counted).
+
+    Args:
+        paths: The files and folders given.
+        recursive: Look in folders' sub-folders too.
+    """
+
+    def __init__(self, paths: Sequence[str], *, recursive: bool) -> None:
+        self._paths = list(paths)
+        self._recursive = recursive
+        self.found = 0
+        self.skipped = Skipped()
+
+    def __iter__(self) -> Iterator[str]:
+        # Each reading tallies on its own (the batch and its count read concurrently); the
+        # last one to finish is what the command reports.
+        found = 0
+        skipped = Skipped()
+        for given in self._paths:
+            if Path(given).is_dir():
+                for file in video_files(Path(given), recursive=self._recursive, skipped=skipped):
+                    found += 1
+                    yield file
+            else:
+                found += 1
+                yield given
+        self.found, self.skipped = found, skipped
 
 
 async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
@@ -237,12 +256,11 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
             raise UsageError(f"no video files ({suffixes}) in folder {given!r}{hint}")
     fields = video_fields(args)
     total = None if any(Path(p).is_dir() for p in args.paths) else len(args.paths)
-    found = [0]
-    skipped = Skipped()
+    inputs = BatchInputs(args.paths, recursive=args.recursive)
     statuses: list[tuple[str, bool]] = []
     rows: list[list[str]] = []
     # The bytes to send are known up front only for listed files in a batch with no journal
-    # (a journal may already hold some of them).
+    # (a journal may already hold some of them); else a local batch counts them ahead.
     bytes_total = None
     if total is not None and args.journal is None:
         bytes_total = sum(Path(p).stat().st_size for p in args.paths)
@@ -259,7 +277,7 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
             batch = await open_batch(
                 stack,
                 args,
-                _batch_items(args.paths, found, recursive=args.recursive, skipped=skipped),
+                inputs,
                 display.update,
             )
             async with display:
@@ -276,7 +294,7 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
                         rows.append(result_row(result, default_activity=fields["activity"]))
                     # Statuses only: a batch of 100,000 videos must not keep every analysis.
                     statuses.append((result_status(result), result.ok))
-    if found[0] == 0:
+    if inputs.found == 0:
         raise UsageError(f"no video files found in {', '.join(args.paths)}")
     if not out.json:
         rows.sort(key=lambda row: row[0])
@@ -284,7 +302,7 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
         out.note(summary_line([s for s, _ in statuses], time.monotonic() - started))
         if args.out is not None:
             out.note(f"results written to {args.out}")
-    skipped_note = skipped.note()
+    skipped_note = inputs.skipped.note()
     if skipped_note is not None:
         out.note(skipped_note)
     return EXIT_OK if all(ok for _, ok in statuses) else EXIT_FAILED

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from .._batch import BatchProgress, BatchResult
 from .._polling import PollPolicy
@@ -61,7 +61,7 @@ def add_worker_command(sub: argparse.ArgumentParser) -> None:
 async def open_batch(
     stack: contextlib.AsyncExitStack,
     args: argparse.Namespace,
-    items: Iterator[str],
+    items: Iterable[str],
     progress: Callable[[BatchProgress], None],
 ) -> AsyncIterator[BatchResult]:
     """The ``batch`` command's results: from this process, or with ``--fleet`` from the
@@ -77,6 +77,7 @@ async def open_batch(
             journal=args.journal,
             progress=progress,
             timeout=args.timeout,
+            count_ahead=True,  # BatchInputs lists its folders afresh for each reading
             **fields,
         )
     try:
@@ -95,6 +96,7 @@ async def open_batch(
     fleet = await stack.enter_async_context(producer)
     return fleet.batch_upload(
         items,
+        count_ahead=True,  # BatchInputs lists its folders afresh for each reading
         wait=not args.no_wait,
         journal=args.journal,
         progress=progress,

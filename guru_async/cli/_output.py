@@ -235,15 +235,21 @@ def _bytes_columns() -> list[Any]:
 
 class BatchDisplay(LiveProgress):
     """The progress of uploads and analyses: a row per upload in flight (bytes, speed, ETA),
-    a row for all uploads, and a row for the analyses (pending, complete, failed).
+    a row for all uploads (items settled of the total: uploaded by this run, restored from
+    the journal, failed; bytes sent of the bytes to send), and a row for the analyses
+    (pending, complete, failed).
 
     Feed it the batch's counters: pass ``progress`` (read at each redraw), or use ``update``
-    as ``batch_upload``'s ``progress=`` callback.
+    as ``batch_upload``'s ``progress=`` callback. Totals the batch counts ahead
+    (``BatchProgress.total`` and ``bytes_to_send``) are shown as they grow, as ``/≥N`` until
+    the count is complete.
 
     Args:
         progress: The counters to show; ``update`` replaces them.
-        total: How many items, or None when the input is read lazily.
-        bytes_total: The bytes all uploads will send, when known up front (else the totals
+        total: How many items, when the caller knows better than the counters (else
+            ``BatchProgress.total``).
+        bytes_total: The bytes all uploads will send, when the caller knows better than the
+            counters (else ``BatchProgress.bytes_to_send``; when neither is known, the totals
             row shows bytes sent without an ETA).
         wait: Whether the command awaits analyses (the last row counts them), else it counts
             videos uploaded.
@@ -270,6 +276,7 @@ class BatchDisplay(LiveProgress):
         self._totals: Progress | None = None
         self._results: Progress | None = None
         self._rows: dict[int, TaskID] = {}
+        self._breakdown = Text(no_wrap=True, overflow="ellipsis")
         self._last_sent = 0
         self._sent_at: float | None = None
         self._all: TaskID | None = None
@@ -286,20 +293,48 @@ class BatchDisplay(LiveProgress):
             return f"{p.waiting} pending, {p.succeeded} complete, {p.failed} failed"
         return f"{p.succeeded} uploaded, {p.failed} failed"
 
+    def _total(self) -> int | None:
+        return self.total if self.total is not None else self.progress.total
+
+    def _counting(self) -> bool:
+        # Still growing: shown as a lower bound.
+        return self.progress.counting
+
+    def _of(self, done: int) -> str:
+        """``done/total``, ``done/≥total`` while the input is counted, or ``done``."""
+        total = self._total()
+        if total is None:
+            return f"{done}"
+        return f"{done}/{'≥' if self.total is None and self._counting() else ''}{total}"
+
+    def _bytes_to_send(self) -> int | None:
+        if self.bytes_total is not None:
+            return self.bytes_total
+        return self.progress.bytes_to_send
+
     def _uploads(self) -> str:
         p = self.progress
-        return f"{p.uploaded}/{self.total}" if self.total is not None else f"{p.uploaded}"
+        return self._of(p.uploaded + p.upload_failed)
+
+    def _upload_counts(self) -> str:
+        p = self.progress
+        sent = p.uploaded - p.restored
+        return f"{sent} uploaded, {p.restored} restored, {p.upload_failed} failed"
 
     def plain(self) -> str:
-        """E.g. ``uploads 2/6: 1.2/3.4 MB, 2.1 MB/s | analyses: 1 pending, ... | 5.0 s``."""
+        """E.g. ``uploads 2/6 (1 uploaded, 1 restored, 0 failed): 1.2/3.4 MB, 2.1 MB/s |
+        analyses: 1 pending, ... | 5.0 s``."""
         p = self.progress
         elapsed = self.elapsed
-        of = self.bytes_total if self.bytes_total is not None else p.bytes_total
+        to_send = self._bytes_to_send()
+        at_least = "≥" if self.bytes_total is None and self._counting() else ""
+        of = f"{at_least}{(p.bytes_total if to_send is None else to_send) / 1e6:.1f}"
         sending = self._sending_time()
         speed = f", {p.bytes_sent / sending / 1e6:.1f} MB/s" if sending > 0 else ""
         what = "analyses" if self.wait else "videos"
         return (
-            f"uploads {self._uploads()}: {p.bytes_sent / 1e6:.1f}/{of / 1e6:.1f} MB{speed} | "
+            f"uploads {self._uploads()} ({self._upload_counts()}): "
+            f"{p.bytes_sent / 1e6:.1f}/{of} MB{speed} | "
             f"{what}: {self._counts()}{fleet_counts(p, prefix=' | fleet: ')} | {elapsed:.1f} s"
         )
 
@@ -308,7 +343,7 @@ class BatchDisplay(LiveProgress):
         console = Console(file=self._stream, force_terminal=True)
         self._files = Progress(*_bytes_columns(), console=console, auto_refresh=False)
         self._totals = Progress(*_bytes_columns(), console=console, auto_refresh=False)
-        self._all = self._totals.add_task("uploads", total=self.bytes_total)
+        self._all = self._totals.add_task("uploads", total=self._bytes_to_send())
         self._results = Progress(
             TextColumn("{task.description}", markup=False, table_column=Column(width=24)),
             BarColumn(bar_width=30),
@@ -317,8 +352,11 @@ class BatchDisplay(LiveProgress):
             console=console,
             auto_refresh=False,
         )
-        self._done = self._results.add_task(self._what(), total=self.total, counts=self._counts())
-        return Group(self._files, self._totals, self._results, _FleetRow(self))
+        self._done = self._results.add_task(
+            self._what(), total=self._total(), counts=self._counts()
+        )
+        # Item counts on a line of their own: the rows above fill a terminal's width already.
+        return Group(self._files, self._totals, self._breakdown, self._results, _FleetRow(self))
 
     def sync(self) -> None:
         """Add a row for each new upload in flight, move every bar, drop finished uploads."""
@@ -336,11 +374,18 @@ class BatchDisplay(LiveProgress):
             files.update(row, completed=upload.bytes_sent)
         for number in [n for n in self._rows if n not in p.uploading]:
             files.remove_task(self._rows.pop(number))
-        totals.update(self._all, description=f"uploads {self._uploads()}", completed=p.bytes_sent)
+        totals.update(
+            self._all,
+            description=f"uploads {self._uploads()}",
+            completed=p.bytes_sent,
+            total=self._bytes_to_send(),
+        )
+        self._breakdown.plain = f"  {self._upload_counts()}"
         results.update(
             self._done,
             description=self._what(),
             completed=p.succeeded + p.failed,
+            total=self._total(),
             counts=self._counts(),
         )
 
@@ -349,10 +394,11 @@ class BatchDisplay(LiveProgress):
         if self._totals is not None and self._all is not None:
             p = self.progress
             task = next(t for t in self._totals.tasks if t.id == self._all)
+            total = self._total()
             if (
                 p.bytes_sent
                 and not p.uploading
-                and (self.total is None or p.uploaded >= self.total)
+                and (total is None or p.uploaded + p.upload_failed >= total)
             ):
                 # rich measures speed over recent redraws: a quick upload has too few to show.
                 task.finished_speed = p.bytes_sent / max(self._sending_time(), 1e-3)
@@ -375,8 +421,7 @@ class BatchDisplay(LiveProgress):
 
     def _what(self) -> str:
         done = self.progress.succeeded + self.progress.failed
-        of = f"{done}/{self.total}" if self.total is not None else f"{done}"
-        return f"{'analyses' if self.wait else 'videos'} {of}"
+        return f"{'analyses' if self.wait else 'videos'} {self._of(done)}"
 
 
 def fleet_counts(progress: BatchProgress, *, prefix: str = "") -> str:

@@ -45,6 +45,7 @@ from .._batch import (
     UploadProgress,
     VideoSpec,
 )
+from .._batch_count import count_input, countable
 from .._payloads import resolve_fields
 from .._polling import DEFAULT_TIMEOUT
 from .._session import DEFAULT_BASE_URL
@@ -281,6 +282,7 @@ class Fleet:
         progress: Callable[[BatchProgress], None] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        count_ahead: bool | None = None,
         domain: DomainArg = None,
         activity: ActivityArg = None,
         rep_count: int | None = None,
@@ -322,6 +324,11 @@ class Fleet:
             progress: Called with the BatchProgress counters whenever they change.
             timeout: Seconds to wait for each analysis after its upload.
             max_in_flight: The most items enqueued and not yet reported.
+            count_ahead: Read ``items`` a second time, on a worker thread ahead of the
+                enqueuing, so ``BatchProgress.total`` is known early (as for
+                ``GuruSession.batch_upload``: None counts a list, tuple or set; True any
+                iterable whose every ``iter()`` is a fresh reading; False nothing). The
+                bytes to send are not counted ahead: the workers alone may see the files.
             domain: The default for items that do not set theirs (as for upload_video).
             activity: The default for items that do not set theirs.
             rep_count: The default for items that do not set theirs.
@@ -339,6 +346,12 @@ class Fleet:
         if isinstance(items, (str, os.PathLike)):
             raise TypeError("batch_upload takes an iterable of paths; wrap one path in a list")
         check_int("max_in_flight", max_in_flight, minimum=1)
+        counted: Iterable[BatchItem] | None = None
+        if isinstance(items, AsyncIterable):
+            if count_ahead:
+                raise TypeError("count_ahead=True cannot read an async iterable twice")
+        else:
+            counted = countable(items, count_ahead)
         if isinstance(items, Collection):
             for item in items:
                 _location(item)
@@ -370,6 +383,7 @@ class Fleet:
             timeout=timeout,
             max_in_flight=max_in_flight,
             defaults=defaults,
+            counted=counted,
         )
         return BatchUpload(run)
 
@@ -482,8 +496,10 @@ class _FleetRun:
         timeout: float,
         max_in_flight: int,
         defaults: dict[str, Any],
+        counted: Iterable[BatchItem] | None = None,
     ) -> None:
         self._fleet = fleet
+        self._counted = counted
         self._client = client
         self._uploads = uploads
         self._polls = polls
@@ -495,6 +511,8 @@ class _FleetRun:
         self._timeout = timeout
         self._defaults = defaults
         self.progress = BatchProgress()
+        if counted is not None:
+            self.progress.counting = True
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[str, _Pending] = {}
         self._out: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
@@ -520,6 +538,8 @@ class _FleetRun:
             asyncio.create_task(self._check()),
             asyncio.create_task(self._watch()),
         ]
+        if self._counted is not None:
+            self._tasks.append(asyncio.create_task(self._count(self._counted)))
 
         def died(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None:
@@ -601,7 +621,32 @@ class _FleetRun:
             self._input_error = exc
         finally:
             self._feeding = False
+        # Exact now: every item is read.
+        self.progress.total = self.progress.started
+        self.progress.counting = False
+        self._report()
         await self._maybe_end()
+
+    async def _count(self, items: Iterable[BatchItem]) -> None:
+        """Count the input ahead of the enqueuing (see ``_batch_count``): the total only."""
+
+        async def weigh(_: int) -> int:
+            return 0
+
+        def counted(count: int, _weight: int, done: bool) -> None:
+            if self._feeding:
+                self.progress.total = max(count, self.progress.total or 0)
+                self.progress.counting = not done
+                self._report()
+
+        try:
+            await count_input(items, inspect=lambda _: 0, weigh=weigh, on_count=counted)
+        except Exception:
+            # Only a display's total depends on it: unknown until the input runs out.
+            log.debug("fleet batch_upload: counting the input failed", exc_info=True)
+            if self._feeding:
+                self.progress.total = None
+                self.progress.counting = False
 
     async def _submit(self, number: int, item: BatchItem) -> None:
         # Not a source a worker can reach: the caller's mistake, raised (see batch_upload).
@@ -688,6 +733,8 @@ class _FleetRun:
                 if not pending.uploaded:
                     pending.uploaded = True
                     self.progress.uploaded += 1
+                    if message.get("restored"):
+                        self.progress.restored += 1
                     size = message.get("size")
                     self._taken(pending, size if isinstance(size, int) else None)
                     if isinstance(size, int):
@@ -695,6 +742,8 @@ class _FleetRun:
                     self.progress.uploading.pop(pending.number, None)
                     self._report()
                 continue
+            if message.get("restored") and not pending.uploaded:
+                self.progress.restored += 1
             await self._finish(message["key"], self._decode(pending, message))
 
     def _news(self, pending: _Pending, message: dict[str, Any]) -> None:
@@ -756,6 +805,8 @@ class _FleetRun:
         self.progress.uploading.pop(pending.number, None)
         if not pending.uploaded and result.error is None:
             self.progress.uploaded += 1
+        elif not pending.uploaded:
+            self.progress.upload_failed += 1
         await self._emit(result)
         await self._maybe_end()
 

@@ -134,6 +134,7 @@ def encode_result(
     error: BaseException | None = None,
     uploaded: bool = False,
     size: int | None = None,
+    restored: bool = False,
 ) -> str:
     """One message about an item (its job key): its final result, or with ``uploaded`` the
     news that its content is stored (for the producer's progress counters)."""
@@ -141,6 +142,9 @@ def encode_result(
     if uploaded:
         message["uploaded"] = True
         message["size"] = size
+    if restored:
+        # Uploaded by an earlier run (a rerun of the batch, another batch of the same file).
+        message["restored"] = True
     if analysis is not None:
         message["analysis"] = analysis if isinstance(analysis, str) else to_json(analysis).decode()
     if error is not None:

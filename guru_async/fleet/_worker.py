@@ -317,7 +317,9 @@ async def _upload_item(
             record = await fleet.claims.read(item)
             if record.state == "done" and record.video_id and record.analysis:
                 log.info("fleet: %s: already done (video %s)", name, record.video_id)
-                message = encode_result(key, video_id=record.video_id, analysis=record.analysis)
+                message = encode_result(
+                    key, video_id=record.video_id, analysis=record.analysis, restored=True
+                )
                 await fleet.report(lease, batch, message, retention)
                 return
             video_id = record.video_id if record.state == "uploaded" else None
@@ -355,7 +357,14 @@ async def _upload_item(
             return
         finally:
             fleet.activity.end(job.key)
-        message = encode_result(key, video_id=video_id, uploaded=True, size=size)
+        restored = record.state == "uploaded"
+        message = encode_result(
+            key,
+            video_id=video_id,
+            uploaded=True,
+            size=None if restored else size,
+            restored=restored,
+        )
         await fleet.report(lease, batch, message, retention)
         if not wait:
             await fleet.report(lease, batch, encode_result(key, video_id=video_id), retention)
