@@ -256,7 +256,8 @@ async def test_fleet_progress_counts_items_and_bytes_from_the_workers(
 ) -> None:
     """While workers upload, the producer's BatchProgress has each upload in flight with its
     bytes (never going back), the bytes sent before any upload is done, and items running;
-    at the end every byte and item is counted once."""
+    at the end every byte and item is counted once; the list's total is known from the start,
+    and a journaled rerun counts every item restored, with nothing sent."""
     files = make_clips(tmp_path / "clips", 4)
     await workers(redis_url, 2)
     seen: list[dict[str, Any]] = []
@@ -270,13 +271,16 @@ async def test_fleet_progress_counts_items_and_bytes_from_the_workers(
                 "queued": p.queued,
                 "running": p.running,
                 "workers": p.workers,
+                "total": p.total,
             }
         )
 
     async with Fleet(redis_url, heartbeat=2, check_interval=1.0) as fleet:
-        batch = fleet.batch_upload(files, activity="squat", progress=note)
+        batch = fleet.batch_upload(files, activity="squat", progress=note, journal="ops")
         results = [r async for r in batch]
         final = batch.progress
+        rerun = fleet.batch_upload(files, activity="squat", journal="ops")
+        again = [r async for r in rerun]
     assert all(r.ok for r in results)
     mid_upload = [
         s for s in seen if s["uploaded"] == 0 and 0 < s["bytes_sent"] < len(files) * CLIP_SIZE
@@ -293,6 +297,11 @@ async def test_fleet_progress_counts_items_and_bytes_from_the_workers(
     assert sent == sorted(sent)
     assert final.bytes_sent == final.bytes_total == len(files) * CLIP_SIZE
     assert (final.queued, final.running, final.succeeded, final.uploading) == (0, 0, 4, {})
+    assert {s["total"] for s in seen} == {4}
+    assert [r.video_id for r in again] == [r.video_id for r in again if r.ok]
+    assert sorted(r.video_id or "" for r in again) == sorted(r.video_id or "" for r in results)
+    p = rerun.progress
+    assert (p.restored, p.uploaded, p.upload_failed, p.bytes_sent, p.total) == (4, 4, 0, 0, 4)
 
 
 async def test_fleet_status_shows_workers_items_queues_rate_and_token(
