@@ -21,7 +21,14 @@ another account.
 Every job keeps saq's heartbeat, so a job whose worker died is swept and retried elsewhere
 after ``heartbeat`` seconds (and the producer enqueues again what a sweep failed to hand
 over); results go back to the producer on its batch's Redis list, each pushed under the
-item's fence, so a worker that lost its lease reports nothing.
+item's fence, so a worker that lost its lease reports nothing. News of each item (taken by
+this worker, bytes sent, at most every 0.5 s) goes the same way, for the producer's display.
+
+What a worker is (host, pid, concurrency, account, start time, the rate and token keys it
+uses) and the files it is busy with are published in saq's worker info every 2 s (see
+``_status``): ``guru-async fleet status``, a producer's count of live workers and saq's web UI
+read it. Each item gets one INFO line per step (uploading to its video, uploaded, analysis
+done) and one WARNING line if it fails, each naming the file and the video.
 
 SIGTERM (or SIGINT): stop taking jobs, let uploads in flight finish for ``grace`` seconds,
 then hand back what is left (saq re-queues a cancelled job at once); analyses being awaited
