@@ -100,17 +100,21 @@ def make_clips(folder: Path, count: int, size: int = CLIP_SIZE) -> list[Path]:
     return paths
 
 
-def producer_env(emu: GuruEmulator) -> dict[str, str]:
-    """A CLI producer's environment: the account, no secret."""
+def producer_env(emu: GuruEmulator, redis_url: str) -> dict[str, str]:
+    """A CLI producer's environment: the account and the fleet's Redis, no secret."""
     env = {k: v for k, v in worker_env(emu).items() if k != "GURU_CLIENT_SECRET"}
     env["PYTHONPATH"] = str(REPO)
+    env["GURU_REDIS_URL"] = redis_url
     return env
 
 
 def batch_command(redis_url: str, files: list[Path], *extra: str) -> list[str]:
+    """``batch ... --fleet`` with the Redis URL in ``GURU_REDIS_URL`` (see ``producer_env``);
+    ``--fleet`` last, so no path is ever taken for its value."""
+    del redis_url  # in the environment, out of ``ps``
     return [
-        sys.executable, "-m", "guru_async", "batch", "--fleet", redis_url,
-        *map(str, files), "--activity", "squat", *extra,
+        sys.executable, "-m", "guru_async", "batch",
+        *map(str, files), "--activity", "squat", *extra, "--fleet",
     ]  # fmt: skip
 
 
@@ -128,7 +132,7 @@ async def test_pipe_shows_no_worker_once_then_the_fleets_counts(
         *batch_command(redis_url, files, "--no-worker-warning", "1.5"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=producer_env(ops_emulator),
+        env=producer_env(ops_emulator, redis_url),
     )
     assert process.stderr is not None
     lines: list[str] = []
@@ -220,7 +224,8 @@ async def test_terminal_shows_the_notice_then_workers_and_bytes_in_flight(
     counts them and the items running, and per-file rows show the bytes the workers send."""
     files = make_clips(tmp_path / "clips", 4)
     run = PtyRun(
-        batch_command(redis_url, files, "--no-worker-warning", "1.5"), producer_env(ops_emulator)
+        batch_command(redis_url, files, "--no-worker-warning", "1.5"),
+        producer_env(ops_emulator, redis_url),
     )
     try:
         # The display's own row (the log's WARNING is printed above the display, once).
@@ -322,7 +327,7 @@ async def test_fleet_status_shows_workers_items_queues_rate_and_token(
     account = account_of(ops_emulator.client_id, ops_emulator.base_url)
     monitor = RedisQueue.from_url(redis_url, name=upload_queue_name("guru-fleet", account))
     await monitor.worker_info("monitor", queue_key=monitor.name, metadata=None, ttl=60)
-    env = producer_env(ops_emulator)
+    env = producer_env(ops_emulator, redis_url)
 
     def run_status(*extra: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
