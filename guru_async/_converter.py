@@ -18,6 +18,7 @@ import contextlib
 import enum
 import gc
 import json
+import linecache
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -255,13 +256,15 @@ def _make_converter() -> Converter:
             overrides["joint_to_points"] = override(
                 rename="jointToPoints", struct_hook=_structure_joint_frames
             )
-        generated: Callable[[Any, Any], Any] = make_dict_structure_fn(
-            cls,
-            conv,
-            **overrides,  # type: ignore[arg-type]
-        )
-        if cls is RepAnalysis:
-            generated = _reading_misspelled_scalar(generated)
+        generated = _generated_structure_fn(cls, conv, overrides)
+        if generated is None:  # a class the fast generator does not handle: cattrs' own
+            generated = make_dict_structure_fn(
+                cls,
+                conv,
+                **overrides,  # type: ignore[arg-type]
+            )
+            if cls is RepAnalysis:
+                generated = _reading_misspelled_scalar(generated)
         object_hooks[cls] = generated
         expected = f"an object for {cls.__name__}"
 
@@ -273,8 +276,9 @@ def _make_converter() -> Converter:
 
         return structure_object
 
-    # Each attrs class's generated function, for lists of them to call without the wrapper.
-    object_hooks: dict[type, Callable[[Any, Any], Any]] = {}
+    # Each attrs class's generated function, for lists of them (and structure(), which has
+    # checked the top level is an object already) to call without the wrapper.
+    object_hooks = _OBJECT_HOOKS
     conv.register_structure_hook_factory(attrs.has, attrs_hook)
 
     def list_hook(tp: Any) -> Callable[[Any, Any], Any]:
@@ -298,8 +302,11 @@ def _make_converter() -> Converter:
             # its generated function directly (one call per item instead of two).
             if value is None:
                 return []
-            if type(value) is not list or not all(type(v) is dict for v in value):
+            if type(value) is not list:
                 raise _bad(value, expected)
+            for v in value:  # a loop: all() over a generator costs more than the items
+                if type(v) is not dict:
+                    raise _bad(value, expected)
             return [generated(v, item_type) for v in value]
 
         return structure_objects
@@ -335,6 +342,163 @@ def _make_converter() -> Converter:
     return conv
 
 
+# The structuring functions of attrs classes, without the wrapper that checks for an object.
+_OBJECT_HOOKS: dict[type, Callable[[Any, Any], Any]] = {}
+# Wire keys read in place of a field's own when it is absent: the API reference spells sprint
+# analyses' key "anaylsisScalar"; accept both spellings.
+_ALTERNATE_KEYS: dict[tuple[type, str], str] = {(RepAnalysis, "analysis_scalar"): "anaylsisScalar"}
+# "number or null" and "string or null" fields are checked inline, without a call: the checks
+# and messages of _optional_primitive_hook's, for its types.
+_INLINE_CHECKS = {
+    float | None: ("type({v}) is not float and type({v}) is not int", "a number"),
+    str | None: ("type({v}) is not str", "a string"),
+}
+_MISSING = object()
+
+
+def _generated_structure_fn(
+    cls: type, conv: Converter, overrides: dict[str, Any]
+) -> Callable[[Any, Any], Any] | None:
+    """A structuring function for attrs class ``cls``, generated for speed, or None when
+    ``cls`` has a feature it does not handle (then cattrs' own is used).
+
+    It does what cattrs' generated function does (each present key through its type's hook,
+    an absent one left to the attribute's default, a missing required one a KeyError) with
+    less work per field: one dict lookup, a null skipping its hook where that hook maps null to
+    null, "number or null" and "string or null" checked inline, and the class built by
+    positional arguments instead of a dict of keyword arguments (or, where its __init__ would
+    only set the slots, by setting them directly).
+    """
+    if getattr(cls, "__attrs_pre_init__", None) or getattr(cls, "__attrs_post_init__", None):
+        return None
+    attrs.resolve_types(cls)
+    names: dict[str, Any] = {"_bad": _bad, "_MISSING": _MISSING, "__cl": cls}
+    lines = [f"def structure_{cls.__name__}(o, _):"]
+    args = []
+    for i, a in enumerate(attrs.fields(cls)):
+        if not a.init or a.kw_only or a.converter is not None or a.validator is not None:
+            return None
+        over = overrides[a.name]
+        key, hook = over.rename, over.struct_hook or conv.get_structure_hook(a.type)
+        names[f"__h{i}"], names[f"__t{i}"] = hook, a.type
+        v, default = f"f{i}", a.default
+        args.append(v)
+        alternate = _ALTERNATE_KEYS.get((cls, a.name))
+        if default is None and _maps_null_to_null(hook, a.type):
+            if alternate is None:
+                lines.append(f"  {v} = o.get({key!r})")
+            else:
+                lines.append(f"  {v} = o.get({key!r}, _MISSING)")
+                lines.append(f"  if {v} is _MISSING: {v} = o.get({alternate!r})")
+            inline = _INLINE_CHECKS.get(a.type) if over.struct_hook is None else None
+            if inline is not None:
+                test, expected = inline
+                lines.append(f"  if {v} is not None and {test.format(v=v)}:")
+                lines.append(f"    raise _bad({v}, {expected!r})")
+            elif over.struct_hook is None and _is_enum_or_str(a.type):
+                # _enum_or_str_hook's work, inline: a string, its member if it names one.
+                enum_cls = _wire_enum(a.type)
+                names[f"__m{i}"] = {m.value: m for m in enum_cls}
+                lines.append(f"  if {v} is not None:")
+                lines.append(f"    if type({v}) is not str:")
+                lines.append(f"      raise _bad({v}, {f'a {enum_cls.__name__} string'!r})")
+                lines.append(f"    {v} = __m{i}.get({v}, {v})")
+            else:
+                lines.append(f"  if {v} is not None: {v} = __h{i}({v}, __t{i})")
+            continue
+        if alternate is not None:
+            return None
+        item = _attrs_list_item(a.type) if over.struct_hook is None else None
+        if item is not None and getattr(a.default, "factory", None) is list:
+            # structure_objects' work, inline: null or absent is empty, else a list of objects
+            # checked whole before any is built, each by its class's function.
+            conv.get_structure_hook(item)
+            names[f"__g{i}"], names[f"__i{i}"] = _OBJECT_HOOKS[item], item
+            expected = f"a list of objects for {item.__name__}"
+            lines.append(f"  {v} = o.get({key!r})")
+            lines.append(f"  if {v} is None:")
+            lines.append(f"    {v} = []")
+            lines.append("  else:")
+            lines.append(f"    if type({v}) is not list:")
+            lines.append(f"      raise _bad({v}, {expected!r})")
+            lines.append(f"    for v in {v}:")
+            lines.append("      if type(v) is not dict:")
+            lines.append(f"        raise _bad({v}, {expected!r})")
+            lines.append(f"    {v} = [__g{i}(v, __i{i}) for v in {v}]")
+            continue
+        if default is attrs.NOTHING:
+            lines.append(f"  {v} = __h{i}(o[{key!r}], __t{i})")
+            continue
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            if default.takes_self:
+                return None
+            names[f"__d{i}"] = default.factory
+            made = f"__d{i}()"
+        else:
+            names[f"__d{i}"] = default
+            made = f"__d{i}"
+        lines.append(f"  {v} = o.get({key!r}, _MISSING)")
+        lines.append(f"  {v} = {made} if {v} is _MISSING else __h{i}({v}, __t{i})")
+    setters = _slot_setters(cls)
+    if setters is None:
+        lines.append(f"  return __cl({', '.join(args)})")
+    else:
+        # What attrs' __init__ of a frozen class does, without its object.__setattr__ calls.
+        names["__new"] = _new
+        lines.append("  self = __new(__cl)")
+        for i, setter in enumerate(setters):
+            names[f"__s{i}"] = setter
+            lines.append(f"  __s{i}(self, f{i})")
+        lines.append("  return self")
+    source = "\n".join(lines)
+    namespace: dict[str, Any] = {}
+    filename = f"<guru_async structure {cls.__module__}.{cls.__qualname__}>"
+    exec(compile(source, filename, "exec"), names, namespace)  # noqa: S102 - our own code
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    fn: Callable[[Any, Any], Any] = namespace[f"structure_{cls.__name__}"]
+    return fn
+
+
+def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
+    """The slots' own setters of ``cls``'s attributes, in order, when its __init__ only sets
+    them (no validators, converters or post-init, checked by the caller; no cached hash);
+    None otherwise."""
+    slots = getattr(cls, "__slots__", None)
+    if slots is None or not set(slots) <= {a.name for a in attrs.fields(cls)} | {"__weakref__"}:
+        return None
+    setters = []
+    for a in attrs.fields(cls):
+        slot = cls.__dict__.get(a.name)
+        if type(slot) is not types.MemberDescriptorType:
+            return None
+        setters.append(slot.__set__)
+    return setters
+
+
+def _wire_enum(tp: Any) -> type[enum.Enum]:
+    enum_cls: type[enum.Enum] = next(
+        a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, _WireEnum)
+    )
+    return enum_cls
+
+
+def _attrs_list_item(tp: Any) -> type | None:
+    """The attrs class of a ``list[C]`` field whose factory makes an empty list, else None."""
+    if typing.get_origin(tp) is not list:
+        return None
+    (item,) = typing.get_args(tp) or (None,)
+    return item if isinstance(item, type) and attrs.has(item) else None
+
+
+def _maps_null_to_null(hook: Callable[[Any, Any], Any], tp: Any) -> bool:
+    # The hooks are pure: asking one what it makes of null tells whether skipping it for a
+    # null is the same.
+    try:
+        return hook(None, tp) is None
+    except Exception:
+        return False
+
+
 def _origin_is(origin: type) -> Callable[[Any], bool]:
     def predicate(tp: Any) -> bool:
         return bool(typing.get_origin(tp) is origin)
@@ -367,8 +531,12 @@ def structure(data: Any, cls: type[T], *, what: str, status: int | None = None) 
             status=status,
             body=preview(data, 200),
         )
+    hook = _OBJECT_HOOKS.get(cls)
+    if hook is None:
+        converter.get_structure_hook(cls)  # generates it (and those of the classes it holds)
+        hook = _OBJECT_HOOKS.get(cls) or converter.get_structure_hook(cls)
     try:
-        return converter.structure(data, cls)
+        return hook(data, cls)  # type: ignore[no-any-return]
     except Exception as exc:
         # KeyError's message is just the key; say what was missing where.
         reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)

@@ -68,6 +68,14 @@ class AdaptiveLimiter:
                     return
                 await asyncio.sleep((1.0 - self._tokens) / self.rate)
 
+    def try_acquire(self) -> bool:
+        """Take a slot without waiting: True while not throttled (the send is counted, as by
+        ``acquire``); False, taking nothing, when the caller must ``await acquire()``."""
+        if self.enabled:
+            return False
+        self._count_send()
+        return True
+
     def record(self, *, throttled: bool) -> None:
         """Feed back a response: throttled (429/SlowDown) or not."""
         now = time.monotonic()

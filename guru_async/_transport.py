@@ -11,7 +11,7 @@ per request) that never see a secret.
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -19,7 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import backoff
-from attrs import frozen
+from attrs import define, frozen
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -80,7 +80,10 @@ class AccessToken(Protocol):
         ...
 
 
-@frozen
+# Response and Request are built on every call: plain attrs classes (frozen ones set each
+# attribute through object.__setattr__, which made building a Request cost more than a
+# third of the SDK's own work per call). Treat them as read-only all the same.
+@define(eq=False)
 class Response:
     """A successful response's parts, handed to a request's decoder."""
 
@@ -92,7 +95,7 @@ class Response:
 ErrorMapper = Callable[[int, "CIMultiDictProxy[str]", bytes], GuruError]
 
 
-@frozen
+@define(eq=False)
 class Request(Generic[T]):
     """One logical call: what to send, and how to read the answer.
 
@@ -135,44 +138,34 @@ class Request(Generic[T]):
     video_id: str | None = None
 
 
-class _AuthState:
-    __slots__ = ("refreshed", "token", "token_failed")
-
-    def __init__(self) -> None:
-        self.token: str | None = None
-        self.refreshed = False
-        # Getting the token failed (its own request already retried): do not retry on top.
-        self.token_failed = False
-
-
 class _Call(Generic[T]):
-    """One send(): the request and what its attempts share."""
+    """One send(): the request and what its attempts share (its auth state included)."""
 
     __slots__ = (
         "attempts",
-        "auth",
         "deadline",
         "max_tries",
+        "refreshed",
         "req",
         "retry_cost",
         "status",
+        "token",
+        "token_failed",
         "unsent",
     )
 
-    def __init__(
-        self, req: Request[T], auth: _AuthState, deadline: float | None, max_tries: int
-    ) -> None:
+    def __init__(self, req: Request[T], deadline: float | None, max_tries: int) -> None:
         self.req = req
-        self.auth = auth
         self.deadline = deadline
         self.max_tries = max_tries
         self.retry_cost = 0  # taken from the budget by the latest retry
         self.attempts = 0
         self.status: int | None = None  # of the latest attempt (None: no response), for hooks
         self.unsent = False  # the latest attempt failed before sending anything
-
-
-_CALL: contextvars.ContextVar[_Call[Any]] = contextvars.ContextVar("guru_async_call")
+        self.token: str | None = None  # sent by the latest attempt
+        self.refreshed = False  # the token was refreshed after a 401 once already
+        # Getting the token failed (its own request already retried): do not retry on top.
+        self.token_failed = False
 
 
 class Transport:
@@ -202,20 +195,6 @@ class Transport:
         self.budget = budget if budget is not None else RetryBudget()
         self.limiter = limiter if limiter is not None else AdaptiveLimiter()
         self.ceiling = ceiling
-        # Built once: wrapping per call costs more than the rest of a loopback request. What
-        # differs per call (tries, deadline, auth state) is read from the _CALL context variable,
-        # which backoff evaluates at the start of each call.
-        self._retried: Callable[[_Call[Any]], Awaitable[Any]] = backoff.on_exception(
-            wait_times,
-            GuruError,
-            max_tries=lambda: _CALL.get().max_tries,
-            giveup=self._giveup,
-            jitter=None,
-            logger=None,  # the hooks hear of retries (LoggingHook logs them, redacted)
-            on_backoff=(self._charge, self._retrying),
-            policy=lambda: self.policy,
-            deadline=lambda: _CALL.get().deadline,
-        )(self._attempt)
 
     # -- the connection pool's lifecycle ------------------------------------------------------
 
@@ -248,14 +227,21 @@ class Transport:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def send(self, req: Request[T], *, max_retries: int | None = None) -> T:
-        """Send ``req`` until it succeeds, fails for good, or runs out of retries or time."""
+    def send(self, req: Request[T], *, max_retries: int | None = None) -> Coroutine[Any, Any, T]:
+        """Send ``req`` until it succeeds, fails for good, or runs out of retries or time.
+
+        A plain function returning the coroutine to await (``await transport.send(req)``):
+        one coroutine frame less on every resume of every call.
+        """
         if max_retries is None:
             retries = self.policy.max_retries  # checked once, when the policy was made
         else:
             retries = check_int("max_retries", max_retries)
         if not self.hooks.tracers:
-            return await self._send(req, retries)
+            return self._send(req, retries)
+        return self._traced(req, retries)
+
+    async def _traced(self, req: Request[T], retries: int) -> T:
         name = req.route or req.method
         scope = TraceScope("call", name, method=req.method, video_id=req.video_id)
         with self.hooks.scope(scope):
@@ -264,12 +250,20 @@ class Transport:
     async def _send(self, req: Request[T], retries: int) -> T:
         total = self.timeouts.total if isinstance(req.total, UnsetType) else req.total
         deadline = None if total is None else time.monotonic() + total
-        call = _Call(req, _AuthState(), deadline, retries + 1)
-        auth = call.auth
+        call = _Call(req, deadline, retries + 1)
         while True:
-            entered = _CALL.set(call)
             try:
-                result: T = await self._retried(call)
+                # The first attempt runs bare: the retry machinery is built only once an
+                # attempt has failed (most calls never need it, and building it costs more
+                # than the rest of the SDK's work on a loopback request).
+                failed: GuruError | None = None
+                try:
+                    result: T = await self._attempt(call)
+                except GuruError as exc:
+                    failed = exc
+                if failed is not None:
+                    # Outside the handler, so a failure raised from here has no __context__.
+                    result = await self._retry(call, failed)
             except AuthenticationError as exc:
                 # An expired or revoked token: refresh once and try the call once more. The
                 # provider hears of every 401, also the one after the refresh, so a route that
@@ -278,22 +272,43 @@ class Transport:
                     req.authorized
                     and self.token is not None
                     and exc.status == 401
-                    and auth.token is not None
-                    and not auth.token_failed
+                    and call.token is not None
+                    and not call.token_failed
                 ):
                     raise
-                if not await self.token.invalidate(auth.token, refreshed=auth.refreshed):
+                if not await self.token.invalidate(call.token, refreshed=call.refreshed):
                     raise
-                auth.refreshed = True
+                call.refreshed = True
                 continue
-            finally:
-                _CALL.reset(entered)
             self.budget.success(call.retry_cost)
             return result
 
-    def _giveup(self, exc: Exception) -> bool:
-        call = _CALL.get()
-        if self._closed or call.auth.token_failed or not is_retryable(exc):
+    async def _retry(self, call: _Call[T], first: GuruError) -> T:
+        """Go on after ``call``'s first attempt failed with ``first``: backoff decides, from
+        that failure on, whether to retry, when, and how often, exactly as if it had made the
+        first attempt itself (it is handed ``first`` as that attempt's outcome)."""
+        pending = [first]
+
+        async def attempt(call: _Call[T]) -> T:
+            if pending:
+                raise pending.pop()
+            return await self._attempt(call)
+
+        retried: Callable[[_Call[T]], Awaitable[T]] = backoff.on_exception(
+            wait_times,
+            GuruError,
+            max_tries=call.max_tries,
+            giveup=functools.partial(self._giveup, call),
+            jitter=None,
+            logger=None,  # the hooks hear of retries (LoggingHook logs them, redacted)
+            on_backoff=(self._charge, self._retrying),
+            policy=self.policy,
+            deadline=call.deadline,
+        )(attempt)
+        return await retried(call)
+
+    def _giveup(self, call: _Call[Any], exc: Exception) -> bool:
+        if self._closed or call.token_failed or not is_retryable(exc):
             return True
         risk = call.req.repeat_risk
         if risk is not None and not is_safe_to_repeat(exc, unsent=call.unsent):
@@ -329,28 +344,29 @@ class Transport:
         )
 
     async def _attempt(self, call: _Call[T]) -> T:
-        req, auth, deadline = call.req, call.auth, call.deadline
+        req, deadline = call.req, call.deadline
         call.attempts += 1
         if self._closed:
             raise SessionClosedError(f"{req.what}: the GuruSession is closed")
-        headers = dict(req.headers or {})
+        headers = {**req.headers} if req.headers else {}
         if req.authorized:
             assert self.token is not None
-            auth.token = None
+            call.token = None
             try:
-                auth.token = await self.token.get(deadline)
+                call.token = await self.token.get(deadline)
             except GuruError:
-                auth.token_failed = True
+                call.token_failed = True
                 raise
-            headers["Authorization"] = auth.token  # the raw token: the API takes no "Bearer"
-        if req.authorized and self.ceiling is not None:
-            # Before the deadline is read: a wait for a slot counts against the call's total.
-            await self.ceiling.acquire()
+            headers["Authorization"] = call.token  # the raw token: the API takes no "Bearer"
+            if self.ceiling is not None:
+                # Before the deadline is read: a wait for a slot counts against the total.
+                await self.ceiling.acquire()
         remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
         timeout = aiohttp.ClientTimeout(
             total=remaining, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read
         )
-        await self.limiter.acquire()
+        if not self.limiter.try_acquire():
+            await self.limiter.acquire()
         started = time.monotonic()
         call.status = None
         call.unsent = False

@@ -261,30 +261,14 @@ def test_not_a_redis_url_is_a_value_error() -> None:
         Fleet("http://127.0.0.1:6379")
 
 
-def test_worker_with_unreachable_redis_exits_with_a_clear_message() -> None:
-    """``guru-async worker`` against a Redis nothing listens on exits 1 and says why."""
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    env = {**os.environ, "GURU_CLIENT_ID": "id", "GURU_CLIENT_SECRET": "secret"}
-    done = subprocess.run(
-        [sys.executable, "-m", "guru_async", "worker", "--redis", url],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 1
-    assert b"Redis at redis://127.0.0.1" in done.stderr
-    assert b"Traceback" not in done.stderr
-
-
 async def test_cli_batch_on_the_fleet_prints_the_table(
     tmp_path: Path,
     redis_url: str,
     fleet_emulator: GuruEmulator,
     workers: Callable[..., Awaitable[list[WorkerProcess]]],
 ) -> None:
-    """``guru-async batch --fleet URL`` runs on the workers and prints the usual table; the
-    producer needs the account's client id, not its secret."""
+    """``guru-async batch --fleet --redis URL`` runs on the workers and prints the usual table;
+    the producer needs the account's client id, not its secret."""
     files = make_clips(tmp_path / "clips", 3)
     await workers(redis_url, 1)
     env = {k: v for k, v in worker_env(fleet_emulator).items() if k != "GURU_CLIENT_SECRET"}
@@ -294,6 +278,7 @@ async def test_cli_batch_on_the_fleet_prints_the_table(
         "guru_async",
         "batch",
         "--fleet",
+        "--redis",
         redis_url,
         *map(str, files),
         "--activity",

@@ -27,8 +27,10 @@ from guru_async import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    RequestDetails,
     ResponseDecodeError,
     RetryBudget,
+    RetryDetails,
     RetryPolicy,
     ServerError,
     SessionClosedError,
@@ -274,6 +276,50 @@ async def test_a_failure_that_is_not_retried_costs_no_budget(
             await guru.get_video(video_id)
     assert emulator.requests[GET_VIDEO_ROUTE] == 1
     assert budget.available == 100
+
+
+class _BudgetWatcher:
+    """A hook that notes the retry budget's balance when each retry is announced."""
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+        self.attempts: list[tuple[int, int | None]] = []
+        self.retries: list[tuple[int, float, int]] = []
+
+    def on_request(self, details: RequestDetails) -> None:
+        self.attempts.append((details.attempt, details.status))
+
+    def on_retry(self, details: RetryDetails) -> None:
+        self.retries.append((details.attempt, details.wait, self.budget.available))
+
+
+async def test_a_failed_first_attempt_is_retried_charged_and_heard_by_the_hooks(
+    emulator: GuruEmulator, make_session: MakeSession, video_id: str
+) -> None:
+    """A call whose bare first attempt fails is retried by backoff after the exact Retry-After,
+    each retry takes its cost from the budget before the hooks hear of it, and success gives
+    back the last retry's cost (a call that needed none gives back 1)."""
+    budget = RetryBudget(capacity=100, available=50)
+    hook = _BudgetWatcher(budget)
+    async with make_session(hooks=[hook], retry_policy=quick(), retry_budget=budget) as guru:
+        await guru.get_analysis(video_id)  # the token request and this call: 1 back each
+        assert budget.available == 52
+        emulator.faults.add(
+            FaultRule(route=ANALYSIS_ROUTE, kind="status", status=503, retry_after=0.05, times=1)
+        )
+        analysis = await guru.get_analysis(video_id)
+        assert analysis.status == "Pending"
+        assert hook.retries == [(1, 0.05, 47)]  # charged 5 before on_retry
+        assert budget.available == 52  # the retry's 5 given back on success
+        emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="status", status=503, times=2))
+        await guru.get_analysis(video_id)
+    assert [(a, b) for a, _, b in hook.retries[1:]] == [(1, 47), (2, 42)]
+    assert budget.available == 47  # 52 - 5 - 5, then the last retry's 5 back
+    polls = hook.attempts[1:]  # after the token request
+    assert polls == [(1, 200), (1, 503), (2, 200), (1, 503), (2, 503), (3, 200)]
+    arrivals = [r.received_at for r in emulator.recorded if r.route == ANALYSIS_ROUTE]
+    assert len(arrivals) == 6
+    assert arrivals[2] - arrivals[1] >= 0.05  # the Retry-After was waited
 
 
 # -- broken responses --------------------------------------------------------------------------

@@ -6,9 +6,11 @@ optionally ``GURU_BASE_URL`` / ``GURU_TOKEN_URL``), so they never land in shell 
 ``$GURU_ASYNC_CACHE_DIR/tokens.json``), so repeated invocations reuse one token.
 
 Exit status: 0 when everything succeeded, 1 when some video failed (analysis Failed, upload
-refused, timeout, an API error), 2 for usage errors and bad input (missing file, unknown
-activity, missing credentials, an id the API does not know), 130 after Ctrl-C and 143 after
-SIGTERM; an interrupted command names what it leaves behind and how to resume.
+refused, timeout, an API error), 2 for usage errors, bad input (missing file, unknown
+activity, missing credentials, an id the API does not know) and setup errors that would fail
+every video alike (credentials refused, the API unreachable before anything succeeded, the
+fleet's Redis unreachable), 130 after Ctrl-C and 143 after SIGTERM; an interrupted command
+names what it leaves behind and how to resume.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from ._commands import (
 )
 from ._config import UsageError
 from ._constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, PROG, log
-from ._fleet import add_worker_command
+from ._fleet import add_redis_option, add_worker_command
 from ._fleet_demo import cmd_demo_any
 from ._fleet_status import add_fleet_command
 from ._output import Output, missing_extra
@@ -124,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
             f"optional). Try '{PROG} demo' to see it work offline."
         ),
         epilog=(
-            "exit status: 0 all good, 1 some video failed, 2 usage error or bad input (an "
-            "unknown id included), 130 Ctrl-C, 143 SIGTERM"
+            "exit status: 0 all good, 1 some video failed, 2 usage error, bad input (an "
+            "unknown id included) or a setup error (credentials refused, the API or Redis "
+            "unreachable), 130 Ctrl-C, 143 SIGTERM"
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -157,11 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="do not wait for analyses")
     p.add_argument(
         "--fleet",
-        nargs="?",
-        const="",
-        metavar="URL",
-        help="run on a fleet's workers through this Redis (default: $GURU_REDIS_URL)",
+        action="store_true",
+        help="run on a fleet's workers: enqueue the videos in the fleet's Redis (see --redis)",
     )
+    add_redis_option(p)
     # Seconds a fleet batch waits with no live worker before it says so (tests shorten it).
     p.add_argument("--no-worker-warning", type=float, default=30.0, help=argparse.SUPPRESS)
     _timeout_option(p, "seconds to wait for each analysis")
@@ -256,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
-    missing = missing_extra()
+    # A worker machine installs only the fleet extra: the worker logs plain lines, it needs
+    # no rich; every other command draws with it.
+    missing = None if args.command == "worker" else missing_extra()
     if missing is not None:
         return _fail(missing, EXIT_USAGE)
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -22,13 +22,13 @@ import attrs
 from .._batch import BatchProgress, BatchResult
 from .._converter import converter
 from .._enums import AnalysisStatus
-from .._errors import AnalysisTimeoutError, AuthenticationError
+from .._errors import AnalysisTimeoutError, APIError, AuthenticationError, GuruConnectionError
 from .._models import Analysis, JointData, Rep, Video
 from .._types import UNSET
 from .._upload import check_file
 from ._config import UsageError, open_session, video_fields
 from ._constants import EXIT_FAILED, EXIT_OK, PROG, VIDEO_SUFFIXES
-from ._fleet import open_batch
+from ._fleet import REDIS_ENV, REDIS_SCHEMES, open_batch
 from ._output import (
     RESULT_HEADER,
     RESULT_WRAP,
@@ -138,11 +138,10 @@ async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
             batch = guru.batch_upload(
                 args.files, wait=args.wait, progress=on_progress, timeout=args.timeout, **fields
             )
+            setup = SetupCheck()
             async with batch:
                 async for result in batch:
-                    if isinstance(result.error, AuthenticationError):
-                        # The same for every file: one message and exit 2, not a row per file.
-                        raise result.error
+                    setup.check(result, display)
                     videos.result(result)
                     assert isinstance(result.item, str)
                     results[places[result.item].popleft()] = _cli_timeout(result)
@@ -156,6 +155,35 @@ async def cmd_upload(args: argparse.Namespace, out: Output) -> int:
         out.table(RESULT_HEADER, rows, right=4, wrap=RESULT_WRAP)
         out.note(summary_line([result_status(r) for r in done], time.monotonic() - started))
     return EXIT_OK if all(r.ok for r in done) else EXIT_FAILED
+
+
+class SetupCheck:
+    """Stops a batch at its first result that every other item would repeat.
+
+    Credentials the API refuses, or an API not reachable before anything succeeded, fail every
+    video alike: one line and exit 2 instead of a row per video and exit 1. Once the API has
+    answered, a network failure is that item's own (a row), as a later outage may be brief.
+    """
+
+    def __init__(self) -> None:
+        self._answered = False
+
+    def check(self, result: BatchResult, display: LiveProgress) -> None:
+        """Raise the setup error ``result`` shows (its progress display erased), if any."""
+        error = result.error
+        fatal: Exception | None = None
+        if isinstance(error, AuthenticationError):
+            fatal = error
+        elif result.video_id is not None or error is None or isinstance(error, APIError):
+            self._answered = True
+        elif isinstance(error, GuruConnectionError) and not self._answered:
+            fatal = UsageError(
+                f"cannot reach the Guru API ({error}); no request has succeeded, so the batch "
+                "stops here: check the network and GURU_BASE_URL"
+            )
+        if fatal is not None:
+            display.abandon()
+            raise fatal
 
 
 @attrs.define
@@ -202,7 +230,10 @@ def video_files(
                         subfolders.append(entry.path)
                     elif skipped is not None:
                         skipped.folders += 1
-                elif os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES and entry.is_file():
+                elif os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES and (
+                    entry.is_file() or entry.is_symlink()
+                ):
+                    # A link to nowhere is yielded too: its row says the file is missing.
                     yield entry.path
                 elif skipped is not None:
                     skipped.files += 1
@@ -243,7 +274,13 @@ class BatchInputs:
 
 async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
     """``batch PATH...``: upload files and folders' videos concurrently, optionally journaled."""
-    for given in args.paths:
+    for number, given in enumerate(args.paths, 1):
+        if given.startswith(REDIS_SCHEMES):
+            # Not echoed: the URL may hold a password.
+            raise UsageError(
+                f"PATH {number} is a Redis URL: --fleet takes no value; give the fleet's Redis "
+                f"with ${REDIS_ENV} (kept out of 'ps') or --redis URL"
+            )
         if not Path(given).exists():
             raise FileNotFoundError(f"no such file or folder: {given!r}")
         # Reads only up to the first video, so a huge folder costs nothing here.
@@ -280,8 +317,10 @@ async def cmd_batch(args: argparse.Namespace, out: Output) -> int:
                 inputs,
                 display.update,
             )
-            async with display:
+            setup = SetupCheck()
+            async with display, contextlib.aclosing(batch):
                 async for raw in batch:
+                    setup.check(raw, display)
                     result = _cli_timeout(raw)
                     # Written as each result arrives, so an interrupted batch keeps its output.
                     line = compact_json(result_json(result))

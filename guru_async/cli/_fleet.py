@@ -7,7 +7,8 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Protocol
 
 from .._batch import BatchProgress, BatchResult
 from .._polling import PollPolicy
@@ -19,21 +20,47 @@ from ._output import Output
 REDIS_ENV = "GURU_REDIS_URL"
 
 
-def fleet_url(value: str | None, *, option: str) -> str:
-    """The fleet's Redis URL from an option or ``$GURU_REDIS_URL`` (kept out of ``ps``)."""
+class BatchResults(Protocol):
+    """A batch's results, local or on the fleet: iterate, then ``aclose()`` to stop it."""
+
+    def __aiter__(self) -> AsyncIterator[BatchResult]:
+        """The results, in completion order."""
+        ...
+
+    def aclose(self) -> Awaitable[object]:
+        """Stop the batch: what is in flight is cancelled (a journal keeps what finished)."""
+        ...
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def fleet_url(value: str | None) -> str:
+    """The fleet's Redis URL from ``--redis`` or ``$GURU_REDIS_URL`` (kept out of ``ps``)."""
     url = value or os.environ.get(REDIS_ENV)
     if not url:
-        raise UsageError(f"{option} URL (or {REDIS_ENV} in the environment) is required")
+        raise UsageError(
+            f"the fleet's Redis is not set: export {REDIS_ENV}=redis://host:6379/0 (an "
+            "environment variable keeps its password out of 'ps'), or give --redis URL"
+        )
     return url
+
+
+def add_redis_option(sub: argparse.ArgumentParser) -> None:
+    """``--redis URL``, shared by ``worker`` and ``batch --fleet``."""
+    sub.add_argument(
+        "--redis",
+        metavar="URL",
+        help=(
+            f"the fleet's Redis, e.g. redis://host:6379/0 (default: ${REDIS_ENV}, which keeps "
+            "a password out of 'ps')"
+        ),
+    )
 
 
 def add_worker_command(sub: argparse.ArgumentParser) -> None:
     """The ``worker`` subcommand's options."""
-    sub.add_argument(
-        "--redis",
-        metavar="URL",
-        help=f"the fleet's Redis, e.g. redis://host:6379/0 (default: ${REDIS_ENV})",
-    )
+    add_redis_option(sub)
     sub.add_argument("--concurrency", type=int, default=4, metavar="N", help="uploads at once (4)")
     sub.add_argument(
         "--rate",
@@ -63,12 +90,13 @@ async def open_batch(
     args: argparse.Namespace,
     items: Iterable[str],
     progress: Callable[[BatchProgress], None],
-) -> AsyncIterator[BatchResult]:
+) -> BatchResults:
     """The ``batch`` command's results: from this process, or with ``--fleet`` from the
     fleet's workers (this process then only enqueues and reads results)."""
     fields = video_fields(args)
-    fleet_option = getattr(args, "fleet", None)
-    if fleet_option is None:
+    if not args.fleet:
+        if args.redis is not None:
+            raise UsageError("--redis is the fleet's Redis: add --fleet to run on its workers")
         guru = await stack.enter_async_context(open_session(args))
         return guru.batch_upload(
             items,
@@ -81,19 +109,23 @@ async def open_batch(
             **fields,
         )
     try:
-        from ..fleet import Fleet
+        from ..fleet import Fleet, RedisUnavailableError
     except ImportError as exc:
         raise UsageError(str(exc)) from None
     try:
         # The workers' account: GURU_CLIENT_ID (no secret needed here) and the base URL.
         producer = Fleet(
-            fleet_url(fleet_option, option="--fleet"),
+            fleet_url(args.redis),
             base_url=getattr(args, "base_url", None),
             no_worker_warning=args.no_worker_warning,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    fleet = await stack.enter_async_context(producer)
+    try:
+        fleet = await stack.enter_async_context(producer)
+    except RedisUnavailableError as exc:
+        # Every item would fail alike: one line and exit 2, before anything is enqueued.
+        raise UsageError(str(exc)) from None
     return fleet.batch_upload(
         items,
         count_ahead=True,  # BatchInputs lists its folders afresh for each reading
@@ -108,7 +140,7 @@ async def open_batch(
 async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
     """``worker --redis URL``: take the fleet's items and upload them until SIGTERM."""
     try:
-        from ..fleet import FleetWorker, RedisRateLimiter, RedisTokenStore
+        from ..fleet import FleetWorker, RedisRateLimiter, RedisTokenStore, RedisUnavailableError
         from ..fleet._protocol import DEFAULT_QUEUE
     except ImportError as exc:
         raise UsageError(str(exc)) from None
@@ -117,7 +149,7 @@ async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
     else:
         # A worker's own story (waiting for Redis, Redis back, stopping) is told at INFO.
         logging.getLogger("guru_async.fleet").setLevel(logging.INFO)
-    url = fleet_url(args.redis, option="--redis")
+    url = fleet_url(args.redis)
     client_id, client_secret = credentials()
     store = RedisTokenStore(url)
     limiter = None if args.rate is None else RedisRateLimiter(url, rate=args.rate)
@@ -151,6 +183,10 @@ async def cmd_worker(args: argparse.Namespace, out: Output) -> int:
     try:
         async with session:
             await worker.run(on_ready=ready)
+    except RedisUnavailableError as exc:
+        # Only a refused password or user ends a worker at start (it waits out an outage):
+        # a setting to fix, exit 2.
+        raise UsageError(str(exc)) from None
     finally:
         await store.aclose()
         if limiter is not None:

@@ -134,6 +134,7 @@ class LiveProgress:
         self._task: asyncio.Task[None] | None = None
         self._live: Live | None = None
         self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
+        self._abandoned = False
 
     @property
     def elapsed(self) -> float:
@@ -150,6 +151,11 @@ class LiveProgress:
 
     def sync(self) -> None:
         """Bring the rich renderable up to date (called before each redraw)."""
+
+    def abandon(self) -> None:
+        """Leave no progress behind on exit: the command ends with a one-line error instead
+        (a setup error that every item would repeat)."""
+        self._abandoned = True
 
     async def __aenter__(self: _Display) -> _Display:
         self._started = time.monotonic()
@@ -180,8 +186,10 @@ class LiveProgress:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self.draw()
+        if not self._abandoned:
+            self.draw()
         if self._live is not None:
+            self._live.transient = self._abandoned  # rich then erases what it drew
             self._restore_logging()
             self._live.stop()
             self._live = None

@@ -57,7 +57,6 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq.job import Job
 from saq.queue.redis import RedisQueue
-from saq.worker import Worker
 
 from .._auth import TokenProvider
 from .._client import Client
@@ -77,6 +76,7 @@ from .._upload import (
     presign_expired,
 )
 from .._validation import check_int
+from ._availability import RedisWatch, wait_for_redis
 from ._claims import Claims, ItemRecord, Lease, LeaseLostError, Target, item_hash
 from ._protocol import (
     DEFAULT_QUEUE,
@@ -94,6 +94,7 @@ from ._protocol import (
 )
 from ._rate import COUNTS_SUFFIX, RedisRateLimiter
 from ._redis import RedisUnavailableError, check_url, describe_url
+from ._saq_worker import QuietWorker
 from ._schedule import Durations, Observer, estimate, redis_time
 from ._status import WorkerActivity, display_name
 from ._tokens import RedisTokenStore
@@ -758,12 +759,22 @@ class FleetWorker:
     ) -> None:
         """Work until stopped (SIGTERM, SIGINT or :meth:`stop`), then shut down cleanly.
 
+        Started while Redis is down, it waits for Redis (one WARNING, then INFO when it
+        answers); a stop while waiting returns at once. A later outage is ridden out the same
+        way, and a stop of an idle worker takes about a second, Redis up or down.
+
         Raises:
-            RedisUnavailableError: Redis could not be reached at start.
+            RedisUnavailableError: Redis refused the password or user (or answered with
+                another error that waiting will not change).
         """
         clients = [redis_client(self._url) for _ in range(3)]
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self._stop.set)
         try:
-            await ping(clients[0], self.where, url=self._url)
+            if not await wait_for_redis(self._url, where=self.where, stop=self._stop):
+                return
             # Only this account's queues: a worker never sees another account's items.
             uploads = _FleetQueue(clients[0], name=upload_queue_name(self._queue, self.account))
             polls = _FleetQueue(clients[1], name=poll_queue_name(self._queue, self.account))
@@ -782,32 +793,29 @@ class FleetWorker:
             timers = {"sweep": self._sweep, "schedule": 1, "abort": 1, "worker_info": 2}
             # saq publishes the metadata with its worker info (saq's web UI shows it too).
             common: dict[str, Any] = {"timers": timers, "metadata": fleet.activity.metadata}
-            upload_worker = Worker(
+            upload_worker = QuietWorker(
                 uploads,
                 [(UPLOAD_FUNCTION, _upload_job)],
                 concurrency=self._concurrency,
                 # A dequeue gives up after 1 s, so a stopping worker's idle slots end promptly
                 # instead of taking a job they would only hand back.
                 dequeue_timeout=1.0,
-                shutdown_grace_period_s=int(self._grace) or None,
+                grace=self._grace,
                 **common,
             )
-            poll_worker = Worker(
+            poll_worker = QuietWorker(
                 polls,
                 [(POLL_FUNCTION, _poll_job)],
                 concurrency=self._max_waiting,
                 dequeue_timeout=5.0,
+                grace=0,  # an analysis being awaited is handed back at once
                 **common,
             )
             for worker in (upload_worker, poll_worker):
                 # Signals are this object's: one SIGTERM must stop both, in order.
                 worker.SIGNALS = []
                 worker.context["fleet"] = fleet
-            loop = asyncio.get_running_loop()
-            if handle_signals:
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(signum, self._stop.set)
-            try:
+            async with RedisWatch(self._url, where=self.where).watching():
                 for queue in (uploads, polls):
                     await queue.connect()
                 running = [
@@ -827,11 +835,10 @@ class FleetWorker:
                 await upload_worker.stop()
                 await poll_worker.stop()
                 await asyncio.gather(*running, return_exceptions=True)
-            finally:
-                if handle_signals:
-                    for signum in (signal.SIGTERM, signal.SIGINT):
-                        loop.remove_signal_handler(signum)
         finally:
+            if handle_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
             for client in clients:
                 with contextlib.suppress(RedisError, OSError):
                     await client.aclose()
