@@ -530,6 +530,16 @@ class TokenProvider:
         self._shared: _Shared | None = None
         self._shared_loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def key(self) -> str:
+        """The credentials' store key (a hash: never the secret)."""
+        return self._key
+
+    @property
+    def store(self) -> TokenStore:
+        """Where tokens are kept."""
+        return self._store
+
     async def get(self, deadline: float | None = None) -> str:
         """Return a usable access token, fetching one only when none is fresh.
 

@@ -164,6 +164,15 @@ class BatchProgress:
             not counted ahead. A plan: ``bytes_sent`` ends below it when an upload fails or
             an item turns out already sent (listed twice, or an interrupted upload that had
             arrived), above it only when a journaled video the service lost is sent again.
+        queued: A fleet's batch: items enqueued that no worker has taken yet (0 in one
+            process).
+        running: A fleet's batch: items a worker has taken (uploading or awaiting the
+            analysis) and not yet reported (0 in one process).
+        workers: A fleet's batch: the live workers on its queue, as last counted (every
+            second); None in one process and until first counted.
+        notice: Something the batch's watcher should be told, or None: a fleet's batch with
+            no live worker for ``Fleet(no_worker_warning=)`` seconds says so here (and once
+            in the log, at WARNING), with the queue's name and the command that starts one.
     """
 
     started: int = 0
@@ -179,6 +188,10 @@ class BatchProgress:
     restored: int = 0
     upload_failed: int = 0
     bytes_to_send: int | None = None
+    queued: int = 0
+    running: int = 0
+    workers: int | None = None
+    notice: str | None = None
 
 
 log = logging.getLogger("guru_async")

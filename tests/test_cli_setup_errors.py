@@ -74,7 +74,10 @@ def test_unreachable_api_stops_the_batch_with_one_line(folder: Path, tmp_path: P
 def test_unreachable_redis_stops_a_fleet_batch_with_one_line(folder: Path) -> None:
     """``batch --fleet`` with nothing listening at the fleet's Redis exits 2 with one line that
     names the server without its password."""
-    env = base_env(GURU_REDIS_URL=f"redis://:pass-9f2e@127.0.0.1:{free_port()}/0")
+    env = base_env(
+        GURU_REDIS_URL=f"redis://:pass-9f2e@127.0.0.1:{free_port()}/0",
+        GURU_CLIENT_ID="the-workers-account",  # a producer names the account it feeds
+    )
     done = cli("batch", "--fleet", str(folder), "--activity", "squat", env=env)
     assert done.returncode == 2
     assert done.stdout == ""

@@ -50,6 +50,7 @@ from ._config import UsageError
 from ._constants import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, PROG, log
 from ._fleet import add_redis_option, add_worker_command
 from ._fleet_demo import cmd_demo_any
+from ._fleet_status import add_fleet_command
 from ._output import Output, missing_extra
 
 # -- the parser and main ---------------------------------------------------------------------
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on a fleet's workers: enqueue the videos in the fleet's Redis (see --redis)",
     )
     add_redis_option(p)
+    # Seconds a fleet batch waits with no live worker before it says so (tests shorten it).
+    p.add_argument("--no-worker-warning", type=float, default=30.0, help=argparse.SUPPRESS)
     _timeout_option(p, "seconds to wait for each analysis")
     _video_options(p)
     p.set_defaults(handler=cmd_batch)
@@ -223,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_command(
         command("worker", "run a fleet worker: upload the videos a Redis queue holds")
     )
+    add_fleet_command(command("fleet", "see what a fleet is doing: 'fleet status'"), common)
 
     # add_help=False: --help and every option belong to the emulator's own parser.
     p = sub.add_parser(

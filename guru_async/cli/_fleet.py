@@ -114,7 +114,11 @@ async def open_batch(
         raise UsageError(str(exc)) from None
     try:
         # The workers' account: GURU_CLIENT_ID (no secret needed here) and the base URL.
-        producer = Fleet(fleet_url(args.redis), base_url=getattr(args, "base_url", None))
+        producer = Fleet(
+            fleet_url(args.redis),
+            base_url=getattr(args, "base_url", None),
+            no_worker_warning=args.no_worker_warning,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -124,6 +128,7 @@ async def open_batch(
         raise UsageError(str(exc)) from None
     return fleet.batch_upload(
         items,
+        count_ahead=True,  # BatchInputs lists its folders afresh for each reading
         wait=not args.no_wait,
         journal=args.journal,
         progress=progress,

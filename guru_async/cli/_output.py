@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 import time
 import unicodedata
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -28,7 +29,7 @@ from ._constants import TABLE_REP_VALUES
 try:
     from rich import box
     from rich.cells import cell_len
-    from rich.console import Console, Group, RenderableType
+    from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
     from rich.live import Live
     from rich.progress import (
         BarColumn,
@@ -288,6 +289,7 @@ class BatchDisplay(LiveProgress):
         self._sent_at: float | None = None
         self._all: TaskID | None = None
         self._done: TaskID | None = None
+        self._notice: str | None = None
 
     def update(self, progress: BatchProgress) -> None:
         """Show these counters from now on (fits ``batch_upload(progress=...)``)."""
@@ -341,7 +343,7 @@ class BatchDisplay(LiveProgress):
         return (
             f"uploads {self._uploads()} ({self._upload_counts()}): "
             f"{p.bytes_sent / 1e6:.1f}/{of} MB{speed} | "
-            f"{what}: {self._counts()} | {elapsed:.1f} s"
+            f"{what}: {self._counts()}{fleet_counts(p, prefix=' | fleet: ')} | {elapsed:.1f} s"
         )
 
     def renderable(self) -> RenderableType:
@@ -362,7 +364,7 @@ class BatchDisplay(LiveProgress):
             self._what(), total=self._total(), counts=self._counts()
         )
         # Item counts on a line of their own: the rows above fill a terminal's width already.
-        return Group(self._files, self._totals, self._breakdown, self._results)
+        return Group(self._files, self._totals, self._breakdown, self._results, _FleetRow(self))
 
     def sync(self) -> None:
         """Add a row for each new upload in flight, move every bar, drop finished uploads."""
@@ -411,9 +413,15 @@ class BatchDisplay(LiveProgress):
         super().draw()
 
     def sample(self) -> None:
-        """Note when the bytes sent last grew (the average speed leaves analysis time out)."""
+        """Note when the bytes sent last grew (the average speed leaves analysis time out);
+        where no terminal draws, write a line at once when the batch's notice appears, so it
+        stands beside the log's warning."""
         if self.progress.bytes_sent != self._last_sent:
             self._last_sent, self._sent_at = self.progress.bytes_sent, self.elapsed
+        if self.progress.notice != self._notice:
+            self._notice = self.progress.notice
+            if self._notice and not self.tty:
+                self.draw()
 
     def _sending_time(self) -> float:
         self.sample()
@@ -422,6 +430,39 @@ class BatchDisplay(LiveProgress):
     def _what(self) -> str:
         done = self.progress.succeeded + self.progress.failed
         return f"{'analyses' if self.wait else 'videos'} {self._of(done)}"
+
+
+def fleet_counts(progress: BatchProgress, *, prefix: str = "") -> str:
+    """A fleet's batch's counts, e.g. ``3 workers, 10 queued, 4 running, 6 done`` (after
+    ``prefix``); empty for a batch in one process."""
+    p = progress
+    if p.workers is None:
+        return ""
+    if p.workers:
+        workers = f"{p.workers} worker{'' if p.workers == 1 else 's'}"
+    else:
+        workers = "no live worker"
+    done = p.succeeded + p.failed
+    return f"{prefix}{workers}, {p.queued} queued, {p.running} running, {done} done"
+
+
+class _FleetRow:
+    """The fleet's line under a batch's progress (nothing for a batch in one process): its
+    workers and items, and the batch's notice (no live worker) while it stands."""
+
+    def __init__(self, display: BatchDisplay) -> None:
+        self._display = display
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        progress = self._display.progress
+        counts = fleet_counts(progress, prefix="fleet: ")
+        if counts:
+            yield Text(counts)
+        if progress.notice:
+            # Wrapped here: the live display crops long lines, and the notice ends with the
+            # command to run.
+            for line in textwrap.wrap(printable(progress.notice), max(options.max_width, 20)):
+                yield Text(line, style="bold yellow")
 
 
 class TransferDisplay(LiveProgress):

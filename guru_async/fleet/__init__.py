@@ -7,6 +7,8 @@ shares one Redis (a real redis-server; valkey works too):
 - :class:`RedisRateLimiter`: one ceiling on the fleet's API requests per second.
 - :class:`Fleet`: a producer's batch as saq jobs, one BatchResult per item streamed back.
 - :class:`FleetWorker`: a worker process (``guru-async worker --redis URL``).
+- :class:`FleetStatus` (``Fleet.status()``, ``guru-async fleet status``): what the fleet is
+  doing, with :class:`WorkerStatus`, :class:`WorkerItem` and :class:`QueueDepth`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ._fleet import Fleet
 from ._protocol import FleetError, FleetItemError, FleetJobError
 from ._rate import RedisRateLimiter
 from ._redis import RedisUnavailableError
+from ._status import FleetStatus, QueueDepth, WorkerItem, WorkerStatus
 from ._tokens import RedisTokenStore
 from ._worker import FleetWorker
 
@@ -31,8 +34,12 @@ __all__ = [
     "FleetError",
     "FleetItemError",
     "FleetJobError",
+    "FleetStatus",
     "FleetWorker",
+    "QueueDepth",
     "RedisRateLimiter",
     "RedisTokenStore",
     "RedisUnavailableError",
+    "WorkerItem",
+    "WorkerStatus",
 ]

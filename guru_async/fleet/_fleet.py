@@ -42,8 +42,10 @@ from .._batch import (
     BatchProgress,
     BatchResult,
     BatchUpload,
+    UploadProgress,
     VideoSpec,
 )
+from .._batch_count import count_input, countable
 from .._payloads import resolve_fields
 from .._polling import DEFAULT_TIMEOUT
 from .._session import DEFAULT_BASE_URL
@@ -64,6 +66,15 @@ from ._protocol import (
     upload_queue_name,
 )
 from ._redis import RedisUnavailableError, describe_client, describe_url
+from ._status import (
+    FleetStatus,
+    item_states,
+    live_workers,
+    queue_depth,
+    request_rate,
+    token_times,
+    worker_infos,
+)
 from ._worker import ping, redis_client
 
 log = logging.getLogger("guru_async.fleet")
@@ -111,6 +122,9 @@ class Fleet:
             worker death costs one).
         check_interval: Seconds between reconciliations of the pending items with saq's jobs.
         redis_timeout: How long this producer rides out a Redis outage before it raises.
+        no_worker_warning: Seconds a batch waits with no live worker on its queue before it
+            says so (once, at WARNING, and in ``BatchProgress.notice``), naming the queue and
+            the command that starts a worker.
     """
 
     def __init__(
@@ -125,6 +139,7 @@ class Fleet:
         attempts: int = 10,
         check_interval: float = 5.0,
         redis_timeout: float = 60.0,
+        no_worker_warning: float = 30.0,
     ) -> None:
         if isinstance(redis, str):
             self._client: redis_async.Redis | None = None
@@ -150,6 +165,13 @@ class Fleet:
             raise ValueError(
                 f"check_interval must be a number of seconds > 0, got {check_interval!r}"
             )
+        if isinstance(no_worker_warning, bool) or not (
+            isinstance(no_worker_warning, (int, float)) and 0 < no_worker_warning < float("inf")
+        ):
+            raise ValueError(
+                f"no_worker_warning must be a number of seconds > 0, got {no_worker_warning!r}"
+            )
+        self.no_worker_warning = float(no_worker_warning)
         self.account = _account(client_id, base_url)
         self.queue = queue
         self.retention = retention
@@ -170,6 +192,58 @@ class Fleet:
         return upload_queue_name(self.queue, self.account), poll_queue_name(
             self.queue, self.account
         )
+
+    async def status(self) -> FleetStatus:
+        """A snapshot of this account's fleet, read from Redis (nothing is written): the live
+        workers with what each is working on, the queues' depths, the items per state, the
+        request rate against the ceiling and the shared token's age. What ``guru-async fleet
+        status`` shows.
+
+        The items are counted with one SCAN of the account's item records, so this takes
+        longer the more items are kept (``retention``). A process that only reads the fleet
+        (this one, saq's web UI) is never counted as a worker.
+
+        Raises:
+            RuntimeError: The Fleet is not open (use ``async with``).
+            RedisUnavailableError: Redis did not answer.
+        """
+        client = self._client
+        if client is None or self._uploads is None:
+            raise RuntimeError("the Fleet is not open; use 'async with Fleet(...) as fleet'")
+        uploads, polls = self.queue_names
+        try:
+            workers = await live_workers(client, uploads)
+            infos = await _published(client, uploads)
+            rate = None
+            if infos.get("rate_key"):
+                rate = await request_rate(client, infos["rate_key"])
+            token = None
+            if infos.get("token_key"):
+                token = await token_times(client, infos["token_key"])
+            pattern = f"guru:fleet:{self.account}:{self.queue}:item:*"
+            return FleetStatus(
+                where=self.where,
+                queue=self.queue,
+                account=self.account,
+                workers=tuple(workers),
+                uploads=await queue_depth(client, uploads),
+                analyses=await queue_depth(client, polls),
+                items=await item_states(client, pattern),
+                request_rate=None if rate is None else rate[0],
+                rate_ceiling=None if rate is None else rate[1],
+                token_age=None if token is None else token[0],
+                token_expires_in=None if token is None else token[1],
+            )
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailableError(
+                f"Redis at {self.where} is unavailable: {type(exc).__name__}"
+            ) from None
+
+    def start_hint(self) -> str:
+        """The command that starts a worker for this fleet (the Redis URL, which may hold a
+        password, is left to ``GURU_REDIS_URL``)."""
+        queue = "" if self.queue == DEFAULT_QUEUE else f" --queue {self.queue}"
+        return f"guru-async worker{queue}"
 
     async def __aenter__(self) -> Fleet:
         if self._url is not None:
@@ -208,6 +282,7 @@ class Fleet:
         progress: Callable[[BatchProgress], None] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        count_ahead: bool | None = None,
         domain: DomainArg = None,
         activity: ActivityArg = None,
         rep_count: int | None = None,
@@ -249,6 +324,11 @@ class Fleet:
             progress: Called with the BatchProgress counters whenever they change.
             timeout: Seconds to wait for each analysis after its upload.
             max_in_flight: The most items enqueued and not yet reported.
+            count_ahead: Read ``items`` a second time, on a worker thread ahead of the
+                enqueuing, so ``BatchProgress.total`` is known early (as for
+                ``GuruSession.batch_upload``: None counts a list, tuple or set; True any
+                iterable whose every ``iter()`` is a fresh reading; False nothing). The
+                bytes to send are not counted ahead: the workers alone may see the files.
             domain: The default for items that do not set theirs (as for upload_video).
             activity: The default for items that do not set theirs.
             rep_count: The default for items that do not set theirs.
@@ -266,6 +346,12 @@ class Fleet:
         if isinstance(items, (str, os.PathLike)):
             raise TypeError("batch_upload takes an iterable of paths; wrap one path in a list")
         check_int("max_in_flight", max_in_flight, minimum=1)
+        counted: Iterable[BatchItem] | None = None
+        if isinstance(items, AsyncIterable):
+            if count_ahead:
+                raise TypeError("count_ahead=True cannot read an async iterable twice")
+        else:
+            counted = countable(items, count_ahead)
         if isinstance(items, Collection):
             for item in items:
                 _location(item)
@@ -297,8 +383,22 @@ class Fleet:
             timeout=timeout,
             max_in_flight=max_in_flight,
             defaults=defaults,
+            counted=counted,
         )
         return BatchUpload(run)
+
+
+async def _published(client: redis_async.Redis, queue_name: str) -> dict[str, str]:
+    """Where the live workers' ceiling and token live, as they publish it (key names only)."""
+    found: dict[str, str] = {}
+    for info in await worker_infos(client, queue_name):
+        meta = info.get("metadata")
+        if isinstance(meta, dict):
+            for name in ("rate_key", "token_key"):
+                value = meta.get(name)
+                if isinstance(value, str) and name not in found:
+                    found[name] = value
+    return found
 
 
 def _account(client_id: str | None, base_url: str | None) -> str:
@@ -322,9 +422,14 @@ class _Pending:
     fields: dict[str, Any]
     since: float
     job_key: str
+    number: int = 0
     enqueued: int = 1
     uploaded: bool = False
     suspect: int = 0
+    # Taken by a worker (news from it), its size counted, and its bytes sent so far.
+    started: bool = False
+    sized: bool = False
+    sent: int = 0
 
 
 def _location(item: object) -> str:
@@ -391,8 +496,10 @@ class _FleetRun:
         timeout: float,
         max_in_flight: int,
         defaults: dict[str, Any],
+        counted: Iterable[BatchItem] | None = None,
     ) -> None:
         self._fleet = fleet
+        self._counted = counted
         self._client = client
         self._uploads = uploads
         self._polls = polls
@@ -404,6 +511,8 @@ class _FleetRun:
         self._timeout = timeout
         self._defaults = defaults
         self.progress = BatchProgress()
+        if counted is not None:
+            self.progress.counting = True
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[str, _Pending] = {}
         self._out: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
@@ -413,6 +522,10 @@ class _FleetRun:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._crash: list[BaseException] = []
+        self._worker_seen = time.monotonic()
+        self._warned = False
+        # Set when a worker's news arrives while none is counted: count again at once.
+        self._recount = asyncio.Event()
 
     async def start(self) -> None:
         """Start feeding, receiving and reconciling; idempotent."""
@@ -423,7 +536,10 @@ class _FleetRun:
             asyncio.create_task(self._feed()),
             asyncio.create_task(self._receive()),
             asyncio.create_task(self._check()),
+            asyncio.create_task(self._watch()),
         ]
+        if self._counted is not None:
+            self._tasks.append(asyncio.create_task(self._count(self._counted)))
 
         def died(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None:
@@ -505,7 +621,32 @@ class _FleetRun:
             self._input_error = exc
         finally:
             self._feeding = False
+        # Exact now: every item is read.
+        self.progress.total = self.progress.started
+        self.progress.counting = False
+        self._report()
         await self._maybe_end()
+
+    async def _count(self, items: Iterable[BatchItem]) -> None:
+        """Count the input ahead of the enqueuing (see ``_batch_count``): the total only."""
+
+        async def weigh(_: int) -> int:
+            return 0
+
+        def counted(count: int, _weight: int, done: bool) -> None:
+            if self._feeding:
+                self.progress.total = max(count, self.progress.total or 0)
+                self.progress.counting = not done
+                self._report()
+
+        try:
+            await count_input(items, inspect=lambda _: 0, weigh=weigh, on_count=counted)
+        except Exception:
+            # Only a display's total depends on it: unknown until the input runs out.
+            log.debug("fleet batch_upload: counting the input failed", exc_info=True)
+            if self._feeding:
+                self.progress.total = None
+                self.progress.counting = False
 
     async def _submit(self, number: int, item: BatchItem) -> None:
         # Not a source a worker can reach: the caller's mistake, raised (see batch_upload).
@@ -523,8 +664,11 @@ class _FleetRun:
         identity = [self._fleet.account, path, *_content_identity(path), fields]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         key = f"{self._batch}:{number}:{digest[:24]}"
-        self._pending[key] = _Pending(item, path, fields, time.monotonic(), job_key=key)
+        self._pending[key] = _Pending(
+            item, path, fields, time.monotonic(), job_key=key, number=number
+        )
         await self._enqueue(key)
+        self.progress.queued += 1
         self._report()
 
     async def _enqueue(self, key: str) -> None:
@@ -582,17 +726,60 @@ class _FleetRun:
             pending = self._pending.get(message.get("key"))
             if pending is None:
                 continue  # a duplicate, or news of another run or content: not ours
+            if "news" in message:
+                self._news(pending, message)
+                continue
             if message.get("uploaded"):
                 if not pending.uploaded:
                     pending.uploaded = True
                     self.progress.uploaded += 1
+                    if message.get("restored"):
+                        self.progress.restored += 1
                     size = message.get("size")
+                    self._taken(pending, size if isinstance(size, int) else None)
                     if isinstance(size, int):
-                        self.progress.bytes_total += size
-                        self.progress.bytes_sent += size
+                        self._count_sent(pending, size)
+                    self.progress.uploading.pop(pending.number, None)
                     self._report()
                 continue
+            if message.get("restored") and not pending.uploaded:
+                self.progress.restored += 1
             await self._finish(message["key"], self._decode(pending, message))
+
+    def _news(self, pending: _Pending, message: dict[str, Any]) -> None:
+        """A worker's news of an item: taken, or bytes sent (the highest count stands, so a
+        late or repeated message changes nothing)."""
+        if pending.uploaded:
+            return
+        size = message.get("size")
+        size = size if isinstance(size, int) else None
+        self._taken(pending, size)
+        upload = self.progress.uploading.get(pending.number)
+        if upload is None:
+            upload = self.progress.uploading[pending.number] = UploadProgress(
+                pending.item, bytes_total=size or 0
+            )
+        sent = message.get("sent")
+        if isinstance(sent, int):
+            self._count_sent(pending, sent)
+        upload.bytes_sent = pending.sent
+        self._report()
+
+    def _taken(self, pending: _Pending, size: int | None) -> None:
+        if not self.progress.workers:
+            self._recount.set()
+        if not pending.started:
+            pending.started = True
+            self.progress.queued -= 1
+            self.progress.running += 1
+        if size is not None and not pending.sized:
+            pending.sized = True
+            self.progress.bytes_total += size
+
+    def _count_sent(self, pending: _Pending, sent: int) -> None:
+        if sent > pending.sent:
+            self.progress.bytes_sent += sent - pending.sent
+            pending.sent = sent
 
     def _decode(self, pending: _Pending, message: dict[str, Any]) -> BatchResult:
         video_id = message.get("video_id")
@@ -611,10 +798,57 @@ class _FleetRun:
         pending = self._pending.pop(key, None)
         if pending is None:
             return
+        if pending.started:
+            self.progress.running -= 1
+        else:
+            self.progress.queued -= 1
+        self.progress.uploading.pop(pending.number, None)
         if not pending.uploaded and result.error is None:
             self.progress.uploaded += 1
+        elif not pending.uploaded:
+            self.progress.upload_failed += 1
         await self._emit(result)
         await self._maybe_end()
+
+    # -- live workers ------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Every second, count the live workers on the queue; after ``no_worker_warning``
+        seconds without one while items wait, say so once (until a worker shows up)."""
+        fleet = self._fleet
+        queue_name = fleet.queue_names[0]
+        while True:
+            try:
+                workers = len(await wait_for(live_workers(self._client, queue_name), 5.0))
+            except (RedisError, OSError, asyncio.TimeoutError, ValueError):
+                workers = None  # the other tasks ride out (and report) an outage
+            now = time.monotonic()
+            if workers is not None:
+                self.progress.workers = workers
+                if workers:
+                    self._worker_seen = now
+                    if self._warned:
+                        self._warned = False
+                        self.progress.notice = None
+                        log.info("fleet: a worker is taking items from queue %s", fleet.queue)
+                elif (
+                    not self._warned
+                    and self._pending
+                    and now - self._worker_seen >= fleet.no_worker_warning
+                ):
+                    self._warned = True
+                    self.progress.notice = (
+                        f"no live worker on queue {fleet.queue!r} for "
+                        f"{now - self._worker_seen:.0f} s: items wait until one starts; start "
+                        f"one with '{fleet.start_hint()}' (the same GURU_REDIS_URL, "
+                        "GURU_CLIENT_ID and GURU_BASE_URL, and the secret; account "
+                        f"{fleet.account}, Redis {fleet.where})"
+                    )
+                    log.warning("fleet: %s", self.progress.notice)
+                self._report()
+            self._recount.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await wait_for(self._recount.wait(), 1.0)
 
     # -- reconciliation ----------------------------------------------------------------------
 
@@ -695,6 +929,12 @@ class _FleetRun:
         pending.job_key = f"{key}#{pending.enqueued}"
         pending.enqueued += 1
         pending.since = time.monotonic()
+        if pending.started:
+            # Back in the queue until a worker takes it again (its bytes stay counted).
+            pending.started = False
+            self.progress.running -= 1
+            self.progress.queued += 1
+            self.progress.uploading.pop(pending.number, None)
         log.info(
             "fleet: item %s has no result and its job %s is %s; enqueuing it again",
             key,

@@ -17,8 +17,9 @@ SHA-256 of an item's work as a worker sees it (account, path, size, ``mtime_ns``
                                   expires after the lease (the job's heartbeat) unless renewed
     guru:fleet:A:Q:fence:<item>   string: the item's fencing number (INCR per lease taken);
                                   expires ``retention`` seconds after the last lease taken
-    guru:fleet:A:Q:results:<batch>  list: result messages for one producer's batch; expires
-                                  ``retention`` seconds after its last push
+    guru:fleet:A:Q:results:<batch>  list: result messages for one producer's batch, and news
+                                  of its items' progress (taken by a worker, bytes sent,
+                                  uploaded); expires ``retention`` seconds after its last push
     guru:fleet:A:Q:durations      list: the latest 200 analysis durations, each "SECONDS WIDTH"
                                   (the estimate and the width of the interval it lies in),
                                   the learned poll schedule's data; expires ``retention``
@@ -133,6 +134,7 @@ def encode_result(
     error: BaseException | None = None,
     uploaded: bool = False,
     size: int | None = None,
+    restored: bool = False,
 ) -> str:
     """One message about an item (its job key): its final result, or with ``uploaded`` the
     news that its content is stored (for the producer's progress counters)."""
@@ -140,10 +142,25 @@ def encode_result(
     if uploaded:
         message["uploaded"] = True
         message["size"] = size
+    if restored:
+        # Uploaded by an earlier run (a rerun of the batch, another batch of the same file).
+        message["restored"] = True
     if analysis is not None:
         message["analysis"] = analysis if isinstance(analysis, str) else to_json(analysis).decode()
     if error is not None:
         message["error"] = encode_error(error)
+    return json.dumps(message, separators=(",", ":"))
+
+
+def encode_news(key: str, *, size: int | None, sent: int | None = None) -> str:
+    """News of an item's progress for the producer's display: without ``sent``, a worker
+    took the item (``size``: the bytes it will send, when known); with it, the bytes of its
+    upload sent so far. Pushed under the item's fence like results; the producer keeps the
+    highest count, so a repeated or late message changes nothing."""
+    message: dict[str, Any] = {"key": key, "news": "sent" if sent is not None else "started"}
+    message["size"] = size
+    if sent is not None:
+        message["sent"] = sent
     return json.dumps(message, separators=(",", ":"))
 
 

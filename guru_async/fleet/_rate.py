@@ -17,6 +17,8 @@ from ._redis import RedisLink, Unavailable
 
 # The default key's prefix; the account it paces follows it (``guru_async:rate:<account>``).
 DEFAULT_KEY = "guru_async:rate"
+# After the key: the requests booked per second of the last minute, and the ceiling.
+COUNTS_SUFFIX = ":counts"
 # Processes that reserved a slot within this window count as sharing the ceiling, for the
 # fallback share while Redis is down.
 _MEMBER_WINDOW = 60.0
@@ -25,10 +27,13 @@ _UNKNOWN_FLEET = 4
 
 # GCRA (the generic cell rate algorithm) as reservations: every call books the next slot and
 # is told how long to wait for it, so callers pace instead of failing. KEYS[1] holds the
-# theoretical arrival time (TAT) in microseconds of Redis's clock, KEYS[2] the processes seen.
-# ARGV: the interval between requests (µs), the burst tolerance (µs), this process's id, the
-# member window (µs). Numbers go back to Redis through '%.0f': Lua's default formatting keeps
-# only 14 digits, and microseconds since 1970 have 16.
+# theoretical arrival time (TAT) in microseconds of Redis's clock, KEYS[2] the processes seen,
+# KEYS[3] the requests per second of the last minute (for ``guru-async fleet status``): a ring
+# of 64 buckets, ``s<i>`` a second of Redis's clock and ``n<i>`` the requests booked in it,
+# beside ``rate``, the ceiling. ARGV: the interval between requests (µs), the burst tolerance
+# (µs), this process's id, the member window (µs), the ceiling (requests per second). Numbers
+# go back to Redis through '%.0f': Lua's default formatting keeps only 14 digits, and
+# microseconds since 1970 have 16.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -41,6 +46,15 @@ if wait < 0 then wait = 0 end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', tat),
            'PX', string.format('%.0f', math.floor((tat - now) / 1000) + 1000))
+local slot = string.format('%.0f', math.floor((now + wait) / 1000000))
+local bucket = tostring(math.floor(tonumber(slot) % 64))
+if redis.call('HGET', KEYS[3], 's' .. bucket) == slot then
+  redis.call('HINCRBY', KEYS[3], 'n' .. bucket, 1)
+else
+  redis.call('HSET', KEYS[3], 's' .. bucket, slot, 'n' .. bucket, 1)
+end
+redis.call('HSET', KEYS[3], 'rate', ARGV[5])
+redis.call('PEXPIRE', KEYS[3], 70000)
 local window = tonumber(ARGV[4])
 redis.call('ZADD', KEYS[2], string.format('%.0f', now), ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now - window))
@@ -69,12 +83,15 @@ class RedisRateLimiter:
     every ``cooldown`` seconds.
 
     Keys written: ``{key}`` (a string: the next free slot, in microseconds of Redis's clock;
-    expires a second after the booked slots) and ``{key}:members`` (a sorted set of the
-    processes seen in the last minute; expires a minute after the last request). The default
-    key is ``guru_async:rate:<account>``, the account (a short hash of client id and base URL,
-    as for every fleet key) taken from the session the limiter is given to, so two accounts
-    on one Redis never share a ceiling; used without a session, from ``GURU_CLIENT_ID`` and
-    ``GURU_BASE_URL`` (``guru_async:rate`` when there is no client id at all).
+    expires a second after the booked slots), ``{key}:members`` (a sorted set of the
+    processes seen in the last minute; expires a minute after the last request) and
+    ``{key}:counts`` (a hash: the ceiling and the requests booked in each second of the last
+    minute, which ``guru-async fleet status`` reads; expires 70 s after the last request).
+    The default key is ``guru_async:rate:<account>``, the account (a short hash of client id
+    and base URL, as for every fleet key) taken from the session the limiter is given to, so
+    two accounts on one Redis never share a ceiling; used without a session, from
+    ``GURU_CLIENT_ID`` and ``GURU_BASE_URL`` (``guru_async:rate`` when there is no client id
+    at all).
 
     Args:
         redis: A ``redis://``, ``rediss://`` or ``unix://`` URL (the limiter then owns its
@@ -196,10 +213,16 @@ class RedisRateLimiter:
             if client_id:
                 base = os.environ.get("GURU_BASE_URL") or DEFAULT_BASE_URL
                 self.bind_session(client_id=client_id, base_url=base)
-        args = (self._interval_us, self._tolerance_us, self._member, _MEMBER_WINDOW * 1e6)
-        keys = (self.key, self.key + ":members")
+        args = (
+            self._interval_us,
+            self._tolerance_us,
+            self._member,
+            _MEMBER_WINDOW * 1e6,
+            self.rate,
+        )
+        keys = (self.key, self.key + ":members", self.key + COUNTS_SUFFIX)
         wait_us, members = await self._link.run(
-            lambda r: r.eval(_RESERVE, 2, *keys, *(_number(a) for a in args))
+            lambda r: r.eval(_RESERVE, 3, *keys, *(_number(a) for a in args))
         )
         self._members = max(1, int(members))
         return int(wait_us) / 1e6

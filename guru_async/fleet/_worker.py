@@ -21,7 +21,14 @@ another account.
 Every job keeps saq's heartbeat, so a job whose worker died is swept and retried elsewhere
 after ``heartbeat`` seconds (and the producer enqueues again what a sweep failed to hand
 over); results go back to the producer on its batch's Redis list, each pushed under the
-item's fence, so a worker that lost its lease reports nothing.
+item's fence, so a worker that lost its lease reports nothing. News of each item (taken by
+this worker, bytes sent, at most every 0.5 s) goes the same way, for the producer's display.
+
+What a worker is (host, pid, concurrency, account, start time, the rate and token keys it
+uses) and the files it is busy with are published in saq's worker info every 2 s (see
+``_status``): ``guru-async fleet status``, a producer's count of live workers and saq's web UI
+read it. Each item gets one INFO line per step (uploading to its video, uploaded, analysis
+done) and one WARNING line if it fails, each naming the file and the video.
 
 SIGTERM (or SIGINT): stop taking jobs, let uploads in flight finish for ``grace`` seconds,
 then hand back what is left (saq re-queues a cancelled job at once); analyses being awaited
@@ -51,6 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq.job import Job
 from saq.queue.redis import RedisQueue
 
+from .._auth import TokenProvider
 from .._client import Client
 from .._converter import to_json
 from .._enums import AnalysisStatus, VideoStatus
@@ -78,14 +86,18 @@ from ._protocol import (
     FleetError,
     account_of,
     durations_key,
+    encode_news,
     encode_result,
     poll_queue_name,
     results_key,
     upload_queue_name,
 )
+from ._rate import COUNTS_SUFFIX, RedisRateLimiter
 from ._redis import RedisUnavailableError, check_url, describe_url
 from ._saq_worker import QuietWorker
 from ._schedule import Durations, DurationSample, Observer, estimate, redis_time
+from ._status import WorkerActivity, display_name
+from ._tokens import RedisTokenStore
 
 log = logging.getLogger("guru_async.fleet")
 
@@ -171,8 +183,10 @@ class _Context:
         account: str,
         queue: str,
         poll: RedisQueue,
+        activity: WorkerActivity,
     ) -> None:
         self.session = session
+        self.activity = activity
         self.client: Client = client_of(session)
         self.redis = redis
         self.account = account
@@ -197,6 +211,19 @@ class _Context:
     async def report(self, lease: Lease, batch: str, message: str, retention: int) -> None:
         """Push a result under the item's fence (nothing is pushed if it is stale)."""
         await self.claims.push(lease, self.results(batch), message, retention=retention)
+
+
+@contextlib.asynccontextmanager
+async def _working(
+    fleet: _Context, job: Job, name: str, state: str, video_id: str | None = None
+) -> Any:
+    """The job's heartbeat, and its item in this worker's published activity."""
+    fleet.activity.begin(job.key, name, state, video_id)
+    try:
+        async with _heartbeat(job):
+            yield
+    finally:
+        fleet.activity.end(job.key)
 
 
 @contextlib.asynccontextmanager
@@ -278,6 +305,7 @@ async def _upload_item(
     analysis_timeout: float,
     retention: int,
 ) -> None:
+    name = display_name(path)
     try:
         # A URL is fetched only once the item is claimed and its content is still to send.
         file = None if is_url(path) else check_file(path)
@@ -287,6 +315,7 @@ async def _upload_item(
     except (OSError, ValueError, TypeError) as exc:
         if isinstance(exc, ConnectionError):
             raise
+        _log_failure(name, None, exc)
         await fleet.push(batch, encode_result(key, video_id=None, error=exc), retention)
         return
     async with fleet.claims.lease(item, seconds=_lease_seconds(job), retention=retention) as lease:
@@ -295,26 +324,55 @@ async def _upload_item(
         try:
             record = await fleet.claims.read(item)
             if record.state == "done" and record.video_id and record.analysis:
-                message = encode_result(key, video_id=record.video_id, analysis=record.analysis)
+                log.info("fleet: %s: already done (video %s)", name, record.video_id)
+                message = encode_result(
+                    key, video_id=record.video_id, analysis=record.analysis, restored=True
+                )
                 await fleet.report(lease, batch, message, retention)
                 return
             video_id = record.video_id if record.state == "uploaded" else None
             size = None if file is None else file.stat().st_size
             if video_id is None:
-                video_id, size = await _deliver(
-                    fleet, lease, record, path, file, sent_fields, retention, created
-                )
+                fleet.activity.begin(job.key, name, "uploading", record.video_id)
+                await fleet.report(lease, batch, encode_news(key, size=size), retention)
+                began = time.monotonic()
+                news = _UploadNews(fleet, lease, batch, key, retention, job=job.key, name=name)
+                try:
+                    video_id, size = await _deliver(
+                        fleet, lease, record, path, file, sent_fields, retention, created, news
+                    )
+                finally:
+                    await news.aclose()
                 await fleet.claims.record(lease, "uploaded", video_id=video_id, retention=retention)
+                log.info(
+                    "fleet: %s: uploaded to video %s (%s bytes in %.1f s)",
+                    name,
+                    video_id,
+                    "?" if size is None else size,
+                    time.monotonic() - began,
+                )
+            else:
+                log.info("fleet: %s: already uploaded to video %s", name, video_id)
         except (RedisError, LeaseLostError):
             raise
         except (GuruError, OSError, ValueError, TypeError) as exc:
             if isinstance(exc, ConnectionError):
                 raise
             video = created[-1] if created else record.video_id
+            _log_failure(name, video, exc)
             failed = encode_result(key, video_id=video, error=exc)
             await fleet.report(lease, batch, failed, retention)
             return
-        message = encode_result(key, video_id=video_id, uploaded=True, size=size)
+        finally:
+            fleet.activity.end(job.key)
+        restored = record.state == "uploaded"
+        message = encode_result(
+            key,
+            video_id=video_id,
+            uploaded=True,
+            size=None if restored else size,
+            restored=restored,
+        )
         await fleet.report(lease, batch, message, retention)
         if not wait:
             await fleet.report(lease, batch, encode_result(key, video_id=video_id), retention)
@@ -337,8 +395,79 @@ async def _upload_item(
             retention=retention,
             uploaded_at=uploaded_at,
             account=fleet.account,
+            name=name,
             size=size,
         )
+
+
+def _log_failure(name: str, video_id: str | None, exc: BaseException) -> None:
+    """The one line an item's failure gets (its result goes to the producer)."""
+    video = f" (video {video_id})" if video_id else ""
+    log.warning("fleet: %s: failed%s: %s: %s", name, video, type(exc).__name__, redact(str(exc)))
+
+
+# An upload's bytes sent go to the producer's display at most this often.
+NEWS_INTERVAL = 0.5
+
+
+class _UploadNews:
+    """An upload's progress callback that pushes its bytes sent to the producer, under the
+    item's fence, at most every NEWS_INTERVAL seconds (news only: a push that fails is
+    dropped, the upload goes on)."""
+
+    def __init__(
+        self,
+        fleet: _Context,
+        lease: Lease,
+        batch: str,
+        key: str,
+        retention: int,
+        *,
+        job: str,
+        name: str,
+    ) -> None:
+        self._fleet = fleet
+        self._job = job
+        self.name = name
+        self._lease = lease
+        self._batch = batch
+        self._key = key
+        self._retention = retention
+        self._sent = 0
+        self._size: int | None = None
+        self._last = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, sent: int, total: int) -> None:
+        self._sent = max(self._sent, sent)
+        self._size = total or None
+        if self._task is None or self._task.done():
+            # The latest count goes out within NEWS_INTERVAL, even if no call follows.
+            self._task = asyncio.create_task(self._push())
+
+    async def _push(self) -> None:
+        pushed = -1
+        while pushed != self._sent:
+            await asyncio.sleep(max(self._last + NEWS_INTERVAL - time.monotonic(), 0))
+            self._last = time.monotonic()
+            pushed = self._sent
+            message = encode_news(self._key, size=self._size, sent=pushed)
+            try:
+                await self._fleet.report(self._lease, self._batch, message, self._retention)
+            except (RedisError, OSError, LeaseLostError):
+                return
+
+    def starting(self, video_id: str, *, resumed: bool) -> None:
+        """The item's one start line (with its video), before the first byte goes."""
+        self._fleet.activity.video(self._job, video_id)
+        again = " (resumed: its recorded target)" if resumed else ""
+        log.info("fleet: %s: uploading to video %s%s", self.name, video_id, again)
+
+    async def aclose(self) -> None:
+        """Stop pushing (the upload ended)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def _deliver(
@@ -350,6 +479,7 @@ async def _deliver(
     fields: VideoFields,
     retention: int,
     created_ids: list[str],
+    news: _UploadNews | None = None,
 ) -> tuple[str, int | None]:
     """Get the item's content to storage, once: resume its recorded video if there is one,
     else create one and record it (with its presigned target) before any byte is sent.
@@ -378,7 +508,7 @@ async def _deliver(
                 # The same key at storage: a second upload replaces the first, one video.
                 resume = CreatedVideo(record.video_id, target.url, target.fields)
             else:
-                log.info(
+                log.debug(
                     "fleet: the upload target of video %s (%s) expired; creating a new video",
                     record.video_id,
                     name,
@@ -387,13 +517,16 @@ async def _deliver(
     source = await client.source(path, None) if file is None else UploadSource(file)
     try:
         for attempt in (1, 2):
+            resumed = resume is not None
             if resume is not None:
                 target_video, resume = resume, None
             else:
                 target_video = await _create(fleet, lease, source, fields, name, retention)
                 created_ids.append(target_video.id)
+            if news is not None:
+                news.starting(target_video.id, resumed=resumed)
             try:
-                await client.upload(target_video, source, None)
+                await client.upload(target_video, source, news)
             except UploadError as exc:
                 # An expired presign is replaced by a fresh video once, as upload_video does.
                 if attempt == 1 and presign_expired(exc) and source.restartable:
@@ -451,18 +584,20 @@ async def _poll_job(
     retention: int = DEFAULT_RETENTION,
     uploaded_at: float | None = None,
     account: str | None = None,
+    name: str | None = None,
     size: int | None = None,
 ) -> None:
     job: Job = ctx["job"]
     fleet: _Context = ctx["fleet"]
     if await _other_account(fleet, job, account, batch, result_key, retention):
         return
-    async with _heartbeat(job):
+    shown = name or f"video {video_id}"
+    async with _working(fleet, job, shown, "awaiting analysis", video_id):
         record = await fleet.claims.read(item)
         if record.video_id != video_id:
             # The item moved on to another video (re-created after a 404, say): the job of
             # that video reports it.
-            log.info("fleet: video %s is no longer its item's; not awaiting it", video_id)
+            log.debug("fleet: video %s is no longer its item's; not awaiting it", video_id)
             return
         analysis: str | None = None
         message: str
@@ -470,13 +605,22 @@ async def _poll_job(
             analysis = record.analysis
             message = encode_result(result_key, video_id=video_id, analysis=analysis)
         else:
+            began = time.monotonic()
             try:
                 awaited = await _await_analysis(
                     fleet, video_id, deadline, uploaded_at, retention, size
                 )
             except GuruError as exc:
+                _log_failure(shown, video_id, exc)
                 message = encode_result(result_key, video_id=video_id, error=exc)
             else:
+                log.info(
+                    "fleet: %s: analysis of video %s done: %s (awaited %.1f s)",
+                    shown,
+                    video_id,
+                    awaited.status,
+                    time.monotonic() - began,
+                )
                 analysis = to_json(awaited).decode()
                 message = encode_result(result_key, video_id=video_id, analysis=analysis)
         # Written and reported under the item's lease and fence, and only while the item
@@ -601,6 +745,25 @@ class FleetWorker:
         """Ask :meth:`run` to finish (what SIGTERM does)."""
         self._stop.set()
 
+    def _activity(self) -> WorkerActivity:
+        """What this worker publishes about itself for ``guru-async fleet status``: who it
+        is, and where its ceiling and token live (key names only: the token key is a hash)."""
+        transport = client_of(self._session).transport
+        extra: dict[str, Any] = {}
+        ceiling = transport.ceiling
+        if isinstance(ceiling, RedisRateLimiter):
+            extra["rate_key"] = ceiling.key + COUNTS_SUFFIX
+        token = transport.token
+        if isinstance(token, TokenProvider) and isinstance(token.store, RedisTokenStore):
+            extra["token_key"] = token.store.prefix + token.key
+        return WorkerActivity(
+            concurrency=self._concurrency,
+            max_waiting=self._max_waiting,
+            account=self.account,
+            queue=self._queue,
+            extra=extra,
+        )
+
     async def run(
         self, *, handle_signals: bool = True, on_ready: Callable[[], Awaitable[None]] | None = None
     ) -> None:
@@ -626,12 +789,20 @@ class FleetWorker:
             uploads = _FleetQueue(clients[0], name=upload_queue_name(self._queue, self.account))
             polls = _FleetQueue(clients[1], name=poll_queue_name(self._queue, self.account))
             fleet = _Context(
-                self._session, clients[2], account=self.account, queue=self._queue, poll=polls
+                self._session,
+                clients[2],
+                account=self.account,
+                queue=self._queue,
+                poll=polls,
+                activity=self._activity(),
             )
             # Upkeep loops notice a stop only between sleeps: keep them short, so a SIGTERM
             # is not held up by them.
-            timers = {"sweep": self._sweep, "schedule": 1, "abort": 1, "worker_info": 5}
-            common: dict[str, Any] = {"timers": timers}
+            # worker_info: what ``fleet status`` shows is at most 2 s old, and a dead worker
+            # drops out of it within 3 s.
+            timers = {"sweep": self._sweep, "schedule": 1, "abort": 1, "worker_info": 2}
+            # saq publishes the metadata with its worker info (saq's web UI shows it too).
+            common: dict[str, Any] = {"timers": timers, "metadata": fleet.activity.metadata}
             upload_worker = QuietWorker(
                 uploads,
                 [(UPLOAD_FUNCTION, _upload_job)],
