@@ -3,7 +3,8 @@
 Options:
     --quick       small sizes, for a smoke run in well under a minute
     --only NAME   run only this figure group (repeatable): upload, memory, tokens, polling,
-                  overhead, decode, scale, soak, fleet_limits, fleet, chaos
+                  overhead, decode, scale, soak, fleet_limits, fleet, chaos,
+                  prediction
     --seeds N     how many seeded fault schedules the chaos group runs (default 50; 2 quick)
     --merge       with --only: put the measured figures into RESULTS.md (or --output), in place
                   of the same figures, keeping every other one, e.g.
@@ -36,6 +37,7 @@ from benchmarks import (
     memory,
     overhead,
     polling,
+    prediction,
     scale,
     soak,
     tokens,
@@ -58,6 +60,7 @@ GROUPS: dict[str, ModuleType] = {
         fleet_limits,
         fleet,
         chaos,
+        prediction,
     )
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")

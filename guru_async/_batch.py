@@ -53,10 +53,11 @@ from ._enums import AnalysisStatus, VideoStatus
 from ._error_mapping import analysis_timeout
 from ._errors import GuruError, JournalError, NotFoundError, UploadError
 from ._instrumentation import OpenScope, TraceScope
-from ._journal import Claim, Journal, JournalEntry, UploadTarget, item_key
+from ._journal import AnalysisSample, Claim, Journal, JournalEntry, UploadTarget, item_key
 from ._models import Analysis, CreatedVideo, Video
 from ._payloads import VideoFields, resolve_fields
 from ._polling import PollPolicy, is_transient_poll_error
+from ._prediction import DurationSample, SampleLog, Watch
 from ._types import ActivityArg, DomainArg
 from ._upload import UploadSource, check_file, policy_expiration, presign_expired
 from ._validation import check_int
@@ -200,6 +201,8 @@ DEFAULT_UPLOAD_CONCURRENCY = 4
 DEFAULT_POLL_RATE = 50.0
 DEFAULT_MAX_IN_FLIGHT = 1000
 POLL_CONCURRENCY = 8
+# Analyses learned from (and kept in the journal, per service) to plan each video's polls.
+LEARNED_SAMPLES = 200
 # How long a stopped batch waits for creates in flight, to log the id of any video they made.
 CUT_SHORT_WAIT = 5.0
 
@@ -359,6 +362,9 @@ class BatchRun:
         self._supervisor: asyncio.Task[None] | None = None
         self._shut = False
         self._cut_short: dict[asyncio.Future[CreatedVideo], tuple[BatchItem, str | None, int]] = {}
+        # What the analyses seen so far predict, and what each waiting video's polls saw.
+        self._learned = SampleLog(policy=poll_policy, limit=LEARNED_SAMPLES)
+        self._watches: dict[int, Watch] = {}
 
     async def start(self) -> None:
         """Open the journal (a JournalError here means nothing was created) and start the
@@ -1043,6 +1049,7 @@ class BatchRun:
         slots = asyncio.Semaphore(POLL_CONCURRENCY)
         inflight: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
+        await self._warm_start()
 
         def finished(task: asyncio.Task[None]) -> None:
             inflight.discard(task)
@@ -1069,6 +1076,8 @@ class BatchRun:
                         await wait_for(self._wakeup.wait(), timeout=delay)
                     continue
                 _, number = heapq.heappop(self._due)
+                if self._first_poll_later(number):
+                    continue
                 await slots.acquire()
                 trace = self._waiting[number].trace
                 poll = self._poll_one(number)
@@ -1095,6 +1104,7 @@ class BatchRun:
         if result is None:
             return
         del self._waiting[number]
+        self._watches.pop(number, None)
         await self._emit(result)
 
     async def _check(self, waiting: _Waiting) -> BatchResult | None:
@@ -1113,8 +1123,12 @@ class BatchRun:
             if not is_transient_poll_error(exc):
                 return BatchResult(waiting.item, video_id=video_id, error=exc)
             analysis = None
+        now = time.monotonic()
+        watch = self._watches.get(waiting.number)
         if analysis is not None:
             waiting.last = analysis
+            if watch is not None:
+                watch.seen(done=analysis.is_done, now=now)
             if analysis.is_done:
                 if self._journal is not None and waiting.key is not None:
                     # Refused only if another batch replaced the video since (it was gone for
@@ -1126,8 +1140,10 @@ class BatchRun:
                         video_id=video_id,
                         analysis=to_json(analysis).decode(),
                     )
+                # A Failed analysis often ends early (unreadable content): not learned from.
+                if watch is not None and analysis.status == AnalysisStatus.COMPLETE:
+                    await self._learn(watch)
                 return BatchResult(waiting.item, video_id=video_id, analysis=analysis)
-        now = time.monotonic()
         if now >= waiting.deadline:
             error = analysis_timeout(
                 video_id,
@@ -1136,9 +1152,64 @@ class BatchRun:
                 resume=f"await_analysis({video_id!r}) again, or rerun the batch with its journal",
             )
             return BatchResult(waiting.item, video_id=video_id, error=error)
-        step, waiting.wait = self._policy.next_wait(waiting.wait, hint)
+        if watch is not None and watch.schedule is not None:
+            step, waiting.wait = watch.schedule.next_wait(now - watch.origin, waiting.wait, hint)
+        else:
+            step, waiting.wait = self._policy.next_wait(waiting.wait, hint)
         heapq.heappush(self._due, (min(now + step, waiting.deadline), waiting.number))
         return None
+
+    # -- learning each video's analysis time (see _prediction) ---------------------------------
+
+    async def _warm_start(self) -> None:
+        # A journal keeps what earlier runs learned: this run's first videos poll on it.
+        if self._journal is None:
+            return
+        rows = await self._journal.analysis_samples(self._client.service, limit=LEARNED_SAMPLES)
+        self._learned.extend(
+            [DurationSample(r.seconds, r.width, r.size, r.video_seconds) for r in rows]
+        )
+
+    def _first_poll_later(self, number: int) -> bool:
+        """Plan a video's polls when it comes up first; True when its first poll was put off
+        to its planned time (it went back in the queue)."""
+        waiting = self._waiting[number]
+        watch = self._watches.get(number)
+        if watch is not None and watch.video_id == waiting.video_id:
+            return False
+        if waiting.resumed:
+            # Uploaded by an earlier run, at a time this one does not know: polled on the
+            # policy, and nothing learned from it.
+            self._watches.pop(number, None)
+            return False
+        # The upload ended when the video started waiting, its deadline a timeout later.
+        origin = waiting.deadline - self._timeout
+        size = _size_of(waiting.item)
+        schedule = self._learned.schedule(size=size, origin=origin)
+        self._watches[number] = Watch(waiting.video_id, origin, size, schedule)
+        if schedule is None:
+            return False
+        first = min(origin + schedule.first, waiting.deadline)
+        if first <= time.monotonic():
+            return False
+        heapq.heappush(self._due, (first, number))
+        return True
+
+    async def _learn(self, watch: Watch) -> None:
+        sample = watch.sample()
+        if sample is None:
+            return
+        self._learned.add(sample)
+        if self._journal is None:
+            return
+        kept = AnalysisSample(sample.seconds, sample.width, sample.size, sample.video_seconds)
+        try:
+            await self._journal.add_analysis_sample(
+                self._client.service, kept, keep=LEARNED_SAMPLES
+            )
+        except JournalError as exc:
+            # Only a rerun's head start is lost; the item's own state was recorded.
+            log.debug("batch_upload: analysis time not journaled: %s", exc)
 
 
 class BatchRunner(Protocol):
@@ -1214,3 +1285,11 @@ class BatchUpload:
 def _describe(item: BatchItem) -> str:
     path = item.path if isinstance(item, VideoSpec) else item
     return repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(path)
+
+
+def _size_of(item: BatchItem) -> int | None:
+    path = item.path if isinstance(item, VideoSpec) else item
+    try:
+        return os.stat(path).st_size if isinstance(path, (str, os.PathLike)) else None
+    except OSError:
+        return None

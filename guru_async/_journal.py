@@ -100,6 +100,12 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS items ({})".format(
     ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
 )
 _META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)"
+# Finished analyses' durations per service (see analysis_samples): what a rerun learns from.
+_SAMPLES_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS analysis_samples (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "service TEXT NOT NULL, seconds REAL NOT NULL, width REAL NOT NULL, size INTEGER, "
+    "video_seconds REAL, recorded_at REAL NOT NULL)"
+)
 
 
 @frozen
@@ -137,6 +143,16 @@ class JournalEntry:
     error_type: str | None
     error: str | None
     target: UploadTarget | None = None
+
+
+@frozen
+class AnalysisSample:
+    """One finished analysis as the journal keeps it (see ``_prediction.DurationSample``)."""
+
+    seconds: float
+    width: float
+    size: int | None = None
+    video_seconds: float | None = None
 
 
 @frozen
@@ -432,6 +448,61 @@ class Journal:
             },
         )
         return cur.rowcount == 1
+
+    # -- analysis durations, so a rerun's polls start on what earlier runs learned ------------
+
+    async def analysis_samples(self, service: str, *, limit: int) -> list[AnalysisSample]:
+        """The latest ``limit`` analyses recorded for ``service``, oldest first."""
+        rows: list[AnalysisSample] = await self._run(self._analysis_samples, service, limit)
+        return rows
+
+    def _analysis_samples(self, service: str, limit: int) -> list[AnalysisSample]:
+        db = self._samples_db()
+        rows = db.execute(
+            "SELECT seconds, width, size, video_seconds FROM analysis_samples WHERE service = ? "
+            "ORDER BY id DESC LIMIT ?",
+            (service, limit),
+        ).fetchall()
+        return [AnalysisSample(*row) for row in reversed(rows)]
+
+    async def add_analysis_sample(self, service: str, sample: AnalysisSample, *, keep: int) -> None:
+        """Record one analysis's duration for ``service``, keeping its latest ``keep``."""
+        await self._run(self._add_analysis_sample, service, sample, keep)
+
+    def _add_analysis_sample(self, service: str, sample: AnalysisSample, keep: int) -> None:
+        db = self._samples_db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT INTO analysis_samples (service, seconds, width, size, video_seconds, "
+                "recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    service,
+                    sample.seconds,
+                    sample.width,
+                    sample.size,
+                    sample.video_seconds,
+                    time.time(),
+                ),
+            )
+            # One transaction with the insert: the table never holds more than ``keep`` of it.
+            db.execute(
+                "DELETE FROM analysis_samples WHERE service = ? AND id <= (SELECT id FROM "
+                "analysis_samples WHERE service = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (service, service, keep),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _samples_db(self) -> sqlite3.Connection:
+        # Created when first used (a no-op once it exists), so journals of earlier versions
+        # gain it on their next run.
+        assert self._db is not None
+        self._db.execute(_SAMPLES_SCHEMA)
+        return self._db
 
 
 def _entry(row: tuple[Any, ...]) -> JournalEntry:

@@ -15,6 +15,7 @@ from benchmarks import (
     memory,
     overhead,
     polling,
+    prediction,
     scale,
     soak,
     tokens,
@@ -101,6 +102,21 @@ async def test_polling_sees_every_analysis_after_it_is_ready(tmp_path: Path) -> 
         _measured(figures[number])
     assert float(figures["4a"].value) >= 1
     assert not figures["4b"].value.startswith("-")
+
+
+async def test_prediction_runs_every_setting_of_a_local_batch(tmp_path: Path) -> None:
+    """Figure 9g runs its four batch_upload batches and counts, for each, the create and at
+    least one poll per video and a lag that is never negative."""
+    size = prediction.Size(videos=10, speedup=40.0)
+    files = prediction._files(size, tmp_path / "videos")
+    outcomes = await prediction._local(size, tmp_path, files)
+    assert list(outcomes) == list(prediction.MODES)
+    for outcome in outcomes.values():
+        assert outcome.requests >= 2
+        assert len(outcome.lags) == 10
+        assert min(outcome.lags) >= 0
+    figure = prediction._figure("9g", "batch_upload", size, outcomes)
+    assert figure.met is not None
 
 
 async def test_overhead_times_both_clients(tmp_path: Path) -> None:

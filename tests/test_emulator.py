@@ -33,6 +33,7 @@ from guru_async.testing import (
     EmulatedVideo,
     FaultRule,
     GuruEmulator,
+    main,
 )
 from guru_async.testing import main as emulator_main
 
@@ -657,6 +658,41 @@ async def test_reupload_overwrites_and_restarts_the_clock(http: aiohttp.ClientSe
         assert seen[1].stored_size == 64
         _, analysis = await get_json(http, emu, f"/videos/{created['id']}/analysis")
         assert analysis == {"status": "Pending"}
+
+
+async def test_analysis_time_follows_the_video_size(http: aiohttp.ClientSession) -> None:
+    """With ``analysis_seconds_per_mb`` an analysis takes the delay plus that time per MB
+    uploaded, and ``analysis_spread`` scales it by a seeded draw within the spread."""
+
+    async def durations(**options: Any) -> list[float]:
+        async with GuruEmulator(analysis_delay=1.0, analysis_seconds_per_mb=10.0, **options) as emu:
+            ids = [await upload(http, emu, b"v" * size) for size in (100_000, 500_000)]
+            return [
+                (emu.videos[v].analysis_ready_at or 0.0) - (emu.videos[v].uploaded_at or 0.0)
+                for v in ids
+            ]
+
+    exact = await durations()
+    assert exact == [pytest.approx(2.0), pytest.approx(6.0)]
+    noisy = await durations(analysis_spread=0.2, seed=7)
+    assert noisy == await durations(analysis_spread=0.2, seed=7)
+    assert noisy != await durations(analysis_spread=0.2, seed=8)
+    for value, base in zip(noisy, exact, strict=True):
+        assert 0.8 * base <= value <= 1.2 * base
+        assert value != pytest.approx(base)
+
+
+async def test_analysis_time_options_are_checked() -> None:
+    """A negative time per MB or a spread outside [0, 1) is refused, by the class and by the
+    command line, before anything listens."""
+    with pytest.raises(ValueError, match="analysis_seconds_per_mb"):
+        GuruEmulator(analysis_seconds_per_mb=-1.0)
+    with pytest.raises(ValueError, match="analysis_spread"):
+        GuruEmulator(analysis_spread=1.0)
+    for flag, value in (("--analysis-seconds-per-mb", "-1"), ("--analysis-spread", "1.5")):
+        with pytest.raises(SystemExit) as exited:
+            main([flag, value])
+        assert exited.value.code == 2
 
 
 async def test_status_fault_fires_a_limited_number_of_times(

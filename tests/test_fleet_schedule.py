@@ -208,6 +208,76 @@ async def test_fleet_polls_each_video_near_its_expected_finish(
 
 
 @pytest.mark.slow
+async def test_fleet_plans_each_video_from_its_size(
+    tmp_path: Path,
+    redis_url: str,
+    start_emulator: Callable[..., Awaitable[GuruEmulator]],
+) -> None:
+    """Analyses that take 30 s per MB (+/- 5 %): after a first batch teaches the fleet, videos
+    of 10 kB and 100 kB (0.3 s and 3 s analyses, a spread the one schedule for all cannot
+    serve) each get at most 3 polls, and the fleet's samples carry the videos' sizes."""
+    import redis as redis_sync
+
+    queue = "by-size"
+    emu = await start_emulator(
+        analysis_delay=0.0, analysis_seconds_per_mb=30.0, analysis_spread=0.05, seed=3
+    )
+    workers: list[WorkerProcess] = []
+    try:
+        for i in range(2):
+            workers.append(
+                start_worker(emu, redis_url, tmp_path / f"w{i}.log", extra=("--queue", queue))
+            )
+        for worker in workers:
+            await asyncio.to_thread(worker.wait_ready)
+
+        async def batch(files: list[Path]) -> dict[str, BatchResult]:
+            async with Fleet(
+                redis_url,
+                client_id=emu.client_id,
+                base_url=emu.base_url,
+                queue=queue,
+                heartbeat=2,
+                check_interval=1.0,
+            ) as fleet:
+                return {str(r.item): r async for r in fleet.batch_upload(files, activity="squat")}
+
+        await batch(_sized_clips(tmp_path / "learn", [10_000 * (i % 10 + 1) for i in range(20)]))
+        before = collections.Counter(r.path for r in emu.recorded)
+        files = _sized_clips(tmp_path / "learned", [10_000, 100_000] * 5)
+        results = await batch(files)
+    finally:
+        for worker in workers:
+            worker.kill()
+
+    polls = collections.Counter(r.path for r in emu.recorded) - before
+    assert sorted(results) == sorted(str(p) for p in files)
+    for r in results.values():
+        assert r.error is None, r.error
+        assert r.analysis is not None
+        assert r.analysis.status == AnalysisStatus.COMPLETE
+        assert 1 <= polls[f"/videos/{r.video_id}/analysis"] <= 3, polls
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        (key,) = client.keys(f"guru:fleet:*:{queue}:durations")
+        entries = [v.decode().split() for v in client.lrange(key, 0, -1)]
+    finally:
+        client.close()
+    assert len(entries) >= 25
+    assert {int(size) for _, _, size in entries} <= {10_000 * (i + 1) for i in range(10)}
+
+
+def _sized_clips(folder: Path, sizes: list[int]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, size in enumerate(sizes):
+        path = folder / f"clip-{i:03}.mp4"
+        path.write_bytes(os.urandom(size))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.slow
 async def test_benchmark_figure_counts_requests_and_lag(tmp_path: Path) -> None:
     """Figure 9f runs three batches on real workers and reports requests per video (the create
     and at least one poll each) and a lag fraction for the default and learned schedules."""

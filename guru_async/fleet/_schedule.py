@@ -1,35 +1,16 @@
 """The fleet's learned poll schedule: poll each video near the time analyses like it finish.
 
-On a big night the fleet's shared rate ceiling, not bandwidth, bounds the batch, and polls are
-most of the requests: the default schedule (``PollPolicy``) spends about 10 polls on a 30 s
-analysis. So workers record how long analyses took, and once ``MIN_SAMPLES`` are known a poll
-job follows the learned schedule:
+The schedules and how they are learned are in ``guru_async._prediction`` (shared with a local
+``batch_upload``); this module keeps the fleet's samples in Redis and notes what a poll job saw.
 
-- it sleeps until the early quantile (``EARLY``, the 5th percentile) of the durations, counted
-  from the end of the upload: hardly any analysis is done sooner;
-- then it polls at steps of ``LAG`` times the time since the upload (jittered downwards only),
-  so an analysis that finishes between two polls is seen at most ``LAG`` of its duration late,
-  however wide the spread of durations;
-- past the late quantile (``LATE``, the 95th percentile, plus one step) the analysis runs long
-  and the polls fall back to the policy's own backoff (growing to ``max_interval``).
-
-A server's hint (``Retry-After`` on a Pending answer) still sets the next wait, no shorter than
-the policy's ``interval``, which is also the shortest step. The learned schedule is used only
-when, summed over the durations seen, it costs fewer polls than the policy's own (durations
-spread from 1 to 100 s, say, may not), and a Failed analysis is not learned from: it often ends
-early (unreadable content) and would pull every video's first poll forward. A job that starts
-after its planned first poll (behind a backlog of waiting videos) polls at once.
-
-How a duration is estimated: the true finish lies between the last Pending answer and the first
-finished one, and the midpoint is recorded, so the estimate does not carry the lag. A video found
-already done at its planned first poll says only "done by then": it is recorded one step earlier
-(``done / (1 + LAG)``), so when analyses get faster the early quantile moves down instead of
-sticking (about ``EARLY`` of the analyses finish before the first poll, at equilibrium; their
-lag is the first poll's time minus their finish, small but not bound by ``LAG``). A poll job
-that started late and found the analysis done learns nothing.
-Each estimate is kept with the width of its interval: once enough are precise (within
-``PRECISE`` of their value, as the learned schedule's are), the coarse ones of the first
-analyses, polled on the policy's schedule, are left out.
+Workers record how long each analysis took, with the video's size, in one bounded Redis list
+(:class:`Durations`; an entry is ``"SECONDS WIDTH SIZE"``, ``SIZE`` being ``-`` when unknown;
+entries of earlier workers, ``"SECONDS WIDTH"``, still read, without a size). Once
+``MIN_SAMPLES`` are known a poll job follows a learned schedule: one fitted to its own video's
+size when that saves polls on the samples seen, else the fleet-wide one (first poll at the 5th
+percentile of the durations), else the session's policy. A job that starts after its planned
+first poll (behind a backlog of waiting videos) polls at once, and one that started late and
+found the analysis done learns nothing.
 
 Times come from Redis's clock (``TIME``), so the upload and the polls may happen on machines
 whose clocks disagree.
@@ -37,132 +18,59 @@ whose clocks disagree.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-import random
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 import redis.asyncio as redis_async
-from attrs import frozen
 from redis.exceptions import RedisError
 
 from .._models import Analysis
-from .._polling import PollPolicy, _PollState
+from .._polling import PollPolicy
+from .._prediction import (
+    EARLY,
+    LAG,
+    LATE,
+    MIN_SAMPLES,
+    PRECISE,
+    DurationSample,
+    LearnedSchedule,
+    Prediction,
+    estimate,
+    learn,
+    precise_first,
+    quantile,
+)
+
+__all__ = [
+    "CACHE_SECONDS",
+    "EARLY",
+    "LAG",
+    "LATE",
+    "MAX_SAMPLES",
+    "MIN_SAMPLES",
+    "PRECISE",
+    "DurationSample",
+    "Durations",
+    "LearnedSchedule",
+    "Observer",
+    "decode_sample",
+    "encode_sample",
+    "estimate",
+    "learn",
+    "plan",
+    "quantile",
+    "redis_time",
+    "usable",
+]
 
 log = logging.getLogger("guru_async.fleet")
 
-MIN_SAMPLES = 5
 MAX_SAMPLES = 200
-LAG = 0.15
-EARLY = 0.05
-LATE = 0.95
-# An estimate known within this fraction of itself is precise: the learned schedule's are.
-PRECISE = 2 * LAG
 # Once learned, the durations change slowly: a worker rereads them at most this often.
 CACHE_SECONDS = 2.0
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` (linear between the two nearest ranks)."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    below = math.floor(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
-
-
-@frozen
-class LearnedSchedule:
-    """A poll schedule for one video, from the durations the fleet has seen (a PollSchedule).
-
-    Attributes:
-        policy: The session's policy: its ``interval`` is the shortest step, its backoff the
-            fallback, its ``max_outage`` and jitter hold as they are.
-        origin: The end of the video's upload, on this process's ``time.monotonic()``.
-        first: Seconds after the upload of the first poll.
-        late: Seconds after the upload past which the policy's backoff takes over.
-        lag: The longest lag, as a fraction of the time since the upload.
-    """
-
-    policy: PollPolicy
-    origin: float
-    first: float
-    late: float
-    lag: float = LAG
-
-    @property
-    def max_outage(self) -> float | None:
-        return self.policy.max_outage
-
-    def delay(self, now: float) -> float:
-        """Seconds from ``now`` (monotonic) until the first poll."""
-        return max(0.0, self.origin + self.first - now)
-
-    def next_wait(self, since: float, wait: float, hint: float | None) -> tuple[float, float]:
-        """The seconds until the next poll, ``since`` seconds after the upload, and the base
-        wait of the fallback backoff (``wait`` is the one before)."""
-        policy = self.policy
-        if since >= self.late:
-            return policy.next_wait(wait, hint)
-        if hint is not None:
-            step = max(hint, policy.interval)
-        else:
-            # Jitter shortens a step, never lengthens it, so the lag stays within ``lag``.
-            step = max(policy.interval, self.lag * since * random.uniform(1 - policy.jitter, 1))
-        return step, min(policy.max_interval, max(wait, step))
-
-    def waits(self, *, deadline: float, state: _PollState) -> Generator[float, Any, None]:
-        """backoff wait generator, as PollPolicy.waits."""
-        yield 0.0  # primed by backoff
-        wait = self.policy.interval
-        while True:
-            now = time.monotonic()
-            remaining = deadline - now
-            if remaining <= 0:
-                return
-            step, wait = self.next_wait(now - self.origin, wait, state.hint)
-            yield min(step, remaining)
-
-
-def _learned_polls(policy: PollPolicy, first: float, late: float, lag: float, end: float) -> int:
-    # Polls (without jitter) until one lands at or after ``end``.
-    polls, at, wait = 1, first, policy.interval
-    while at < end:
-        if at < late:
-            step = max(policy.interval, lag * at)
-            wait = min(policy.max_interval, max(wait, step))
-        else:
-            step, wait = wait, min(policy.max_interval, wait * policy.multiplier)
-        at += step
-        polls += 1
-    return polls
-
-
-def _policy_polls(policy: PollPolicy, end: float) -> int:
-    polls, at, wait = 1, 0.0, policy.interval
-    while at < end:
-        at += wait
-        wait = min(policy.max_interval, wait * policy.multiplier)
-        polls += 1
-    return polls
-
-
-def learn(
-    samples: Sequence[float], *, policy: PollPolicy, lag: float = LAG
-) -> tuple[float, float] | None:
-    """The learned schedule's first poll and fallback point (seconds after the upload), or
-    None while fewer than MIN_SAMPLES durations are known or when, on the durations seen, it
-    would not poll less than ``policy``."""
-    if len(samples) < MIN_SAMPLES:
-        return None
-    first = max(quantile(samples, EARLY), 0.0)
-    late = max(quantile(samples, LATE) * (1 + lag), first)
-    learned = sum(_learned_polls(policy, first, late, lag, d) for d in samples)
-    if learned >= sum(_policy_polls(policy, d) for d in samples):
-        return None
-    return first, late
 
 
 def plan(
@@ -176,43 +84,9 @@ def plan(
     return LearnedSchedule(policy, origin=origin, first=learned[0], late=learned[1], lag=lag)
 
 
-def estimate(
-    *,
-    pending: float | None,
-    done: float,
-    first_poll: float,
-    planned_first: float | None,
-    lag: float = LAG,
-) -> tuple[float, float] | None:
-    """The analysis's duration to record and how uncertain it is (the width of the interval
-    the finish lies in), from when it was last seen Pending and first seen done (seconds after
-    the upload), or None when the polls say nothing about it.
-
-    Args:
-        pending: When the last Pending answer came, or None if none did.
-        done: When the first finished answer came.
-        first_poll: When the first answer of this job came.
-        planned_first: When the learned schedule meant the first poll to be, or None when the
-            job polled on the policy's own schedule.
-    """
-    if pending is not None:
-        return max((pending + done) / 2, 0.0), max(done - pending, 0.0)
-    # On plan, give or take a round trip and the event loop's scheduling; later, the job was
-    # held up and "done by then" is no news about the duration.
-    if planned_first is not None and first_poll <= planned_first * (1 + lag) + 0.1:
-        return done / (1 + lag), done - done / (1 + lag)
-    return None
-
-
 def usable(entries: Sequence[tuple[float, float]]) -> list[float]:
-    """The durations to learn from: the precise ones (known within ``PRECISE`` of their value)
-    once there are enough, else all. The first analyses, polled on the policy's coarse
-    schedule, then stop pulling the quantiles off as soon as the learned schedule's own,
-    narrow, estimates come in, not only once they have left the list."""
-    precise = [seconds for seconds, width in entries if width <= PRECISE * seconds]
-    if len(precise) >= MIN_SAMPLES:
-        return precise
-    return [seconds for seconds, _ in entries]
+    """The durations to learn from (seconds, width pairs): see :func:`precise_first`."""
+    return [s.seconds for s in precise_first([DurationSample(*entry) for entry in entries])]
 
 
 class Observer:
@@ -250,18 +124,46 @@ async def redis_time(client: redis_async.Redis) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
+def encode_sample(sample: DurationSample) -> str:
+    """A sample as a Redis list entry: ``"SECONDS WIDTH SIZE"`` (``SIZE`` is ``-`` when
+    unknown)."""
+    size = "-" if sample.size is None else str(sample.size)
+    return f"{sample.seconds:.3f} {sample.width:.3f} {size}"
+
+
+def decode_sample(entry: bytes | str) -> DurationSample | None:
+    """A Redis list entry as a sample (the older ``"SECONDS WIDTH"`` too), or None when it is
+    not one."""
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    parts = text.split()
+    if len(parts) not in (2, 3):
+        return None
+    try:
+        seconds, width = float(parts[0]), float(parts[1])
+        size = None if len(parts) == 2 or parts[2] == "-" else int(parts[2])
+    except ValueError:
+        return None
+    if not (math.isfinite(seconds) and seconds >= 0 and math.isfinite(width) and width >= 0):
+        return None
+    if size is not None and size < 0:
+        return None
+    return DurationSample(seconds, width, size)
+
+
 class Durations:
-    """The fleet's recent analysis durations: a Redis list of the latest MAX_SAMPLES."""
+    """The fleet's recent analyses: a Redis list of the latest MAX_SAMPLES, newest first."""
 
     def __init__(self, client: redis_async.Redis, key: str) -> None:
         self._redis = client
         self._key = key
-        self._cached: list[float] = []
+        self._cached: list[DurationSample] = []
         self._read_at = -math.inf
-        self._learned: dict[PollPolicy, tuple[float, float] | None] = {}
+        self._predictions: dict[PollPolicy, Prediction] = {}
+        self._refresh = asyncio.Lock()
 
-    async def samples(self) -> list[float]:
-        """The known durations (none when Redis fails: the policy's schedule then holds)."""
+    async def entries(self) -> list[DurationSample]:
+        """The known samples, oldest first (the last read when Redis fails: the policy's
+        schedule holds until there are enough)."""
         now = time.monotonic()
         if len(self._cached) >= MIN_SAMPLES and now - self._read_at < CACHE_SECONDS:
             return self._cached
@@ -270,35 +172,37 @@ class Durations:
         except (RedisError, OSError) as exc:
             log.debug("fleet: analysis durations unavailable (%s)", type(exc).__name__)
             return self._cached
-        entries = []
-        for item in raw:
-            try:
-                seconds, width = (float(part) for part in item.split())
-            except ValueError:
-                continue
-            if math.isfinite(seconds) and seconds >= 0 and width >= 0:
-                entries.append((seconds, width))
-        values = usable(entries)
-        self._cached, self._read_at = values, now
-        self._learned.clear()
-        return values
+        decoded = (decode_sample(item) for item in reversed(raw))
+        self._cached = [sample for sample in decoded if sample is not None]
+        self._read_at = now
+        self._predictions.clear()
+        return self._cached
 
-    async def plan(self, *, policy: PollPolicy, origin: float) -> LearnedSchedule | None:
-        """:func:`plan` on the known durations (the costly part computed once per read)."""
-        samples = await self.samples()
-        if policy not in self._learned:
-            self._learned[policy] = learn(samples, policy=policy)
-        learned = self._learned[policy]
-        if learned is None:
-            return None
-        return LearnedSchedule(policy, origin=origin, first=learned[0], late=learned[1])
+    async def samples(self) -> list[float]:
+        """The known durations to learn from (see :func:`usable`)."""
+        return [s.seconds for s in precise_first(await self.entries())]
 
-    async def record(self, seconds: float, width: float, *, retention: int) -> None:
-        """Add one duration and its uncertainty, keeping the latest MAX_SAMPLES; a Redis
-        failure loses only it."""
+    async def plan(
+        self, *, policy: PollPolicy, origin: float, size: int | None = None
+    ) -> LearnedSchedule | None:
+        """The learned schedule of a video of ``size`` bytes (None: unknown) uploaded at
+        ``origin`` (monotonic), or None for the policy's own; the model is fitted once per
+        read."""
+        # One job at a time rereads and refits: the many jobs that start together would each
+        # fit the same samples (costly: seconds of a worker's CPU for a few hundred), and
+        # every first poll would come late.
+        async with self._refresh:
+            entries = await self.entries()
+            prediction = self._predictions.get(policy)
+            if prediction is None:
+                prediction = self._predictions[policy] = Prediction(entries, policy=policy)
+        return prediction.schedule(size=size, origin=origin)
+
+    async def record(self, sample: DurationSample, *, retention: int) -> None:
+        """Add one sample, keeping the latest MAX_SAMPLES; a Redis failure loses only it."""
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lpush(self._key, f"{seconds:.3f} {width:.3f}")
+                pipe.lpush(self._key, encode_sample(sample))
                 pipe.ltrim(self._key, 0, MAX_SAMPLES - 1)
                 pipe.expire(self._key, retention)
                 await pipe.execute()

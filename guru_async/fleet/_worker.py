@@ -95,7 +95,7 @@ from ._protocol import (
 from ._rate import COUNTS_SUFFIX, RedisRateLimiter
 from ._redis import RedisUnavailableError, check_url, describe_url
 from ._saq_worker import QuietWorker
-from ._schedule import Durations, Observer, estimate, redis_time
+from ._schedule import Durations, DurationSample, Observer, estimate, redis_time
 from ._status import WorkerActivity, display_name
 from ._tokens import RedisTokenStore
 
@@ -396,6 +396,7 @@ async def _upload_item(
             uploaded_at=uploaded_at,
             account=fleet.account,
             name=name,
+            size=size,
         )
 
 
@@ -584,6 +585,7 @@ async def _poll_job(
     uploaded_at: float | None = None,
     account: str | None = None,
     name: str | None = None,
+    size: int | None = None,
 ) -> None:
     job: Job = ctx["job"]
     fleet: _Context = ctx["fleet"]
@@ -605,7 +607,9 @@ async def _poll_job(
         else:
             began = time.monotonic()
             try:
-                awaited = await _await_analysis(fleet, video_id, deadline, uploaded_at, retention)
+                awaited = await _await_analysis(
+                    fleet, video_id, deadline, uploaded_at, retention, size
+                )
             except GuruError as exc:
                 _log_failure(shown, video_id, exc)
                 message = encode_result(result_key, video_id=video_id, error=exc)
@@ -635,9 +639,15 @@ async def _poll_job(
 
 
 async def _await_analysis(
-    fleet: _Context, video_id: str, deadline: float, uploaded_at: float | None, retention: int
+    fleet: _Context,
+    video_id: str,
+    deadline: float,
+    uploaded_at: float | None,
+    retention: int,
+    size: int | None = None,
 ) -> Analysis:
-    """await_analysis on the learned schedule when there is one; learn from the answer."""
+    """await_analysis on the learned schedule when there is one (from the video's ``size``
+    in bytes when known: a job from an older worker has none); learn from the answer."""
     session = fleet.session
     timeout = max(deadline - time.time(), 0.001)
 
@@ -655,7 +665,7 @@ async def _await_analysis(
     schedule: PollSchedule = session.poll_policy
     delay = 0.0
     planned_first = None
-    learned = await fleet.durations.plan(policy=session.poll_policy, origin=origin)
+    learned = await fleet.durations.plan(policy=session.poll_policy, origin=origin, size=size)
     if learned is not None:
         schedule, delay, planned_first = learned, learned.delay(time.monotonic()), learned.first
     analysis = await poll_analysis(
@@ -670,7 +680,7 @@ async def _await_analysis(
             planned_first=planned_first,
         )
         if sample is not None:
-            await fleet.durations.record(*sample, retention=retention)
+            await fleet.durations.record(DurationSample(*sample, size=size), retention=retention)
     return analysis
 
 

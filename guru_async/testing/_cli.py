@@ -46,6 +46,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="seconds from a finished upload until its analysis is Complete",
     )
     parser.add_argument(
+        "--analysis-seconds-per-mb",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds of analysis per MB (10**6 bytes) uploaded, added to --analysis-delay",
+    )
+    parser.add_argument(
+        "--analysis-spread",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="scale each analysis's time by a seeded draw from [1 - FRACTION, 1 + FRACTION]",
+    )
+    parser.add_argument(
         "--token-lifetime",
         type=float,
         default=3600.0,
@@ -132,6 +146,10 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m guru_async.tes
     """
     parser = _parser(prog)
     args = parser.parse_args(argv)
+    if not args.analysis_seconds_per_mb >= 0:
+        parser.error("--analysis-seconds-per-mb must be >= 0")
+    if not 0 <= args.analysis_spread < 1:
+        parser.error("--analysis-spread must be in [0, 1)")
     try:
         # The signal handlers stop the server cleanly; KeyboardInterrupt covers platforms
         # without them.
@@ -156,6 +174,8 @@ async def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         storage_port=args.storage_port,
         analysis_delay=args.analysis_delay,
+        analysis_seconds_per_mb=args.analysis_seconds_per_mb,
+        analysis_spread=args.analysis_spread,
         token_lifetime=args.token_lifetime,
         presign_lifetime=args.presign_lifetime,
         storage_dir=args.storage_dir,

@@ -96,6 +96,8 @@ class GuruEmulator:
         storage_dir: str | os.PathLike[str] | None = None,
         seed: int = 0,
         storage_bandwidth: float | None = None,
+        analysis_seconds_per_mb: float = 0.0,
+        analysis_spread: float = 0.0,
     ) -> None:
         """Configure the emulator; nothing listens until :meth:`start`.
 
@@ -116,7 +118,21 @@ class GuruEmulator:
             seed: Seeds fault injection and synthetic results, for reproducible runs.
             storage_bandwidth: Bytes per second one upload may go at (like one TCP stream to a
                 distant S3 endpoint), or None for as fast as loopback allows.
+            analysis_seconds_per_mb: Seconds of analysis per MB (10**6 bytes) uploaded, added
+                to ``analysis_delay``: an analysis that follows the video's size, as the real
+                service's does (it processes every frame).
+            analysis_spread: Each analysis's time is scaled by a factor drawn evenly from
+                ``[1 - spread, 1 + spread]`` (seeded by ``seed``): 0.15 for +/- 15 %.
+
+        Raises:
+            ValueError: ``analysis_seconds_per_mb`` < 0 or ``analysis_spread`` not in [0, 1).
         """
+        if not analysis_seconds_per_mb >= 0:
+            raise ValueError(
+                f"analysis_seconds_per_mb must be >= 0, got {analysis_seconds_per_mb!r}"
+            )
+        if not 0 <= analysis_spread < 1:
+            raise ValueError(f"analysis_spread must be in [0, 1), got {analysis_spread!r}")
         self._state = EmulatorState(
             client_id,
             client_secret,
@@ -128,6 +144,8 @@ class GuruEmulator:
                 fps=fps,
                 seed=seed,
                 storage_bandwidth=storage_bandwidth,
+                analysis_seconds_per_mb=analysis_seconds_per_mb,
+                analysis_spread=analysis_spread,
             ),
         )
         self._host = host

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import json
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -53,6 +54,8 @@ class Settings:
     fps: float
     seed: int
     storage_bandwidth: float | None
+    analysis_seconds_per_mb: float = 0.0
+    analysis_spread: float = 0.0
 
 
 class EmulatorState:
@@ -75,6 +78,20 @@ class EmulatorState:
         self.upload_attempts: collections.Counter[str] = collections.Counter()
         self.uploads_completed: collections.Counter[str] = collections.Counter()
         self.faults = Faults(settings.seed)
+        # Its own stream, so the analyses' noise does not shift the faults drawn.
+        self.analysis_noise = random.Random(f"analysis:{settings.seed}")
+
+    def analysis_seconds(self, video: EmulatedVideo) -> float:
+        """How long the analysis of ``video`` (just uploaded) takes: the analysis delay, plus
+        the per-MB time of its stored bytes, scaled by a seeded draw from the spread."""
+        settings = self.settings
+        delay = settings.analysis_delay
+        seconds = delay(video) if callable(delay) else delay
+        seconds += settings.analysis_seconds_per_mb * (video.stored_size or 0) / 1_000_000
+        if settings.analysis_spread:
+            spread = settings.analysis_spread
+            seconds *= self.analysis_noise.uniform(1 - spread, 1 + spread)
+        return seconds
 
     def url(self, which: str) -> str:
         """The base URL of the ``"api"`` or the ``"storage"`` server."""

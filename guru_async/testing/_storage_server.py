@@ -120,9 +120,7 @@ class StorageServer:
         video.content_sha256 = received.sha256
         video.analyzable = received.size > 0 and not received.head.startswith(UNANALYZABLE_MARKER)
         video.uploaded_at = time.monotonic()
-        delay = state.settings.analysis_delay
-        seconds = delay(video) if callable(delay) else delay
-        video.analysis_ready_at = video.uploaded_at + seconds
+        video.analysis_ready_at = video.uploaded_at + state.analysis_seconds(video)
         state.uploads_completed[video.id] += 1
         return web.Response(status=204)
 
