@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -397,3 +398,37 @@ async def test_storage_takes_a_second_upload_to_one_target_as_one_object(
     assert video.status == "Success"
     assert emu.videos[created.id].content_sha256 == sha256(second)
     assert emu.stored_path(created.id).read_bytes() == second.read_bytes()
+
+
+async def test_two_producers_of_one_journal_both_finish_with_every_result(
+    tmp_path: Path,
+    redis_url: str,
+    start_emulator: Callable[..., Awaitable[GuruEmulator]],
+    spawn: Callable[..., Awaitable[WorkerProcess]],
+    producer_env: Callable[[GuruEmulator], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rerun started while the first producer of the same journal still runs (the chaos
+    harness's seed 27: a killed producer rerun twice) does not take the first one's results:
+    both finish, each with one result per item, no item's result goes missing (none is
+    enqueued again for lack of one), and every file is stored once."""
+    caplog.set_level(logging.INFO, logger="guru_async.fleet")
+    emu = await start_emulator(analysis_delay=0.2)
+    producer_env(emu)
+    files = [clip(tmp_path, f"p{i}.mp4", size=4000) for i in range(12)]
+    for _ in range(2):
+        await spawn(emu, redis_url, concurrency=2)
+
+    async def produce() -> list[BatchResult]:
+        async with Fleet(redis_url, heartbeat=2, check_interval=0.5) as fleet:
+            return await collect(fleet, files, journal="nightly")
+
+    first, second = await asyncio.wait_for(asyncio.gather(produce(), produce()), timeout=30)
+
+    for results in (first, second):
+        assert sorted(r.item for r in results) == sorted(files)  # type: ignore[type-var]
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    assert {r.item: r.video_id for r in first} == {r.item: r.video_id for r in second}
+    assert len(emu.videos) == len(files)
+    lost = [r.getMessage() for r in caplog.records if "enqueuing it again" in r.getMessage()]
+    assert lost == []

@@ -30,7 +30,8 @@ from typing import Any
 
 import redis.asyncio as redis_async
 from attrs import define
-from redis.exceptions import RedisError
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError, RedisError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 from yarl import URL
@@ -62,6 +63,7 @@ from ._protocol import (
     decode_analysis,
     decode_error,
     poll_queue_name,
+    producer_key,
     results_key,
     upload_queue_name,
 )
@@ -521,6 +523,10 @@ class _FleetRun:
         self._down_since: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self._owner: Lock | None = None
+        # Clear while another producer owns this journaled batch: results are not read then.
+        self._owning = asyncio.Event()
+        self._owning.set()
         self._crash: list[BaseException] = []
         self._worker_seen = time.monotonic()
         self._warned = False
@@ -532,6 +538,7 @@ class _FleetRun:
         if self._started:
             return
         self._started = True
+        await self._own_batch()
         self._tasks = [
             asyncio.create_task(self._feed()),
             asyncio.create_task(self._receive()),
@@ -540,6 +547,8 @@ class _FleetRun:
         ]
         if self._counted is not None:
             self._tasks.append(asyncio.create_task(self._count(self._counted)))
+        if self._owner is not None:
+            self._tasks.append(asyncio.create_task(self._keep_owning(self._owner)))
 
         def died(task: asyncio.Task[None]) -> None:
             if not task.cancelled() and task.exception() is not None:
@@ -574,6 +583,66 @@ class _FleetRun:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            # Handed on at once; if Redis is down it expires by itself.
+            with contextlib.suppress(LockError, RedisError, OSError, asyncio.TimeoutError):
+                await wait_for(owner.release(), _COMMAND_TIMEOUT)
+
+    # -- one producer per journaled batch ----------------------------------------------------
+
+    async def _own_batch(self, lock: Lock | None = None) -> None:
+        """Become the one producer of a journaled batch, waiting while another runs it.
+
+        Results travel on one Redis list read with BLPOP, which hands each message to one
+        reader: two producers of one batch would take each other's results. So a second
+        producer (a rerun started while the first still runs) waits until the first ends, or
+        dies and its lease runs out (``heartbeat`` seconds), then restores what it finished.
+        """
+        if not self._batch.startswith("j:"):
+            return  # a batch without a journal has a name of its own
+        fleet = self._fleet
+        if lock is None:
+            lock = Lock(
+                self._client,
+                producer_key(fleet.account, fleet.queue, self._batch),
+                timeout=float(fleet.heartbeat),
+                thread_local=False,  # one event loop, many tasks: the token is this object's
+            )
+        taken = lock
+        said = False
+        while not await self._redis(lambda: taken.acquire(blocking=False)):
+            if not said:
+                said = True
+                log.info(
+                    "fleet: batch %r is being run by another producer; waiting for it to end",
+                    self._batch[2:],
+                )
+            await asyncio.sleep(min(0.5, fleet.heartbeat / 4))
+        self._owner = lock
+
+    async def _keep_owning(self, lock: Lock) -> None:
+        """Renew the batch's lease. Lost (it ran out during a Redis outage, or this process was
+        frozen past it and another producer took the batch), this producer stops reading
+        results and reconciling until it owns the batch again, so it never takes another
+        producer's results; what it missed meanwhile, reconciling finds again."""
+        interval = self._fleet.heartbeat / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await wait_for(lock.reacquire(), _COMMAND_TIMEOUT)
+                continue
+            except (RedisError, OSError, asyncio.TimeoutError):
+                continue  # an outage: the other tasks ride it out and report it
+            except LockError:
+                pass
+            self._owning.clear()
+            log.info(
+                "fleet: batch %r: this producer's lease ran out; taking it again",
+                self._batch[2:],
+            )
+            await self._own_batch(lock)
+            self._owning.set()
 
     # -- Redis calls that ride out an outage -------------------------------------------------
 
@@ -719,6 +788,7 @@ class _FleetRun:
 
     async def _receive(self) -> None:
         while True:
+            await self._owning.wait()
             popped = await self._redis(lambda: self._client.blpop([self._results_key], 1))
             if popped is None:
                 continue
@@ -858,6 +928,7 @@ class _FleetRun:
         interval = self._fleet.check_interval
         while True:
             await asyncio.sleep(interval)
+            await self._owning.wait()
             cutoff = time.monotonic() - interval
             keys = [k for k, p in self._pending.items() if p.since < cutoff]
             for start in range(0, len(keys), 500):

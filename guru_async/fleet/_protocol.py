@@ -20,6 +20,10 @@ SHA-256 of an item's work as a worker sees it (account, path, size, ``mtime_ns``
     guru:fleet:A:Q:results:<batch>  list: result messages for one producer's batch, and news
                                   of its items' progress (taken by a worker, bytes sent,
                                   uploaded); expires ``retention`` seconds after its last push
+    guru:fleet:A:Q:producer:<batch>  string: the random token of the producer running a
+                                  journaled batch (one at a time: BLPOP hands each result to
+                                  one reader); expires ``heartbeat`` seconds after its last
+                                  renewal
     guru:fleet:A:Q:durations      list: the latest 200 analysis durations, each "SECONDS WIDTH"
                                   (the estimate and the width of the interval it lies in),
                                   the learned poll schedule's data; expires ``retention``
@@ -117,6 +121,10 @@ def fence_key(account: str, queue: str, item_hash: str) -> str:
 
 def results_key(account: str, queue: str, batch: str) -> str:
     return f"guru:fleet:{account}:{queue}:results:{batch}"
+
+
+def producer_key(account: str, queue: str, batch: str) -> str:
+    return f"guru:fleet:{account}:{queue}:producer:{batch}"
 
 
 def durations_key(account: str, queue: str) -> str:
