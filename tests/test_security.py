@@ -37,6 +37,7 @@ from guru_async import (
     UploadError,
 )
 from guru_async._auth import credentials_key
+from guru_async._journal import UploadTarget
 from guru_async.testing import (
     ANALYSIS_ROUTE,
     CREATE_ROUTE,
@@ -191,8 +192,8 @@ async def flow(tmp_path: Path) -> AsyncIterator[Flow]:
 
 
 async def test_reprs_hide_secrets(flow: Flow, tmp_path: Path) -> None:
-    """repr() and str() of the sessions (client credentials or a static token), models, token
-    and token stores show no secret."""
+    """repr() and str() of the sessions (client credentials or a static token), models, token,
+    token stores and the recorded upload targets (journal and fleet) show no secret."""
     file_store = FileTokenStore(tmp_path / "tokens.json")
     token = Token(access_token="tok-" + secrets.token_hex(8), expires_at=1e10)
     flow.secrets.add(token.access_token)
@@ -200,6 +201,9 @@ async def test_reprs_hide_secrets(flow: Flow, tmp_path: Path) -> None:
     static_token = flow.emu.issue_token()
     flow.secrets.add(static_token)
     objects = [*flow.models, file_store, token, flow.guru._transport, flow.guru._transport.token]
+    # The presigned target the journal and the fleet record for resuming an upload.
+    created = next(m for m in flow.models if isinstance(m, CreatedVideo))
+    objects.append(UploadTarget(created.url, created.fields, None))
     async with GuruSession(
         access_token=static_token, base_url=flow.emu.base_url, token_url=flow.emu.token_url
     ) as static:

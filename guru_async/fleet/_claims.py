@@ -38,6 +38,7 @@ from attrs import frozen
 from redis.exceptions import RedisError
 
 from .._aio import wait_for
+from .._journal import UploadTarget
 from ._protocol import fence_key, item_record_key, lease_key
 
 log = logging.getLogger("guru_async.fleet")
@@ -86,22 +87,13 @@ class LeaseLostError(Exception):
 
 
 @frozen
-class Target:
-    """Where a created video's content goes: its presigned POST and the policy's expiry."""
-
-    url: str
-    fields: dict[str, str]
-    expires: float | None
-
-
-@frozen
 class ItemRecord:
     """What the fleet knows of one item."""
 
     state: str | None
     video_id: str | None
     analysis: str | None
-    target: Target | None = None
+    target: UploadTarget | None = None
 
 
 def item_hash(account: str, path: Path | str, fields: dict[str, Any]) -> str:
@@ -155,7 +147,8 @@ class Claims:
         url, fields = text(b"url"), text(b"fields")
         if url is not None and fields is not None:
             expires = text(b"expires")
-            target = Target(url, json.loads(fields), None if expires is None else float(expires))
+            until = None if expires is None else float(expires)
+            target = UploadTarget(url, json.loads(fields), until)
         return ItemRecord(text(b"state"), text(b"video_id"), text(b"analysis"), target)
 
     async def record(
@@ -165,7 +158,7 @@ class Claims:
         *,
         video_id: str,
         retention: int,
-        target: Target | None = None,
+        target: UploadTarget | None = None,
         analysis: str | None = None,
     ) -> None:
         """Replace the item's record with ``state`` if ``lease`` still holds the newest fence,

@@ -63,6 +63,7 @@ from .._client import Client
 from .._converter import to_json
 from .._enums import AnalysisStatus, VideoStatus
 from .._errors import GuruError, NotFoundError, UploadError, redact
+from .._journal import UploadTarget
 from .._models import Analysis, CreatedVideo
 from .._payloads import VideoFields
 from .._polling import DEFAULT_TIMEOUT, PollSchedule, poll_analysis
@@ -77,7 +78,7 @@ from .._upload import (
 )
 from .._validation import check_int
 from ._availability import RedisWatch, wait_for_redis
-from ._claims import Claims, ItemRecord, Lease, LeaseLostError, Target, item_hash
+from ._claims import Claims, ItemRecord, Lease, LeaseLostError, item_hash
 from ._protocol import (
     DEFAULT_QUEUE,
     DEFAULT_RETENTION,
@@ -558,7 +559,7 @@ async def _create(
             name,
         )
         raise
-    target = Target(created.url, created.fields, policy_expiration(created.fields))
+    target = UploadTarget(created.url, created.fields, policy_expiration(created.fields))
     try:
         await fleet.claims.record(
             lease, "created", video_id=created.id, target=target, retention=retention
