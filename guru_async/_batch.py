@@ -335,6 +335,7 @@ class BatchRun:
         self.progress.counting = self._count_items is not None
         self._read = 0
         self._input_over = False
+        self._sending: set[str] = set()  # journal keys whose content this run sends
         self._results: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * upload_concurrency + 16)
         self._pull_lock = asyncio.Lock()
         # Items read from the input but not yet reported: each reported result frees one, so
@@ -586,6 +587,8 @@ class BatchRun:
         size, key = facts
         if key is None or self._journal is None:
             return size
+        if key in self._sending:
+            return size  # this run sends it (its journal row may already say so)
         entry = await self._journal.get(key)
         # Restored on its turn: an earlier run (or another batch) uploaded it already.
         return 0 if entry is not None and entry.state in ("uploaded", "done") else size
@@ -596,6 +599,8 @@ class BatchRun:
             progress.total = max(count, progress.total or 0)
         progress.bytes_to_send = weight
         progress.counting = not done
+        if done:
+            self._sending.clear()
         self._report()
 
     async def _emit(self, result: BatchResult) -> None:
@@ -727,6 +732,10 @@ class BatchRun:
     ) -> tuple[str, bool]:
         """Get an owned item's content to storage: its video id, and whether an earlier run's
         upload had already arrived."""
+        if self.progress.counting:
+            # Counted as bytes to send even if the count reaches it after this run's own
+            # journal write says "uploaded" (kept only while the count runs).
+            self._sending.add(key)
         entry = claim.entry
         if claim.abandoned and entry is not None and entry.state == "claimed":
             # The one window left: a run that ended (crashed) between Create Video's answer
