@@ -513,6 +513,11 @@ class _FleetRun:
         self._timeout = timeout
         self._defaults = defaults
         self.progress = BatchProgress()
+        if isinstance(counted, Collection):
+            # Only the number of items is counted here (the workers may be the only ones to
+            # see the files): a collection knows it from the start.
+            self.progress.total = len(counted)
+            counted = self._counted = None
         if counted is not None:
             self.progress.counting = True
         self._slots = asyncio.Semaphore(max_in_flight)
