@@ -26,6 +26,7 @@ from types import TracebackType
 
 import redis.asyncio as redis_async
 
+from .._aio import wait_for
 from .._auth import Token, reusable
 from .._errors import APIError, GuruError
 from .._token_failure import rebuilt, shared_record
@@ -291,7 +292,10 @@ class RedisTokenStore:
     ) -> Token:
         """Fetch under the lock, renewing it meanwhile; save the token, or store the failure
         for the other processes if it is one to share."""
-        renewal = asyncio.ensure_future(self._renew(lock_key, owner, lock_ms))
+        # Set when the fetch ends: the renewal also stops on it, so a cancellation it swallowed
+        # (turned into a Redis timeout on its way) cannot keep it, and this fetch, waiting.
+        done = asyncio.Event()
+        renewal = asyncio.ensure_future(self._renew(lock_key, owner, lock_ms, done))
         try:
             token = await fetch()
         except GuruError as exc:
@@ -301,6 +305,7 @@ class RedisTokenStore:
                     await self._remember_failure(key, lock_key, owner, *shared)
             raise
         finally:
+            done.set()
             renewal.cancel()
             await asyncio.wait({renewal})
         self._local[key] = token
@@ -308,9 +313,12 @@ class RedisTokenStore:
             await self._write(key, token)
         return token
 
-    async def _renew(self, lock_key: str, owner: str, lock_ms: int) -> None:
-        while True:
-            await asyncio.sleep(self.lock_timeout / 3)
+    async def _renew(self, lock_key: str, owner: str, lock_ms: int, done: asyncio.Event) -> None:
+        while not done.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await wait_for(done.wait(), self.lock_timeout / 3)
+            if done.is_set():
+                return
             try:
                 held = await self._link.run(
                     lambda r: r.eval(_RENEW, 1, lock_key, owner, str(lock_ms))
