@@ -24,6 +24,7 @@ from guru_async import (
 )
 from guru_async._auth import credentials_key
 from guru_async.fleet import RedisTokenStore, RedisUnavailableError
+from guru_async.fleet._redis import Unavailable
 from guru_async.testing import GET_VIDEO_ROUTE, TOKEN_ROUTE, FaultRule, GuruEmulator
 
 from .fleet_procs import Workers, emulator_stats, standalone_emulator
@@ -565,3 +566,43 @@ async def test_a_saved_token_clears_a_stored_failure(
     finally:
         await client.aclose()
     assert emulator.token_requests == 1
+
+
+async def test_a_renewal_that_swallows_its_cancellation_still_lets_the_fetch_return(
+    redis_url: str,
+) -> None:
+    """When the lock's renewal loses the cancellation sent as the fetch ends (a Redis call that
+    turns it into a failure, as a client timeout racing the cancel can), the fetch still
+    returns its token instead of waiting on the renewal forever (chaos seed 62's stall)."""
+    store = RedisTokenStore(redis_url, lock_timeout=0.3)
+    real_run = store._link.run
+    fetching = False
+    renewing = asyncio.Event()
+    swallowed: list[str] = []
+
+    async def run_losing_a_cancel(op: Callable[[redis_async.Redis], object]) -> object:
+        if not fetching:
+            return await real_run(op)
+        renewing.set()  # the only Redis call made while the fetch runs is the renewal
+        try:
+            await asyncio.sleep(30)  # Redis not answering; the cancel arrives meanwhile
+        except asyncio.CancelledError:
+            swallowed.append("cancel")
+            raise Unavailable from None
+        return await real_run(op)
+
+    store._link.run = run_losing_a_cancel  # type: ignore[method-assign]
+
+    async def fetch() -> Token:
+        nonlocal fetching
+        fetching = True
+        await renewing.wait()
+        fetching = False
+        now = time.time()
+        return Token("tok-1", now + 600, issued_at=now)
+
+    async with store:
+        async with asyncio.timeout(5):
+            token = await store.fetch_once("k", fetch, stale=None)
+    assert token.access_token == "tok-1"
+    assert swallowed == ["cancel"]
