@@ -18,7 +18,13 @@ import redis.asyncio as redis_async
 
 from guru_async import AnalysisStatus, BatchResult, BatchUpload
 from guru_async.fleet import Fleet
-from guru_async.testing import UNANALYZABLE_MARKER, UPLOAD_ROUTE, FaultRule, GuruEmulator
+from guru_async.testing import (
+    CREATE_ROUTE,
+    UNANALYZABLE_MARKER,
+    UPLOAD_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
 
 from .fleet_helpers import WorkerProcess, start_worker
 from .helpers import wait_until
@@ -432,3 +438,36 @@ async def test_two_producers_of_one_journal_both_finish_with_every_result(
     assert len(emu.videos) == len(files)
     lost = [r.getMessage() for r in caplog.records if "enqueuing it again" in r.getMessage()]
     assert lost == []
+
+
+async def test_a_worker_killed_while_creating_is_named_as_a_possible_orphan(
+    tmp_path: Path,
+    redis_url: str,
+    start_emulator: Callable[..., Awaitable[GuruEmulator]],
+    spawn: Callable[..., Awaitable[WorkerProcess]],
+    producer_env: Callable[[GuruEmulator], None],
+) -> None:
+    """A worker SIGKILLed while its Create Video is in flight leaves a video nobody recorded:
+    the worker that takes the item over logs that possible orphan at WARNING with the file's
+    name, and the item still gets one result holding its content."""
+    emu = await start_emulator(analysis_delay=0.1)
+    # The first create is answered 1.5 s late: the video is made, the asker is gone by then.
+    emu.faults.add(FaultRule(CREATE_ROUTE, kind="delay", delay=1.5, times=1))
+    producer_env(emu)
+    path = clip(tmp_path, "deadlift.mp4")
+    a = await spawn(emu, redis_url)
+    async with Fleet(redis_url, heartbeat=1, check_interval=0.5) as fleet:
+        producer = asyncio.create_task(collect(fleet, [path]))
+        await wait_until(lambda: emu.requests.get(CREATE_ROUTE, 0) >= 1, timeout=30)
+        a.kill()
+        b = await spawn(emu, redis_url)
+        (result,) = await asyncio.wait_for(producer, 60)
+    await wait_until(lambda: len(emu.videos) == 2, timeout=10)  # the late create lands too
+    assert result.error is None, repr(result.error)
+    assert emu.videos[result.video_id].content_sha256 == sha256(path)
+    (orphan,) = [v for v in emu.videos if v != result.video_id]
+    assert emu.uploads_completed[orphan] == 0
+    warnings = [line for line in b.log.read_text().splitlines() if "possible orphan" in line]
+    (warning,) = warnings
+    assert "deadlift.mp4" in warning
+    assert "WARNING" in warning

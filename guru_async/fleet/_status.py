@@ -105,8 +105,8 @@ class FleetStatus:
         workers: The live workers (a worker that stopped or died drops out within 3 s).
         uploads: The upload queue's depth.
         analyses: The depth of the queue of videos whose analysis is awaited.
-        items: Item records per state (``created``, ``uploaded``, ``done``), within their
-            retention.
+        items: Item records per state (``created``, ``uploaded``, ``done``; ``creating``
+            too while a Create Video is in flight), within their retention.
         request_rate: The fleet's API requests per second over the last 10 s, as counted by
             its ``RedisRateLimiter``; None without one.
         rate_ceiling: That limiter's ceiling (requests per second); None without one.

@@ -488,6 +488,14 @@ async def _deliver(
     client = fleet.client
     name = os.path.basename(path)
     resume: CreatedVideo | None = None
+    if record.state == "creating":
+        # The holder before this one marked the create and stopped (killed, or frozen past its
+        # lease) before recording an answer: the service may have made a video nobody knows.
+        log.warning(
+            "fleet: possible orphan: a worker stopped while creating a video for %s; if the "
+            "service made it, that video stays empty",
+            name,
+        )
     if record.state == "created" and record.video_id is not None:
         try:
             video = await client.get_video(record.video_id)
@@ -549,6 +557,9 @@ async def _create(
 ) -> CreatedVideo:
     """Create the item's video and record it with its target under the item's fence; the
     one window for a second video (a crash between the answer and the record) is logged."""
+    # Marked first, so whoever takes the item over after a crash or a freeze in the window
+    # knows a video may exist and logs it (this worker cannot, once SIGKILLed).
+    await fleet.claims.record(lease, "creating", video_id="", retention=retention)
     try:
         created = await fleet.client.create_video(
             os.path.basename(source.name) or "video", source.size, fields
