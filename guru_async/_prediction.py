@@ -74,6 +74,10 @@ FIT_SAMPLES = 200
 # The size model's first poll is at most this quantile of the durations (relative to the
 # prediction): later, the median would be censored too and the model could not move down.
 FIRST = 0.45
+# ... and at least this one, so some analyses like it are seen at the first poll even when the
+# late quantile came out wide (the mirrored low end plus a lag is about the 40th percentile of
+# durations +/- 15 %: the floor holds only then).
+FLOOR = 0.10
 # The line is corrected near a size by the median of the nearest half of the samples (a
 # narrower window follows a region faster but its noise spreads the first polls: more polls).
 NEAR = 2
@@ -132,6 +136,8 @@ class LearnedSchedule:
         first: Seconds after the upload of the first poll.
         late: Seconds after the upload past which the policy's backoff takes over.
         lag: The longest lag, as a fraction of the time since the upload.
+        sized: Planned from the video's size (its first poll near the middle of analyses like
+            it), not one schedule for every video (its first poll before hardly any is done).
     """
 
     policy: PollPolicy
@@ -139,6 +145,7 @@ class LearnedSchedule:
     first: float
     late: float
     lag: float = LAG
+    sized: bool = False
 
     @property
     def max_outage(self) -> float | None:
@@ -308,7 +315,10 @@ def fit(samples: Sequence[DurationSample], *, lag: float = LAG) -> SizeModel | N
     # The low end mirrored from the high one: below the first poll the durations are censored
     # ("done by then"), so the low tail cannot be read from the samples; the high one can.
     low = max(2 * middle - late, 0.0)
-    first = min(low * (1 + lag), quantile(ratios, FIRST))
+    # Each estimate is off by up to half its interval (a lag), which widens the late quantile
+    # from refit to refit: the first poll is kept no earlier than the FLOOR quantile, so a
+    # wide draw does not make nearly every video poll twice or three times.
+    first = min(max(low * (1 + lag), quantile(ratios, FLOOR)), quantile(ratios, FIRST))
     return SizeModel(intercept, slope, first, late, near, corrected.neighbours)
 
 
@@ -366,7 +376,12 @@ class Prediction:
         if points is None:
             return None
         return LearnedSchedule(
-            self.policy, origin=origin, first=points[0], late=points[1], lag=self.lag
+            self.policy,
+            origin=origin,
+            first=points[0],
+            late=points[1],
+            lag=self.lag,
+            sized=points is not self.common,  # else the size model's points
         )
 
 
@@ -377,6 +392,7 @@ def estimate(
     first_poll: float,
     planned_first: float | None,
     lag: float = LAG,
+    sized: bool = False,
 ) -> tuple[float, float] | None:
     """The analysis's duration to record and how uncertain it is (the width of the interval
     the finish lies in), from when it was last seen Pending and first seen done (seconds after
@@ -389,13 +405,21 @@ def estimate(
         planned_first: When the learned schedule meant the first poll to be, or None when the
             job polled on the policy's own schedule.
         lag: The learned schedule's lag.
+        sized: The first poll was planned from the video's size (near the middle of analyses
+            like it, see :class:`SizeModel`), not where hardly any analysis is done yet.
     """
     if pending is not None:
         return max((pending + done) / 2, 0.0), max(done - pending, 0.0)
     # On plan, give or take a round trip and the event loop's scheduling; later, the job was
     # held up and "done by then" is no news about the duration.
     if planned_first is not None and first_poll <= planned_first * (1 + lag) + 0.1:
-        return done / (1 + lag), done - done / (1 + lag)
+        low = done / (1 + lag)
+        if sized:
+            # Many analyses are done by a sized first poll, by design: the one lag early end
+            # would be biased low for all of them, and a region of sizes mostly done by it
+            # would teach the next run to poll it about 13 % early (2 or 3 polls each).
+            return (low + done) / 2, done - low
+        return low, done - low
     return None
 
 
@@ -481,6 +505,7 @@ class Watch:
             done=self.done,
             first_poll=self.first,
             planned_first=None if self.schedule is None else self.schedule.first,
+            sized=self.schedule is not None and self.schedule.sized,
         )
         if found is None:
             return None
