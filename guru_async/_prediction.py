@@ -23,7 +23,8 @@ Two ways to learn, the better one on the samples seen is used:
 - a schedule per video from its size (:class:`SizeModel`): an analysis's duration grows with
   the video (frames to process), so a line ``seconds = intercept + slope * bytes`` is fitted by
   Theil-Sen (the median of the slopes between every two samples, robust to a few odd
-  analyses, deterministic, no numpy), corrected near each size by the median of the nearest
+  analyses, deterministic, no numpy; through zero when it would give an empty video a
+  negative duration), corrected near each size by the median of the nearest
   half of the samples (so a region the line misses, say small videos all done by their first
   poll, follows its own analyses), and the spread is kept as quantiles of each sample's
   duration over that prediction (relative: a 60 s analysis varies by more seconds than a 5 s
@@ -50,9 +51,10 @@ comes before hardly any analysis is done, that is the step's early end (the caut
 on a per-video one, by design near the middle of analyses like it, the step's midpoint, as for
 any other answer: the early end, for the many analyses done by then, taught the next run to
 poll a region of sizes mostly done by its first polls about 13 % early (2 or 3 polls each,
-then too late again: runs alternated between under 3 requests a video and 3.5). Each estimate keeps the width of its interval: once enough are
-precise (within ``PRECISE`` of their value, as the learned schedule's are), the coarse ones of
-the first analyses, polled on the policy's schedule, are left out (:func:`precise_first`).
+then too late again: runs alternated between under 3 requests a video and 3.5). Each estimate
+keeps the width of its interval: once enough are precise (within ``PRECISE`` of their value, as
+the learned schedule's are), the coarse ones of the first analyses, polled on the policy's
+schedule, are left out (:func:`precise_first`).
 """
 
 from __future__ import annotations
@@ -309,6 +311,11 @@ def fit(samples: Sequence[DurationSample], *, lag: float = LAG) -> SizeModel | N
     xs = [float(s.size) for s in sized if s.size is not None]
     ys = [s.seconds for s in sized]
     intercept, slope = theil_sen(xs, ys)
+    if intercept < 0 and min(xs) > 0:
+        # An empty video done in less than no time: the noise of a line fitted far from zero,
+        # which would predict the smallest videos' analyses far too short (every one polled
+        # early and often). Through zero instead: seconds in proportion to the bytes.
+        intercept, slope = 0.0, quantile([y / x for x, y in zip(xs, ys, strict=True)], 0.5)
     line = [intercept + slope * x for x in xs]
     if min(line) <= 0:
         return None
