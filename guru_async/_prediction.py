@@ -23,7 +23,8 @@ Two ways to learn, the better one on the samples seen is used:
 - a schedule per video from its size (:class:`SizeModel`): an analysis's duration grows with
   the video (frames to process), so a line ``seconds = intercept + slope * bytes`` is fitted by
   Theil-Sen (the median of the slopes between every two samples, robust to a few odd
-  analyses, deterministic, no numpy), corrected near each size by the median of the nearest
+  analyses, deterministic, no numpy; through zero when it would give an empty video a
+  negative duration), corrected near each size by the median of the nearest
   half of the samples (so a region the line misses, say small videos all done by their first
   poll, follows its own analyses), and the spread is kept as quantiles of each sample's
   duration over that prediction (relative: a 60 s analysis varies by more seconds than a 5 s
@@ -33,7 +34,9 @@ Two ways to learn, the better one on the samples seen is used:
   on average). The early end is mirrored from the late one around the median (below the first
   poll the samples only say "done by then", so the low tail cannot be read from them), and the
   first poll is never past the ``FIRST`` quantile, so the median stays observable and the line
-  follows analyses that get faster.
+  follows analyses that get faster, nor before the ``FLOOR`` quantile: each estimate is off by
+  up to half a step, which widens the late quantile from one fit to the next, and a wide one
+  mirrored would poll nearly every video two or three times.
 
 Either is used only when, summed over the samples seen, it costs fewer polls than the policy's
 own schedule (and the per-video one than the common one); a Failed analysis is not learned
@@ -42,10 +45,16 @@ from: it often ends early (unreadable content) and would pull every first poll f
 How a duration is estimated (:func:`estimate`): the true finish lies between the last Pending
 answer and the first finished one, and the midpoint is recorded, so the estimate does not carry
 the lag. A video found already done at its planned first poll says only "done by then": it is
-recorded one step earlier (``done / (1 + LAG)``), so when analyses get faster the prediction
-moves down instead of sticking. Each estimate keeps the width of its interval: once enough are
-precise (within ``PRECISE`` of their value, as the learned schedule's are), the coarse ones of
-the first analyses, polled on the policy's schedule, are left out (:func:`precise_first`).
+recorded as if it had been Pending one step earlier (``done / (1 + LAG)``), so when analyses get
+faster the prediction moves down instead of sticking. On the common schedule, whose first poll
+comes before hardly any analysis is done, that is the step's early end (the cautious side);
+on a per-video one, by design near the middle of analyses like it, the step's midpoint, as for
+any other answer: the early end, for the many analyses done by then, taught the next run to
+poll a region of sizes mostly done by its first polls about 13 % early (2 or 3 polls each,
+then too late again: runs alternated between under 3 requests a video and 3.5). Each estimate
+keeps the width of its interval: once enough are precise (within ``PRECISE`` of their value, as
+the learned schedule's are), the coarse ones of the first analyses, polled on the policy's
+schedule, are left out (:func:`precise_first`).
 """
 
 from __future__ import annotations
@@ -74,6 +83,10 @@ FIT_SAMPLES = 200
 # The size model's first poll is at most this quantile of the durations (relative to the
 # prediction): later, the median would be censored too and the model could not move down.
 FIRST = 0.45
+# ... and at least this one, so some analyses like it are seen at the first poll even when the
+# late quantile came out wide (the mirrored low end plus a lag is about the 40th percentile of
+# durations +/- 15 %: the floor holds only then).
+FLOOR = 0.10
 # The line is corrected near a size by the median of the nearest half of the samples (a
 # narrower window follows a region faster but its noise spreads the first polls: more polls).
 NEAR = 2
@@ -132,6 +145,8 @@ class LearnedSchedule:
         first: Seconds after the upload of the first poll.
         late: Seconds after the upload past which the policy's backoff takes over.
         lag: The longest lag, as a fraction of the time since the upload.
+        sized: Planned from the video's size (its first poll near the middle of analyses like
+            it), not one schedule for every video (its first poll before hardly any is done).
     """
 
     policy: PollPolicy
@@ -139,6 +154,7 @@ class LearnedSchedule:
     first: float
     late: float
     lag: float = LAG
+    sized: bool = False
 
     @property
     def max_outage(self) -> float | None:
@@ -295,6 +311,11 @@ def fit(samples: Sequence[DurationSample], *, lag: float = LAG) -> SizeModel | N
     xs = [float(s.size) for s in sized if s.size is not None]
     ys = [s.seconds for s in sized]
     intercept, slope = theil_sen(xs, ys)
+    if intercept < 0 and min(xs) > 0:
+        # An empty video done in less than no time: the noise of a line fitted far from zero,
+        # which would predict the smallest videos' analyses far too short (every one polled
+        # early and often). Through zero instead: seconds in proportion to the bytes.
+        intercept, slope = 0.0, quantile([y / x for x, y in zip(xs, ys, strict=True)], 0.5)
     line = [intercept + slope * x for x in xs]
     if min(line) <= 0:
         return None
@@ -308,7 +329,10 @@ def fit(samples: Sequence[DurationSample], *, lag: float = LAG) -> SizeModel | N
     # The low end mirrored from the high one: below the first poll the durations are censored
     # ("done by then"), so the low tail cannot be read from the samples; the high one can.
     low = max(2 * middle - late, 0.0)
-    first = min(low * (1 + lag), quantile(ratios, FIRST))
+    # Each estimate is off by up to half its interval (a lag), which widens the late quantile
+    # from refit to refit: the first poll is kept no earlier than the FLOOR quantile, so a
+    # wide draw does not make nearly every video poll twice or three times.
+    first = min(max(low * (1 + lag), quantile(ratios, FLOOR)), quantile(ratios, FIRST))
     return SizeModel(intercept, slope, first, late, near, corrected.neighbours)
 
 
@@ -366,7 +390,12 @@ class Prediction:
         if points is None:
             return None
         return LearnedSchedule(
-            self.policy, origin=origin, first=points[0], late=points[1], lag=self.lag
+            self.policy,
+            origin=origin,
+            first=points[0],
+            late=points[1],
+            lag=self.lag,
+            sized=points is not self.common,  # the size model's, not the common ones
         )
 
 
@@ -377,6 +406,7 @@ def estimate(
     first_poll: float,
     planned_first: float | None,
     lag: float = LAG,
+    sized: bool = False,
 ) -> tuple[float, float] | None:
     """The analysis's duration to record and how uncertain it is (the width of the interval
     the finish lies in), from when it was last seen Pending and first seen done (seconds after
@@ -389,13 +419,21 @@ def estimate(
         planned_first: When the learned schedule meant the first poll to be, or None when the
             job polled on the policy's own schedule.
         lag: The learned schedule's lag.
+        sized: The first poll was planned from the video's size (near the middle of analyses
+            like it, see :class:`SizeModel`), not where hardly any analysis is done yet.
     """
     if pending is not None:
         return max((pending + done) / 2, 0.0), max(done - pending, 0.0)
     # On plan, give or take a round trip and the event loop's scheduling; later, the job was
     # held up and "done by then" is no news about the duration.
     if planned_first is not None and first_poll <= planned_first * (1 + lag) + 0.1:
-        return done / (1 + lag), done - done / (1 + lag)
+        low = done / (1 + lag)
+        if sized:
+            # Many analyses are done by a sized first poll, by design: the one lag early end
+            # would be biased low for all of them, and a region of sizes mostly done by it
+            # would teach the next run to poll it about 13 % early (2 or 3 polls each).
+            return (low + done) / 2, done - low
+        return low, done - low
     return None
 
 
@@ -481,6 +519,7 @@ class Watch:
             done=self.done,
             first_poll=self.first,
             planned_first=None if self.schedule is None else self.schedule.first,
+            sized=self.schedule is not None and self.schedule.sized,
         )
         if found is None:
             return None

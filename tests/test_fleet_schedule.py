@@ -86,12 +86,16 @@ def test_no_learned_schedule_when_it_would_not_save_polls() -> None:
 
 def test_estimate_is_the_midpoint_or_one_step_early() -> None:
     """A duration is the midpoint between the last Pending and first done answers; done at the
-    planned first poll is recorded a step earlier; done at a late job's first poll is no news."""
+    planned first poll is recorded a step earlier (half a step for a schedule from the video's
+    size, whose first poll many analyses are done by); done at a late job's first poll is no
+    news."""
     assert estimate(pending=20.0, done=30.0, first_poll=0.1, planned_first=None) == (25.0, 10.0)
     early = estimate(pending=None, done=23.0, first_poll=23.0, planned_first=23.0)
     assert early is not None
     assert early[0] == pytest.approx(23.0 / (1 + LAG))
     assert early[1] == pytest.approx(23.0 - early[0])
+    sized = estimate(pending=None, done=23.0, first_poll=23.0, planned_first=23.0, sized=True)
+    assert sized == (pytest.approx(21.5), pytest.approx(3.0))
     assert estimate(pending=None, done=60.0, first_poll=60.0, planned_first=23.0) is None
     assert estimate(pending=None, done=0.2, first_poll=0.2, planned_first=None) is None
 

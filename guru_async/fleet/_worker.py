@@ -677,9 +677,11 @@ async def _await_analysis(
     schedule: PollSchedule = session.poll_policy
     delay = 0.0
     planned_first = None
+    sized = False
     learned = await fleet.durations.plan(policy=session.poll_policy, origin=origin, size=size)
     if learned is not None:
         schedule, delay, planned_first = learned, learned.delay(time.monotonic()), learned.first
+        sized = learned.sized
     analysis = await poll_analysis(
         observer.wrap(fetch), video_id=video_id, timeout=timeout, policy=schedule, delay=delay
     )
@@ -690,6 +692,7 @@ async def _await_analysis(
             done=observer.done,
             first_poll=observer.first,
             planned_first=planned_first,
+            sized=sized,
         )
         if sample is not None:
             await fleet.durations.record(DurationSample(*sample, size=size), retention=retention)
