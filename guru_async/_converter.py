@@ -376,13 +376,13 @@ def _generated_structure_fn(
     lines = [f"def structure_{cls.__name__}(o, _):"]
     args = []
     for i, a in enumerate(attrs.fields(cls)):
-        if not a.init or a.kw_only or a.converter is not None or a.validator is not None:
+        if not a.init or a.converter is not None or a.validator is not None:
             return None
         over = overrides[a.name]
         key, hook = over.rename, over.struct_hook or conv.get_structure_hook(a.type)
         names[f"__h{i}"], names[f"__t{i}"] = hook, a.type
         v, default = f"f{i}", a.default
-        args.append(v)
+        args.append(f"{a.alias}={v}" if a.kw_only else v)
         alternate = _ALTERNATE_KEYS.get((cls, a.name))
         if default is None and _maps_null_to_null(hook, a.type):
             if alternate is None:
@@ -439,7 +439,7 @@ def _generated_structure_fn(
             made = f"__d{i}"
         lines.append(f"  {v} = o.get({key!r}, _MISSING)")
         lines.append(f"  {v} = {made} if {v} is _MISSING else __h{i}({v}, __t{i})")
-    setters = _slot_setters(cls)
+    setters = _SLOT_SETTERS[cls] = _slot_setters(cls)
     if setters is None:
         lines.append(f"  return __cl({', '.join(args)})")
     else:
@@ -459,6 +459,22 @@ def _generated_structure_fn(
     return fn
 
 
+# Each generated class's slot setters (None where it is built through __init__), for set_fresh.
+_SLOT_SETTERS: dict[type, list[Callable[[Any, Any], None]] | None] = {}
+
+
+def set_fresh(obj: T, name: str, value: Any) -> T:
+    """``obj`` with field ``name`` set to ``value``, where ``obj`` was just decoded and nobody
+    else holds it yet: what ``attrs.evolve`` gives, without building a second object (the
+    caller owns the only reference, so the frozen class's promise holds for everyone else)."""
+    cls = type(obj)
+    setters = _SLOT_SETTERS.get(cls)
+    if setters is None:
+        return attrs.evolve(obj, **{name: value})  # type: ignore[misc]
+    setters[_FIELD_INDEX[cls, name]](obj, value)
+    return obj
+
+
 def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
     """The slots' own setters of ``cls``'s attributes, in order, when its __init__ only sets
     them (no validators, converters or post-init, checked by the caller; no cached hash);
@@ -467,12 +483,16 @@ def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
     if slots is None or not set(slots) <= {a.name for a in attrs.fields(cls)} | {"__weakref__"}:
         return None
     setters = []
-    for a in attrs.fields(cls):
+    for i, a in enumerate(attrs.fields(cls)):
         slot = cls.__dict__.get(a.name)
         if type(slot) is not types.MemberDescriptorType:
             return None
         setters.append(slot.__set__)
+        _FIELD_INDEX[cls, a.name] = i
     return setters
+
+
+_FIELD_INDEX: dict[tuple[type, str], int] = {}
 
 
 def _wire_enum(tp: Any) -> type[enum.Enum]:
