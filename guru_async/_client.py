@@ -19,7 +19,7 @@ import attrs
 from yarl import URL
 
 from . import _routes as routes
-from ._converter import decode_model, set_fresh, to_json
+from ._converter import decode_model, fresh_setter, to_json
 from ._download import Redirected, redirect_target, stream_to_file
 from ._error_mapping import api_error, download_error, storage_error
 from ._errors import GuruConnectionError, GuruError, UploadError
@@ -41,6 +41,8 @@ from ._upload import (
 from ._urls import MAX_REDIRECTS, check_server_url, checked_url
 
 T = TypeVar("T")
+
+_set_video_id = fresh_setter(Analysis, "video_id")
 
 # Create video is not idempotent: said in the message of a failure that may have reached the
 # service, which is then raised instead of retried (see GuruSession.create_video).
@@ -182,9 +184,10 @@ class Client:
         decode_analysis = model(Analysis, what)
 
         def decode(resp: Response) -> tuple[Analysis, float | None]:
+            analysis = decode_analysis(resp)
             # Freshly decoded and not yet handed out: set in place rather than evolved (a copy
             # through __init__ was a tenth of the SDK's own work per call).
-            analysis = set_fresh(decode_analysis(resp), "video_id", video_id)
+            _set_video_id(analysis, video_id)
             return analysis, parse_retry_after(resp.headers.get("Retry-After"))
 
         return self.call(

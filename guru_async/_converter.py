@@ -353,6 +353,12 @@ _INLINE_CHECKS = {
     float | None: ("type({v}) is not float and type({v}) is not int", "a number"),
     str | None: ("type({v}) is not str", "a string"),
 }
+# Required strings and numbers, checked inline the same way (the checks and messages of
+# _structure_str's and _structure_float's).
+_REQUIRED_CHECKS = {
+    float: ("type({v}) is not float and type({v}) is not int", "a number"),
+    str: ("type({v}) is not str", "a string"),
+}
 _MISSING = object()
 
 
@@ -373,7 +379,8 @@ def _generated_structure_fn(
         return None
     attrs.resolve_types(cls)
     names: dict[str, Any] = {"_bad": _bad, "_MISSING": _MISSING, "__cl": cls}
-    lines = [f"def structure_{cls.__name__}(o, _):"]
+    # The class argument is optional: lists of objects map the function over their items.
+    lines = [f"def structure_{cls.__name__}(o, _=None):"]
     args = []
     for i, a in enumerate(attrs.fields(cls)):
         if not a.init or a.converter is not None or a.validator is not None:
@@ -424,10 +431,17 @@ def _generated_structure_fn(
             lines.append(f"    for v in {v}:")
             lines.append("      if type(v) is not dict:")
             lines.append(f"        raise _bad({v}, {expected!r})")
-            lines.append(f"    {v} = [__g{i}(v, __i{i}) for v in {v}]")
+            lines.append(f"    {v} = list(map(__g{i}, {v}))")  # no comprehension's frame
             continue
         if default is attrs.NOTHING:
-            lines.append(f"  {v} = __h{i}(o[{key!r}], __t{i})")
+            required = _REQUIRED_CHECKS.get(a.type) if over.struct_hook is None else None
+            if required is None:
+                lines.append(f"  {v} = __h{i}(o[{key!r}], __t{i})")
+            else:  # the primitive's hook, inline
+                test, expected = required
+                lines.append(f"  {v} = o[{key!r}]")
+                lines.append(f"  if {test.format(v=v)}:")
+                lines.append(f"    raise _bad({v}, {expected!r})")
             continue
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             if default.takes_self:
@@ -439,7 +453,7 @@ def _generated_structure_fn(
             made = f"__d{i}"
         lines.append(f"  {v} = o.get({key!r}, _MISSING)")
         lines.append(f"  {v} = {made} if {v} is _MISSING else __h{i}({v}, __t{i})")
-    setters = _SLOT_SETTERS[cls] = _slot_setters(cls)
+    setters = _slot_setters(cls)
     if setters is None:
         lines.append(f"  return __cl({', '.join(args)})")
     else:
@@ -459,20 +473,16 @@ def _generated_structure_fn(
     return fn
 
 
-# Each generated class's slot setters (None where it is built through __init__), for set_fresh.
-_SLOT_SETTERS: dict[type, list[Callable[[Any, Any], None]] | None] = {}
-
-
-def set_fresh(obj: T, name: str, value: Any) -> T:
-    """``obj`` with field ``name`` set to ``value``, where ``obj`` was just decoded and nobody
-    else holds it yet: what ``attrs.evolve`` gives, without building a second object (the
-    caller owns the only reference, so the frozen class's promise holds for everyone else)."""
-    cls = type(obj)
-    setters = _SLOT_SETTERS.get(cls)
-    if setters is None:
-        return attrs.evolve(obj, **{name: value})  # type: ignore[misc]
-    setters[_FIELD_INDEX[cls, name]](obj, value)
-    return obj
+def fresh_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The setter of slotted attrs class ``cls``'s field ``name``, for an object just decoded
+    that nobody else holds yet: setting it in place gives what ``attrs.evolve`` gives, without
+    building a second object (the frozen class's promise holds for everyone the object is
+    then handed to)."""
+    slot = cls.__dict__.get(name)
+    if type(slot) is not types.MemberDescriptorType or name not in attrs.fields_dict(cls):
+        raise TypeError(f"{cls.__name__}.{name} is not a slotted attrs field")
+    setter: Callable[[Any, Any], None] = slot.__set__
+    return setter
 
 
 def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
@@ -483,16 +493,12 @@ def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
     if slots is None or not set(slots) <= {a.name for a in attrs.fields(cls)} | {"__weakref__"}:
         return None
     setters = []
-    for i, a in enumerate(attrs.fields(cls)):
+    for a in attrs.fields(cls):
         slot = cls.__dict__.get(a.name)
         if type(slot) is not types.MemberDescriptorType:
             return None
         setters.append(slot.__set__)
-        _FIELD_INDEX[cls, a.name] = i
     return setters
-
-
-_FIELD_INDEX: dict[tuple[type, str], int] = {}
 
 
 def _wire_enum(tp: Any) -> type[enum.Enum]:
