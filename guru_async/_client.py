@@ -200,6 +200,28 @@ class Client:
             video_id=video_id,
         )
 
+    def analysis(
+        self, video_id: str, max_retries: int | None = None
+    ) -> Coroutine[Any, Any, Analysis]:
+        """Get Analysis without the polling hint (``GuruSession.get_analysis``): the
+        coroutine to await. One closure decodes, and no Retry-After is read."""
+        what = f"Get analysis of video {video_id}"
+
+        def decode(resp: Response) -> Analysis:
+            analysis = decode_model(resp.body, Analysis, what=what, status=resp.status)
+            _set_video_id(analysis, video_id)  # fresh, not yet handed out: see get_analysis
+            return analysis
+
+        return self.call(
+            "GET",
+            f"/videos/{video_id}/analysis",
+            what=what,
+            decode=decode,
+            max_retries=max_retries,
+            route=routes.GET_ANALYSIS,
+            video_id=video_id,
+        )
+
     async def source(self, file: FileSource, filename: str | None) -> UploadSource:
         """Check and measure what to upload (a URL source is fetched to learn its size)."""
 
