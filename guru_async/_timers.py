@@ -167,9 +167,14 @@ def connector(**options: Any) -> aiohttp.TCPConnector:
     aiohttp allows; else aiohttp's own protocol)."""
     made = aiohttp.TCPConnector(**options)
     factory = getattr(made, "_factory", None)
-    if LAZY_READ_SUPPORTED and isinstance(factory, functools.partial):
-        if factory.func is ResponseHandler and not factory.args:
-            made._factory = functools.partial(LazyReadTimeout, **factory.keywords)
+    if (
+        LAZY_READ_SUPPORTED
+        and isinstance(factory, functools.partial)
+        and factory.func is ResponseHandler
+        and not factory.args
+    ):
+        lazy: Any = functools.partial(LazyReadTimeout, **factory.keywords)
+        made._factory = lazy
     return made
 
 

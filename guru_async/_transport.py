@@ -448,7 +448,9 @@ class Transport:
     async def _exchange(
         self, req: Request[T], call: _Call[T], body: Any, headers: dict[str, str], timeout: Any
     ) -> T:
-        async with self.http().request(
+        # Awaited, then released by hand, rather than `async with`: the same steps (release,
+        # then wait for the body's writer) without four coroutines of context managers.
+        resp = await self.http().request(
             req.method,
             req.url,
             data=body,
@@ -459,7 +461,8 @@ class Transport:
             # goes to the request's error mapper, which may hand it back to its caller to check
             # the next hop (a download's Redirected).
             allow_redirects=False,
-        ) as resp:
+        )
+        try:
             call.status = resp.status
             if resp.status >= 300:
                 raw = await resp.read()
@@ -472,6 +475,9 @@ class Transport:
             raw = await resp.read()
             assert req.decode is not None
             return req.decode(Response(resp.status, resp.headers, raw))
+        finally:
+            resp.release()
+            await resp.wait_for_close()
 
 
 async def _watched(
