@@ -63,7 +63,13 @@ class DeadlineWatch:
         """``attempt`` is over: its deadline no longer matters (the timer stays armed; when
         it fires with nothing due, it re-arms for what is still watched, if anything)."""
         self._watched.pop(attempt, None)
-        attempt.task = None
+        task, attempt.task = attempt.task, None
+        if attempt.expired:
+            # Cancelled for its deadline, but it ended otherwise (the cancellation was not
+            # raised as such): the cancel request is taken back, as asyncio.timeout does.
+            attempt.expired = False
+            if sys.version_info >= (3, 11) and task is not None:
+                task.uncancel()
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._handle is not None:
@@ -98,6 +104,7 @@ def timed_out(attempt: Watched, cancelled: asyncio.CancelledError) -> bool:
     """
     if not attempt.expired:
         return False
+    attempt.expired = False  # handled here: unwatch has nothing to take back
     task = attempt.task
     if sys.version_info >= (3, 11) and task is not None:
         return task.uncancel() == 0
