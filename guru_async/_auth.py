@@ -540,6 +540,14 @@ class TokenProvider:
         """Where tokens are kept."""
         return self._store
 
+    def fresh(self) -> str | None:
+        """The token in hand if it is fresh, else None (then ``get`` one): what every call
+        but the first few in a token's life needs, without a coroutine."""
+        token = self._state().token
+        if token is not None and token.is_fresh():
+            return token.access_token
+        return None
+
     async def get(self, deadline: float | None = None) -> str:
         """Return a usable access token, fetching one only when none is fresh.
 
@@ -676,6 +684,10 @@ class StaticTokenProvider:
 
     def __init__(self, access_token: str) -> None:
         self._access_token = access_token
+
+    def fresh(self) -> str:
+        """Return the caller's token."""
+        return self._access_token
 
     async def get(self, deadline: float | None = None) -> str:
         """Return the caller's token."""

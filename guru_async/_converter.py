@@ -353,6 +353,12 @@ _INLINE_CHECKS = {
     float | None: ("type({v}) is not float and type({v}) is not int", "a number"),
     str | None: ("type({v}) is not str", "a string"),
 }
+# Required strings and numbers, checked inline the same way (the checks and messages of
+# _structure_str's and _structure_float's).
+_REQUIRED_CHECKS = {
+    float: ("type({v}) is not float and type({v}) is not int", "a number"),
+    str: ("type({v}) is not str", "a string"),
+}
 _MISSING = object()
 
 
@@ -373,16 +379,17 @@ def _generated_structure_fn(
         return None
     attrs.resolve_types(cls)
     names: dict[str, Any] = {"_bad": _bad, "_MISSING": _MISSING, "__cl": cls}
-    lines = [f"def structure_{cls.__name__}(o, _):"]
+    # The class argument is optional: lists of objects map the function over their items.
+    lines = [f"def structure_{cls.__name__}(o, _=None):"]
     args = []
     for i, a in enumerate(attrs.fields(cls)):
-        if not a.init or a.kw_only or a.converter is not None or a.validator is not None:
+        if not a.init or a.converter is not None or a.validator is not None:
             return None
         over = overrides[a.name]
         key, hook = over.rename, over.struct_hook or conv.get_structure_hook(a.type)
         names[f"__h{i}"], names[f"__t{i}"] = hook, a.type
         v, default = f"f{i}", a.default
-        args.append(v)
+        args.append(f"{a.alias}={v}" if a.kw_only else v)
         alternate = _ALTERNATE_KEYS.get((cls, a.name))
         if default is None and _maps_null_to_null(hook, a.type):
             if alternate is None:
@@ -424,10 +431,17 @@ def _generated_structure_fn(
             lines.append(f"    for v in {v}:")
             lines.append("      if type(v) is not dict:")
             lines.append(f"        raise _bad({v}, {expected!r})")
-            lines.append(f"    {v} = [__g{i}(v, __i{i}) for v in {v}]")
+            lines.append(f"    {v} = list(map(__g{i}, {v}))")  # no comprehension's frame
             continue
         if default is attrs.NOTHING:
-            lines.append(f"  {v} = __h{i}(o[{key!r}], __t{i})")
+            required = _REQUIRED_CHECKS.get(a.type) if over.struct_hook is None else None
+            if required is None:
+                lines.append(f"  {v} = __h{i}(o[{key!r}], __t{i})")
+            else:  # the primitive's hook, inline
+                test, expected = required
+                lines.append(f"  {v} = o[{key!r}]")
+                lines.append(f"  if {test.format(v=v)}:")
+                lines.append(f"    raise _bad({v}, {expected!r})")
             continue
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             if default.takes_self:
@@ -457,6 +471,18 @@ def _generated_structure_fn(
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     fn: Callable[[Any, Any], Any] = namespace[f"structure_{cls.__name__}"]
     return fn
+
+
+def fresh_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The setter of slotted attrs class ``cls``'s field ``name``, for an object just decoded
+    that nobody else holds yet: setting it in place gives what ``attrs.evolve`` gives, without
+    building a second object (the frozen class's promise holds for everyone the object is
+    then handed to)."""
+    slot = cls.__dict__.get(name)
+    if type(slot) is not types.MemberDescriptorType or name not in attrs.fields_dict(cls):
+        raise TypeError(f"{cls.__name__}.{name} is not a slotted attrs field")
+    setter: Callable[[Any, Any], None] = slot.__set__
+    return setter
 
 
 def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:

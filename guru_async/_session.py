@@ -443,8 +443,7 @@ class GuruSession:
 
         ``status`` is Pending until analysis finishes; see await_analysis to wait for it.
         """
-        analysis, _ = await self._client.get_analysis(check_video_id(video_id), max_retries)
-        return analysis
+        return await self._client.analysis(check_video_id(video_id), max_retries)
 
     async def get_joint_data(self, video_id: str, *, max_retries: int | None = None) -> JointData:
         """Fetch per-frame joint positions and the rep analysis (Get Joint Data)."""

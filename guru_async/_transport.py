@@ -34,6 +34,7 @@ from ._errors import (
 from ._instrumentation import Hooks, RequestDetails, RetryDetails, TraceScope
 from ._limiter import AdaptiveLimiter, RateLimiter
 from ._retry import RetryBudget, RetryPolicy, is_retryable, is_safe_to_repeat, wait_times
+from ._timers import DeadlineWatch, connector, timed_out
 from ._types import UNSET, UnsetType
 from ._validation import check_int
 
@@ -69,6 +70,10 @@ class Timeouts:
 
 class AccessToken(Protocol):
     """What the transport needs from a token provider."""
+
+    def fresh(self) -> str | None:
+        """A token usable now, without waiting, or None (then ``get`` it)."""
+        ...
 
     async def get(self, deadline: float | None = None) -> str:
         """A token, waited for no later than ``deadline`` (``time.monotonic()``)."""
@@ -144,11 +149,14 @@ class _Call(Generic[T]):
     __slots__ = (
         "attempts",
         "deadline",
+        "expired",
+        "expires",
         "max_tries",
         "refreshed",
         "req",
         "retry_cost",
         "status",
+        "task",
         "token",
         "token_failed",
         "unsent",
@@ -166,6 +174,10 @@ class _Call(Generic[T]):
         self.refreshed = False  # the token was refreshed after a 401 once already
         # Getting the token failed (its own request already retried): do not retry on top.
         self.token_failed = False
+        # The latest attempt's total timeout, under the transport's DeadlineWatch.
+        self.expires = math.inf
+        self.task: asyncio.Task[Any] | None = None
+        self.expired = False
 
 
 class Transport:
@@ -195,6 +207,13 @@ class Transport:
         self.budget = budget if budget is not None else RetryBudget()
         self.limiter = limiter if limiter is not None else AdaptiveLimiter()
         self.ceiling = ceiling
+        # Each attempt's total, and its reads on a pool of our own, are timed by timers that
+        # are not armed per request (see _timers); aiohttp is left the connect timeout, and the
+        # read timeout on a caller's own pool.
+        self._deadlines = DeadlineWatch()
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
 
     # -- the connection pool's lifecycle ------------------------------------------------------
 
@@ -210,7 +229,7 @@ class Transport:
         if self._http_session is None:
             headers = {} if self._user_agent is None else {"User-Agent": self._user_agent}
             self._http_session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300), headers=headers
+                connector=connector(limit=100, ttl_dns_cache=300), headers=headers
             )
         elif self._http_session.closed:
             raise SessionClosedError("the aiohttp.ClientSession given as http_session is closed")
@@ -351,23 +370,28 @@ class Transport:
         headers = {**req.headers} if req.headers else {}
         if req.authorized:
             assert self.token is not None
-            call.token = None
-            try:
-                call.token = await self.token.get(deadline)
-            except GuruError:
-                call.token_failed = True
-                raise
-            headers["Authorization"] = call.token  # the raw token: the API takes no "Bearer"
+            # A fresh cached token is taken without a coroutine; else waited for.
+            call.token = token = self.token.fresh()
+            if token is None:
+                try:
+                    call.token = token = await self.token.get(deadline)
+                except GuruError:
+                    call.token_failed = True
+                    raise
+            headers["Authorization"] = token  # the raw token: the API takes no "Bearer"
             if self.ceiling is not None:
                 # Before the deadline is read: a wait for a slot counts against the total.
                 await self.ceiling.acquire()
         remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
-        timeout = aiohttp.ClientTimeout(
-            total=remaining, sock_connect=self.timeouts.connect, sock_read=self.timeouts.read
-        )
+        timeout = self._timeout
         if not self.limiter.try_acquire():
             await self.limiter.acquire()
         started = time.monotonic()
+        if remaining is not None:
+            # The attempt's total runs from here, as aiohttp's did (the limiter's wait above
+            # is not in it), until its answer is read.
+            call.expires = started + remaining
+            self._deadlines.watch(call)
         call.status = None
         call.unsent = False
         failure: BaseException | None = None
@@ -388,10 +412,18 @@ class Transport:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             failure = attempt_failure(exc, what=req.what, closed=self.closed)
             call.unsent = isinstance(failure, GuruConnectionError) and isinstance(exc, _NOT_SENT)
-        except BaseException as exc:  # cancelled: told to the hooks, raised as it is
+        except asyncio.CancelledError as exc:
+            if remaining is None or not timed_out(call, exc):
+                error = exc  # cancelled: told to the hooks, raised as it is
+                raise
+            # The attempt's total ran out: what aiohttp's own total timer raised.
+            failure = attempt_failure(asyncio.TimeoutError(), what=req.what, closed=self.closed)
+        except BaseException as exc:  # told to the hooks, raised as it is
             error = exc
             raise
         finally:
+            if remaining is not None:
+                self._deadlines.unwatch(call)
             if req.cleanup is not None:
                 req.cleanup()
             if self.hooks.wants_requests():
@@ -416,7 +448,9 @@ class Transport:
     async def _exchange(
         self, req: Request[T], call: _Call[T], body: Any, headers: dict[str, str], timeout: Any
     ) -> T:
-        async with self.http().request(
+        # Awaited, then released by hand, rather than `async with`: the same steps (release,
+        # then wait for the body's writer) without four coroutines of context managers.
+        resp = await self.http().request(
             req.method,
             req.url,
             data=body,
@@ -427,7 +461,8 @@ class Transport:
             # goes to the request's error mapper, which may hand it back to its caller to check
             # the next hop (a download's Redirected).
             allow_redirects=False,
-        ) as resp:
+        )
+        try:
             call.status = resp.status
             if resp.status >= 300:
                 raw = await resp.read()
@@ -440,6 +475,9 @@ class Transport:
             raw = await resp.read()
             assert req.decode is not None
             return req.decode(Response(resp.status, resp.headers, raw))
+        finally:
+            resp.release()
+            await resp.wait_for_close()
 
 
 async def _watched(

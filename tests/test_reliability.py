@@ -322,6 +322,31 @@ async def test_a_failed_first_attempt_is_retried_charged_and_heard_by_the_hooks(
     assert arrivals[2] - arrivals[1] >= 0.05  # the Retry-After was waited
 
 
+async def test_a_first_attempt_timed_out_is_retried_charged_and_heard_by_the_hooks(
+    emulator: GuruEmulator, make_session: MakeSession, video_id: str
+) -> None:
+    """A bare first attempt ended by the read timeout (timed by the pool's own lazy timer, not
+    aiohttp's) is retried at once instead of waited out, the retry takes the timeout cost from
+    the budget before the hooks hear of it, and success gives that cost back."""
+    budget = RetryBudget(capacity=100, available=50)
+    hook = _BudgetWatcher(budget)
+    timeouts = Timeouts(read=0.2)
+    async with make_session(
+        hooks=[hook], retry_policy=quick(), retry_budget=budget, timeouts=timeouts
+    ) as guru:
+        await guru.get_analysis(video_id)  # the token request and this call: 1 back each
+        emulator.faults.add(FaultRule(route=ANALYSIS_ROUTE, kind="delay", delay=1.0, times=1))
+        started = time.monotonic()
+        analysis = await guru.get_analysis(video_id)
+        elapsed = time.monotonic() - started
+    assert analysis.status == "Pending"
+    assert elapsed < 0.9  # the stalled attempt was abandoned after 0.2 s of silence
+    assert [(attempt, available) for attempt, _, available in hook.retries] == [(1, 42)]
+    assert budget.available == 52  # 52 - 10, then the retry's 10 back on success
+    assert hook.attempts[1:] == [(1, 200), (1, None), (2, 200)]
+    assert emulator.requests[ANALYSIS_ROUTE] == 3
+
+
 # -- broken responses --------------------------------------------------------------------------
 
 
