@@ -20,6 +20,7 @@ from guru_async import AnalysisStatus, BatchResult, BatchUpload
 from guru_async.fleet import Fleet
 from guru_async.testing import (
     CREATE_ROUTE,
+    TOKEN_ROUTE,
     UNANALYZABLE_MARKER,
     UPLOAD_ROUTE,
     FaultRule,
@@ -471,3 +472,32 @@ async def test_a_worker_killed_while_creating_is_named_as_a_possible_orphan(
     (warning,) = warnings
     assert "deadlift.mp4" in warning
     assert "WARNING" in warning
+
+
+async def test_a_throttled_token_endpoint_outlasting_the_retries_fails_no_item(
+    tmp_path: Path,
+    redis_url: str,
+    start_emulator: Callable[..., Awaitable[GuruEmulator]],
+    spawn: Callable[..., Awaitable[WorkerProcess]],
+    producer_env: Callable[[GuruEmulator], None],
+) -> None:
+    """The token endpoint answering 429 for longer than a call's own retries wait (chaos seed
+    230) makes the worker deliver the item's job again instead of failing the item: every
+    item succeeds, each in one video, with a one-line WARNING per retry and no traceback."""
+    emu = await start_emulator(analysis_delay=0.1)
+    producer_env(emu)
+    paths = [clip(tmp_path, f"row-{i}.mp4") for i in range(2)]
+    worker = await spawn(emu, redis_url, concurrency=2)
+    # Two fetches' worth of 429s (a fetch tries 5 times): the first two deliveries fail.
+    emu.faults.add(FaultRule(TOKEN_ROUTE, status=429, retry_after=0.2, times=10))
+    emu.expire_tokens()
+    async with Fleet(redis_url, heartbeat=2, check_interval=1.0) as fleet:
+        results = await asyncio.wait_for(collect(fleet, paths), 60)
+    assert [r.error for r in results] == [None, None]
+    assert sorted(v.filename for v in emu.videos.values()) == ["row-0.mp4", "row-1.mp4"]
+    assert emu.token_requests == 11  # the 10 refused, then the one that served
+    log = worker.log.read_text()
+    assert "RateLimitError" in log
+    assert "trying again (attempt 1 of" in log
+    assert "Traceback" not in log
+    assert "possible orphan" not in log

@@ -121,7 +121,8 @@ class Fleet:
         heartbeat: Seconds without a sign of life after which an item's worker counts as dead
             and the item goes to another worker.
         attempts: How many times saq delivers an item's job before giving up on it (each
-            worker death costs one).
+            worker death costs one, and so does a transient failure, such as a throttled
+            token endpoint, that outlasts the calls' own retries: the last attempt reports it).
         check_interval: Seconds between reconciliations of the pending items with saq's jobs.
         redis_timeout: How long this producer rides out a Redis outage before it raises.
         no_worker_warning: Seconds a batch waits with no live worker on its queue before it

@@ -62,11 +62,12 @@ from .._auth import TokenProvider
 from .._client import Client
 from .._converter import to_json
 from .._enums import AnalysisStatus, VideoStatus
-from .._errors import GuruError, NotFoundError, UploadError, redact
+from .._errors import APIError, GuruError, NotFoundError, UploadError, redact
 from .._journal import UploadTarget
 from .._models import Analysis, CreatedVideo
 from .._payloads import VideoFields
 from .._polling import DEFAULT_TIMEOUT, PollSchedule, poll_analysis
+from .._retry import is_retryable
 from .._session import GuruSession, client_of
 from .._upload import (
     EXPIRY_MARGIN,
@@ -115,7 +116,20 @@ class _RedactQueries(logging.Filter):
         return True
 
 
+class _TryLater(Exception):
+    """Internal: the item met a transient failure (throttled, a 5xx, the network) that outlasted
+    its calls' own retries; saq delivers its job again after its retry delay."""
+
+
+class _QuietRetries(logging.Filter):
+    """The worker logs a transient failure in one line; saq's traceback of it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _TryLater))
+
+
 logging.getLogger("saq").addFilter(_RedactQueries())
+logging.getLogger("saq").addFilter(_QuietRetries())
 
 DEFAULT_CONCURRENCY = 4
 # Each slot is a saq task with its own blocking dequeue (and Redis connection): enough for
@@ -360,6 +374,20 @@ async def _upload_item(
             if isinstance(exc, ConnectionError):
                 raise
             video = created[-1] if created else record.video_id
+            if is_retryable(exc) and job.attempts < job.retries:
+                # The service throttled or failed for longer than the calls' own retries
+                # wait (a token endpoint answering 429 for seconds, say): not the item's
+                # failure yet. Its job is delivered again, and resumes from the record; only
+                # its last attempt reports the error.
+                log.warning(
+                    "fleet: %s: %s: %s; trying again (attempt %d of %d)",
+                    name,
+                    type(exc).__name__,
+                    redact(str(exc)),
+                    job.attempts,
+                    job.retries,
+                )
+                raise _TryLater(type(exc).__name__) from None
             _log_failure(name, video, exc)
             failed = encode_result(key, video_id=video, error=exc)
             await fleet.report(lease, batch, failed, retention)
@@ -569,6 +597,12 @@ async def _create(
             "fleet: possible orphan: Create Video for %s was cut short and may have made a video",
             name,
         )
+        raise
+    except APIError:
+        # An answer (Create Video's error, or the token endpoint's, before anything was sent):
+        # no video was made, so the mark comes off and a retry warns of no orphan.
+        with contextlib.suppress(RedisError, OSError, LeaseLostError):
+            await fleet.claims.record(lease, "", video_id="", retention=retention)
         raise
     target = UploadTarget(created.url, created.fields, policy_expiration(created.fields))
     try:
