@@ -147,26 +147,28 @@ async def emulator_process(
 
     Its stored uploads go under ``workdir`` (via TMPDIR) and are removed when it stops.
     """
+    args = ["--json", "--port", "0", "--analysis-delay", str(analysis_delay)]
+    args += ["--video-seconds", str(video_seconds), *extra_args]
+    async with server_process(
+        "guru_async.testing", args, what="the emulator", env=child_env(TMPDIR=str(workdir))
+    ) as endpoints:
+        yield endpoints
+
+
+@contextlib.asynccontextmanager
+async def server_process(
+    module: str, args: Sequence[str], *, what: str, env: dict[str, str]
+) -> AsyncIterator[Endpoints]:
+    """Run ``python -m module *args``, a server that prints its endpoints as one JSON line on
+    stdout, for the duration of the block; stopped with SIGTERM (SIGKILL after 15 s)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "guru_async.testing",
-        "--json",
-        "--port",
-        "0",
-        "--analysis-delay",
-        str(analysis_delay),
-        "--video-seconds",
-        str(video_seconds),
-        *extra_args,
-        stdout=asyncio.subprocess.PIPE,
-        env=child_env(TMPDIR=str(workdir)),
+        sys.executable, "-m", module, *args, stdout=asyncio.subprocess.PIPE, env=env
     )
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
         if not line:
-            raise RuntimeError(f"the emulator exited with {await proc.wait()} before starting")
+            raise RuntimeError(f"{what} exited with {await proc.wait()} before starting")
         yield Endpoints.from_dict(json.loads(line), pid=proc.pid)
     finally:
         if proc.returncode is None:

@@ -52,6 +52,7 @@ from benchmarks._harness import (
     communicate,
     log,
     run_child,
+    server_process,
 )
 from guru_async import AnalysisStatus, GuruSession
 
@@ -143,27 +144,10 @@ async def _measure(
 @contextlib.asynccontextmanager
 async def minimal_api() -> AsyncIterator[Endpoints]:
     """Run ``benchmarks._minimal_api`` in a subprocess for the duration of the block."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "benchmarks._minimal_api",
-        stdout=asyncio.subprocess.PIPE,
-        env=child_env(),
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
-        if not line:
-            raise RuntimeError(f"the minimal API exited with {await proc.wait()} before starting")
-        yield Endpoints.from_dict(json.loads(line), pid=proc.pid)
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=15)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+    async with server_process(
+        "benchmarks._minimal_api", [], what="the minimal API", env=child_env()
+    ) as endpoints:
+        yield endpoints
 
 
 @dataclass(frozen=True)
