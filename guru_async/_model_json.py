@@ -17,45 +17,9 @@ import attrs
 
 from ._converter import converter, decode_json
 from ._errors import ResponseDecodeError
-from ._models import (
-    Analysis,
-    BoundingBox,
-    CreatedVideo,
-    DetectedObject,
-    FieldMarker,
-    FieldMarkers,
-    JointData,
-    JointFrame,
-    MarkerPosition,
-    Overlay,
-    Point,
-    Rep,
-    RepAnalysis,
-    RunnerProgress,
-    Video,
-)
+from ._models import MODELS
 
 M = TypeVar("M")
-
-MODELS: frozenset[type] = frozenset(
-    {
-        Analysis,
-        BoundingBox,
-        CreatedVideo,
-        DetectedObject,
-        FieldMarker,
-        FieldMarkers,
-        JointData,
-        JointFrame,
-        MarkerPosition,
-        Overlay,
-        Point,
-        Rep,
-        RepAnalysis,
-        RunnerProgress,
-        Video,
-    }
-)
 
 
 def to_dict(model: object) -> dict[str, Any]:

@@ -218,3 +218,25 @@ class Video:
     analysis: Analysis | None = None
     j2p: JointData | None = field(default=None, repr=False)
     objects: list[DetectedObject] | None = field(default=None, repr=False)
+
+
+MODELS: frozenset[type] = frozenset(
+    {
+        Analysis,
+        BoundingBox,
+        CreatedVideo,
+        DetectedObject,
+        FieldMarker,
+        FieldMarkers,
+        JointData,
+        JointFrame,
+        MarkerPosition,
+        Overlay,
+        Point,
+        Rep,
+        RepAnalysis,
+        RunnerProgress,
+        Video,
+    }
+)
+"""The public models: what ``to_dict``/``from_dict`` and friends take."""
