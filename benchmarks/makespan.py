@@ -5,7 +5,7 @@ emulator subprocess and one fleet ceiling (``RedisRateLimiter``) of ``rate`` req
 second. The videos' sizes are spread evenly over 10x (``smallest`` to 10 x ``smallest``
 bytes), their analyses take 6 to 60 s in proportion to the size, each scaled by a seeded draw
 within +/- 15 % (the emulator's ``--analysis-seconds-per-mb`` and ``--analysis-spread``), and
-each upload stream is capped at ``bandwidth`` bytes per second (``--storage-bandwidth``; 4
+each upload stream is capped at ``bandwidth`` bytes per second (``--storage-bandwidth``; 8
 uploads at once per worker). Time is scaled down by ``speedup`` as in figure 4: the analyses,
 the ceiling (``rate x speedup``), the bandwidth and the poll policy (the defaults' 1 s and 5 s,
 over ``speedup``) alike, so requests per video and makespan over its bound are what they would
@@ -24,7 +24,7 @@ next slot, the ceiling's order before the ordering). Reported for each:
 
 - makespan: from the producer's first enqueue to its last result (a child process, whose peak
   RSS above its baseline is reported as in figure 9d), over the lower bound
-  ``max(upload bytes / (16 streams x bandwidth), items x 2 / ceiling, the longest analysis)``.
+  ``max(upload bytes / (32 streams x bandwidth), items x 2 / ceiling, the longest analysis)``.
   Two requests per video is the least the API allows: the create, and one poll of the analysis
   that answers Complete with the analysis itself (there is no separate get). Target <= 1.15x.
 - API requests per video: every API request the emulator received during the batch (creates,
@@ -59,7 +59,7 @@ from benchmarks._harness import (
 
 NAME = "makespan"
 WORKERS = 4
-UPLOADS_PER_WORKER = 4
+UPLOADS_PER_WORKER = 8
 # The least API requests a video can take: create, and the poll that sees it Complete.
 LEAST_REQUESTS = 2
 # Longer than any analysis: a shorter one lets an upload job's record expire while its poll
