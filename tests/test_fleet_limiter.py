@@ -119,12 +119,11 @@ async def test_the_ceiling_paces_a_session_through_redis(
     assert max(arrivals) - min(arrivals) >= 11 * 0.05 * 0.95
 
 
-async def test_under_a_binding_ceiling_a_deferrable_poll_yields_to_other_requests(
-    emulator: GuruEmulator, redis_url: str
-) -> None:
-    """Four tasks keeping a rate=20 ceiling busy with 32 requests: a poll made in
-    ``deferrable_requests()`` after the first of them reaches the server after all 32 (in
-    arrival order it would have been among the first few)."""
+async def _poll_among_busy_requests(
+    emulator: GuruEmulator, redis_url: str, *, total: float | None
+) -> tuple[float, list[float]]:
+    """Four tasks keep a rate=20 ceiling busy with 32 requests; after the first of them, a
+    poll in ``deferrable_requests(total=total)``. Its arrival, and theirs."""
     async with (
         RedisRateLimiter(redis_url, rate=20, burst=1) as limiter,
         emulator.session(limiter=limiter) as guru,
@@ -135,7 +134,7 @@ async def test_under_a_binding_ceiling_a_deferrable_poll_yields_to_other_request
                 await _missing(guru)
 
         async def poll() -> None:
-            with deferrable_requests(), pytest.raises(NotFoundError):
+            with deferrable_requests(total=total), pytest.raises(NotFoundError):
                 await guru.get_analysis(MISSING)
 
         tasks = [asyncio.create_task(busy()) for _ in range(4)]
@@ -148,7 +147,26 @@ async def test_under_a_binding_ceiling_a_deferrable_poll_yields_to_other_request
     gets = [r.received_at for r in emulator.recorded if r.route == GET_VIDEO_ROUTE]
     (polled,) = [r.received_at for r in emulator.recorded if r.route == ANALYSIS_ROUTE]
     assert len(gets) == 32
+    return polled, gets
+
+
+async def test_under_a_binding_ceiling_a_deferrable_poll_yields_to_other_requests(
+    emulator: GuruEmulator, redis_url: str
+) -> None:
+    """Four tasks keeping a rate=20 ceiling busy with 32 requests: a poll made in
+    ``deferrable_requests()`` after the first of them reaches the server after all 32 (in
+    arrival order it would have been among the first few)."""
+    polled, gets = await _poll_among_busy_requests(emulator, redis_url, total=None)
     assert polled > max(gets)
+
+
+async def test_a_deferrable_poll_yields_for_at_most_a_quarter_of_its_total(
+    emulator: GuruEmulator, redis_url: str
+) -> None:
+    """With ``total=0.8`` a deferrable poll yields for 0.2 s, then books like any other: it
+    reaches the server while most of the 1.6 s of busy requests are still to come."""
+    polled, gets = await _poll_among_busy_requests(emulator, redis_url, total=0.8)
+    assert sum(t > polled for t in gets) >= 12
 
 
 async def test_an_idle_ceiling_books_a_deferrable_request_at_once(redis_url: str) -> None:

@@ -30,25 +30,29 @@ _UNKNOWN_FLEET = 4
 # Deferrable requests (a fleet worker's polls) book a slot only while the booked backlog is
 # within the burst; otherwise they wait for it to drain, rechecking at most this far apart.
 _RECHECK = 1.0
-# A deferrable request waits at most this long for the backlog to drain, then books like any
-# other: well inside a call's ``Timeouts.total`` (120 s by default), which the wait counts in.
+# A deferrable request waits at most this long for the backlog to drain (and at most a quarter
+# of its call's ``Timeouts.total``, which the wait counts in), then books like any other.
 MAX_DEFERRAL = 30.0
 # Whether deferrable requests yield at all (the benchmarks switch it off for the baseline).
 ORDERED = True
-_deferrable: ContextVar[bool] = ContextVar("guru_async_fleet_deferrable", default=False)
+# How long a request made here may defer (0.0: not deferrable).
+_deferrable: ContextVar[float] = ContextVar("guru_async_fleet_deferrable", default=0.0)
 
 
 @contextlib.contextmanager
-def deferrable_requests() -> Iterator[None]:
+def deferrable_requests(*, total: float | None = None) -> Iterator[None]:
     """API requests made in this block (by this task and the tasks it starts) yield a binding
-    ceiling to the others: they book a slot only when the fleet has no backlog beyond its burst.
+    ceiling to the others: they book a slot only when the fleet has no backlog beyond its burst,
+    waiting for that at most MAX_DEFERRAL seconds, or a quarter of ``total`` (the session's
+    ``Timeouts.total``, which the wait counts in) if less.
 
     A fleet worker's polls run in this block, so when the ceiling binds, creates go first:
     each create starts an upload and an analysis that the night must wait for, while a poll
     that waits sees its video finished more often (the same answer in fewer requests). When
     the ceiling does not bind, a deferrable request books at once, as any other.
     """
-    token = _deferrable.set(True)
+    most = MAX_DEFERRAL if total is None else min(MAX_DEFERRAL, total / 4)
+    token = _deferrable.set(most)
     try:
         yield
     finally:
@@ -226,8 +230,9 @@ class RedisRateLimiter:
         """Wait until the fleet may send one more API request (in a
         ``deferrable_requests()`` block, after the fleet's backlog of other requests)."""
         try:
-            if ORDERED and _deferrable.get():
-                wait = await self._reserve_deferred()
+            most = _deferrable.get()
+            if ORDERED and most > 0:
+                wait = await self._reserve_deferred(most)
             else:
                 wait, _ = await self._reserve()
         except Unavailable:
@@ -235,12 +240,12 @@ class RedisRateLimiter:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _reserve_deferred(self) -> float:
+    async def _reserve_deferred(self, most: float) -> float:
         # One deferrable request per process rechecks at a time (the others queue behind it,
         # in order), so a binding ceiling costs Redis one script call per recheck, not one
         # per waiting poll. Unbound, the lock is free and the first call books.
         async with self._deferring:
-            give_up = time.monotonic() + MAX_DEFERRAL
+            give_up = time.monotonic() + most
             while True:
                 deferred = time.monotonic() < give_up
                 wait, booked = await self._reserve(deferrable=deferred)

@@ -609,7 +609,7 @@ async def _poll_job(
             began = time.monotonic()
             try:
                 # Under a binding ceiling, polls yield to creates (see deferrable_requests).
-                with deferrable_requests():
+                with deferrable_requests(total=client_of(fleet.session).transport.timeouts.total):
                     awaited = await _await_analysis(
                         fleet, video_id, deadline, uploaded_at, retention, size
                     )
