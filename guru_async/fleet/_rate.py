@@ -243,15 +243,17 @@ class RedisRateLimiter:
     async def _reserve_deferred(self, most: float) -> float:
         # One deferrable request per process rechecks at a time (the others queue behind it,
         # in order), so a binding ceiling costs Redis one script call per recheck, not one
-        # per waiting poll. Unbound, the lock is free and the first call books.
+        # per waiting poll. Unbound, the lock is free and the first call books. The deferral
+        # counts from the call, queueing included: it is bounded for every request, not only
+        # for the one rechecking.
+        give_up = time.monotonic() + most
         async with self._deferring:
-            give_up = time.monotonic() + most
             while True:
-                deferred = time.monotonic() < give_up
-                wait, booked = await self._reserve(deferrable=deferred)
+                left = give_up - time.monotonic()
+                wait, booked = await self._reserve(deferrable=left > 0)
                 if booked:
                     return wait
-                await asyncio.sleep(min(max(wait, self._interval_us / 1e6), _RECHECK))
+                await asyncio.sleep(min(max(wait, self._interval_us / 1e6), _RECHECK, left))
 
     def bind_session(self, *, client_id: str | None, base_url: str) -> None:
         """Key the default ceiling by the account of a session that uses this limiter
