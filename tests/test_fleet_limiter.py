@@ -162,13 +162,13 @@ async def test_under_a_binding_ceiling_a_deferrable_poll_yields_to_other_request
     assert polled > max(gets)
 
 
-async def test_a_deferrable_poll_yields_for_at_most_a_quarter_of_its_total(
+async def test_a_deferrable_poll_yields_for_at_most_half_of_its_total(
     emulator: GuruEmulator, redis_url: str
 ) -> None:
-    """With ``total=0.8`` six deferrable polls at once each yield for 0.2 s from its call
+    """With ``total=0.4`` six deferrable polls at once each yield for 0.2 s from its call
     (queueing behind the one rechecking included), then book like any other request: all six
     reach the server while most of the 1.6 s of busy requests are still to come."""
-    polled, gets = await _polls_among_busy_requests(emulator, redis_url, total=0.8, polls=6)
+    polled, gets = await _polls_among_busy_requests(emulator, redis_url, total=0.4, polls=6)
     assert min(sum(t > at for t in gets) for at in polled) >= 12
 
 

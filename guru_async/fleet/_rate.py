@@ -30,9 +30,9 @@ _UNKNOWN_FLEET = 4
 # Deferrable requests (a fleet worker's polls) book a slot only while the booked backlog is
 # within the burst; otherwise they wait for it to drain, rechecking at most this far apart.
 _RECHECK = 1.0
-# A deferrable request waits at most this long for the backlog to drain (and at most a quarter
+# A deferrable request waits at most this long for the backlog to drain (and at most half
 # of its call's ``Timeouts.total``, which the wait counts in), then books like any other.
-MAX_DEFERRAL = 30.0
+MAX_DEFERRAL = 60.0
 # Whether deferrable requests yield at all (the benchmarks switch it off for the baseline).
 ORDERED = True
 # How long a request made here may defer (0.0: not deferrable).
@@ -43,7 +43,7 @@ _deferrable: ContextVar[float] = ContextVar("guru_async_fleet_deferrable", defau
 def deferrable_requests(*, total: float | None = None) -> Iterator[None]:
     """API requests made in this block (by this task and the tasks it starts) yield a binding
     ceiling to the others: they book a slot only when the fleet has no backlog beyond its burst,
-    waiting for that at most MAX_DEFERRAL seconds, or a quarter of ``total`` (the session's
+    waiting for that at most MAX_DEFERRAL seconds, or half of ``total`` (the session's
     ``Timeouts.total``, which the wait counts in) if less.
 
     A fleet worker's polls run in this block, so when the ceiling binds, creates go first:
@@ -51,7 +51,7 @@ def deferrable_requests(*, total: float | None = None) -> Iterator[None]:
     that waits sees its video finished more often (the same answer in fewer requests). When
     the ceiling does not bind, a deferrable request books at once, as any other.
     """
-    most = MAX_DEFERRAL if total is None else min(MAX_DEFERRAL, total / 4)
+    most = MAX_DEFERRAL if total is None else min(MAX_DEFERRAL, total / 2)
     token = _deferrable.set(most)
     try:
         yield
@@ -117,7 +117,7 @@ class RedisRateLimiter:
 
     When the ceiling binds, a fleet worker's polls yield to its other requests (creates, first
     of all): a poll books a slot only when no backlog beyond the burst is booked, and waits
-    (one poll per process rechecking, at most 30 s) until then. Creates start the uploads and
+    (one poll per process rechecking, at most 60 s) until then. Creates start the uploads and
     analyses the night waits for; a poll that waits sees its video finished more often.
 
     Redis down, slow or refusing the password: each process paces itself at a local share,
