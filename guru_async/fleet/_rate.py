@@ -117,8 +117,9 @@ class RedisRateLimiter:
 
     When the ceiling binds, a fleet worker's polls yield to its other requests (creates, first
     of all): a poll books a slot only when no backlog beyond the burst is booked, and waits
-    (one poll per process rechecking, at most 60 s) until then. Creates start the uploads and
-    analyses the night waits for; a poll that waits sees its video finished more often.
+    until then (one poll per process rechecking; at most 60 s from its call, or half the
+    session's ``Timeouts.total``). Creates start the uploads and analyses the night waits for;
+    a poll that waits sees its video finished more often.
 
     Redis down, slow or refusing the password: each process paces itself at a local share,
     never unlimited: ``fallback_rate`` if given, else ``rate`` divided by the number of
