@@ -4,7 +4,7 @@ Options:
     --quick       small sizes, for a smoke run in well under a minute
     --only NAME   run only this figure group (repeatable): upload, memory, tokens, polling,
                   overhead, decode, scale, soak, fleet_limits, fleet, chaos,
-                  prediction
+                  prediction, makespan
     --seeds N     how many seeded fault schedules the chaos group runs (default 50; 2 quick)
     --merge       with --only: put the measured figures into RESULTS.md (or --output), in place
                   of the same figures, keeping every other one, e.g.
@@ -34,6 +34,7 @@ from benchmarks import (
     decode,
     fleet,
     fleet_limits,
+    makespan,
     memory,
     overhead,
     polling,
@@ -61,6 +62,7 @@ GROUPS: dict[str, ModuleType] = {
         fleet,
         chaos,
         prediction,
+        makespan,
     )
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -13,7 +13,14 @@ import pytest
 
 from guru_async import GuruSession, NotFoundError
 from guru_async.fleet import RedisRateLimiter, RedisUnavailableError
-from guru_async.testing import GET_VIDEO_ROUTE, TOKEN_ROUTE, FaultRule, GuruEmulator
+from guru_async.fleet._rate import deferrable_requests
+from guru_async.testing import (
+    ANALYSIS_ROUTE,
+    GET_VIDEO_ROUTE,
+    TOKEN_ROUTE,
+    FaultRule,
+    GuruEmulator,
+)
 
 from .fleet_procs import Workers, emulator_stats, standalone_emulator
 from .redis_server import RedisServer
@@ -90,7 +97,7 @@ async def test_one_limiter_books_a_burst_then_one_slot_per_interval(redis_url: s
     by Redis on its own clock."""
     async with RedisRateLimiter(redis_url, rate=10, burst=3) as limiter:
         started = time.monotonic()
-        waits = [await limiter._reserve() for _ in range(6)]
+        waits = [(await limiter._reserve())[0] for _ in range(6)]
         elapsed = time.monotonic() - started
     assert waits[:3] == [0.0, 0.0, 0.0]
     for booked, ideal in zip(waits[3:], (0.1, 0.2, 0.3), strict=True):
@@ -110,6 +117,70 @@ async def test_the_ceiling_paces_a_session_through_redis(
     arrivals = [r.received_at for r in emulator.recorded if r.route == GET_VIDEO_ROUTE]
     assert len(arrivals) == 12
     assert max(arrivals) - min(arrivals) >= 11 * 0.05 * 0.95
+
+
+async def _polls_among_busy_requests(
+    emulator: GuruEmulator, redis_url: str, *, total: float | None, polls: int = 1
+) -> tuple[list[float], list[float]]:
+    """Four tasks keep a rate=20 ceiling busy with 32 requests; after the first of them,
+    ``polls`` polls in ``deferrable_requests(total=total)``. Their arrivals, and the busy
+    requests'."""
+    async with (
+        RedisRateLimiter(redis_url, rate=20, burst=1) as limiter,
+        emulator.session(limiter=limiter) as guru,
+    ):
+
+        async def busy() -> None:
+            for _ in range(8):
+                await _missing(guru)
+
+        async def poll() -> None:
+            with deferrable_requests(total=total), pytest.raises(NotFoundError):
+                await guru.get_analysis(MISSING)
+
+        tasks = [asyncio.create_task(busy()) for _ in range(4)]
+        deadline = time.monotonic() + 10
+        # Polling the in-process emulator's counter: there is no event to wait on.
+        while emulator.requests[GET_VIDEO_ROUTE] < 2:
+            assert time.monotonic() < deadline, "the busy tasks never reached the server"
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*(poll() for _ in range(polls)), *tasks)
+    gets = [r.received_at for r in emulator.recorded if r.route == GET_VIDEO_ROUTE]
+    polled = [r.received_at for r in emulator.recorded if r.route == ANALYSIS_ROUTE]
+    assert len(gets) == 32
+    assert len(polled) == polls
+    return polled, gets
+
+
+async def test_under_a_binding_ceiling_a_deferrable_poll_yields_to_other_requests(
+    emulator: GuruEmulator, redis_url: str
+) -> None:
+    """Four tasks keeping a rate=20 ceiling busy with 32 requests: a poll made in
+    ``deferrable_requests()`` after the first of them reaches the server after all 32 (in
+    arrival order it would have been among the first few)."""
+    (polled,), gets = await _polls_among_busy_requests(emulator, redis_url, total=None)
+    assert polled > max(gets)
+
+
+async def test_a_deferrable_poll_yields_for_at_most_half_of_its_total(
+    emulator: GuruEmulator, redis_url: str
+) -> None:
+    """With ``total=0.4`` six deferrable polls at once each yield for 0.2 s from its call
+    (queueing behind the one rechecking included), then book like any other request: all six
+    reach the server while most of the 1.6 s of busy requests are still to come."""
+    polled, gets = await _polls_among_busy_requests(emulator, redis_url, total=0.4, polls=6)
+    assert min(sum(t > at for t in gets) for at in polled) >= 12
+
+
+async def test_an_idle_ceiling_books_a_deferrable_request_at_once(redis_url: str) -> None:
+    """With nothing booked, a deferrable request books its slot with its first script call,
+    as any other (the ordering costs nothing while the ceiling does not bind)."""
+    async with RedisRateLimiter(redis_url, rate=10, burst=1) as limiter:
+        first = await limiter._reserve(deferrable=True)
+        second = await limiter._reserve(deferrable=True)
+    assert first == (0.0, True)
+    assert second[1] is False
+    assert 0 < second[0] <= 0.1
 
 
 async def test_redis_down_paces_each_process_at_its_share(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from types import TracebackType
 
 import redis.asyncio as redis_async
@@ -24,6 +27,37 @@ COUNTS_SUFFIX = ":counts"
 _MEMBER_WINDOW = 60.0
 # The share assumed before this process ever reached Redis: it cannot know the fleet's size.
 _UNKNOWN_FLEET = 4
+# Deferrable requests (a fleet worker's polls) book a slot only while the booked backlog is
+# within the burst; otherwise they wait for it to drain, rechecking at most this far apart.
+_RECHECK = 1.0
+# A deferrable request waits at most this long for the backlog to drain (and at most half
+# of its call's ``Timeouts.total``, which the wait counts in), then books like any other.
+MAX_DEFERRAL = 60.0
+# Whether deferrable requests yield at all (the benchmarks switch it off for the baseline).
+ORDERED = True
+# How long a request made here may defer (0.0: not deferrable).
+_deferrable: ContextVar[float] = ContextVar("guru_async_fleet_deferrable", default=0.0)
+
+
+@contextlib.contextmanager
+def deferrable_requests(*, total: float | None = None) -> Iterator[None]:
+    """API requests made in this block (by this task and the tasks it starts) yield a binding
+    ceiling to the others: they book a slot only when the fleet has no backlog beyond its burst,
+    waiting for that at most MAX_DEFERRAL seconds, or half of ``total`` (the session's
+    ``Timeouts.total``, which the wait counts in) if less.
+
+    A fleet worker's polls run in this block, so when the ceiling binds, creates go first:
+    each create starts an upload and an analysis that the night must wait for, while a poll
+    that waits sees its video finished more often (the same answer in fewer requests). When
+    the ceiling does not bind, a deferrable request books at once, as any other.
+    """
+    most = MAX_DEFERRAL if total is None else min(MAX_DEFERRAL, total / 2)
+    token = _deferrable.set(most)
+    try:
+        yield
+    finally:
+        _deferrable.reset(token)
+
 
 # GCRA (the generic cell rate algorithm) as reservations: every call books the next slot and
 # is told how long to wait for it, so callers pace instead of failing. KEYS[1] holds the
@@ -31,8 +65,10 @@ _UNKNOWN_FLEET = 4
 # KEYS[3] the requests per second of the last minute (for ``guru-async fleet status``): a ring
 # of 64 buckets, ``s<i>`` a second of Redis's clock and ``n<i>`` the requests booked in it,
 # beside ``rate``, the ceiling. ARGV: the interval between requests (µs), the burst tolerance
-# (µs), this process's id, the member window (µs), the ceiling (requests per second). Numbers
-# go back to Redis through '%.0f': Lua's default formatting keeps only 14 digits, and
+# (µs), this process's id, the member window (µs), the ceiling (requests per second), and for
+# a deferrable request 1 (else 0): it books nothing while the backlog is beyond the burst and
+# gets back how long until it drains, with a last element 0 (1 when a slot was booked).
+# Numbers go back to Redis through '%.0f': Lua's default formatting keeps only 14 digits, and
 # microseconds since 1970 have 16.
 _RESERVE = """
 local t = redis.call('TIME')
@@ -42,6 +78,9 @@ local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local wait = tat - tolerance - now
+if ARGV[6] == '1' and wait > 0 then
+  return {string.format('%.0f', wait), redis.call('ZCARD', KEYS[2]), 0}
+end
 if wait < 0 then wait = 0 end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', tat),
@@ -59,7 +98,7 @@ local window = tonumber(ARGV[4])
 redis.call('ZADD', KEYS[2], string.format('%.0f', now), ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now - window))
 redis.call('PEXPIRE', KEYS[2], string.format('%.0f', window / 1000))
-return {string.format('%.0f', wait), redis.call('ZCARD', KEYS[2])}
+return {string.format('%.0f', wait), redis.call('ZCARD', KEYS[2]), 1}
 """
 
 
@@ -75,6 +114,12 @@ class RedisRateLimiter:
     slows down on 429s below this ceiling. The wait counts against each call's
     ``Timeouts.total``; a call cancelled while it waits leaves its slot unused (the fleet then
     sends less than ``rate``, never more).
+
+    When the ceiling binds, a fleet worker's polls yield to its other requests (creates, first
+    of all): a poll books a slot only when no backlog beyond the burst is booked, and waits
+    until then (one poll per process rechecking; at most 60 s from its call, or half the
+    session's ``Timeouts.total``). Creates start the uploads and analyses the night waits for;
+    a poll that waits sees its video finished more often.
 
     Redis down, slow or refusing the password: each process paces itself at a local share,
     never unlimited: ``fallback_rate`` if given, else ``rate`` divided by the number of
@@ -145,6 +190,8 @@ class RedisRateLimiter:
         self._tolerance_us = (self.burst - 1) * self._interval_us
         self._members = 0  # processes sharing the ceiling, as last counted in Redis
         self._local_next = 0.0  # the local fallback's next free slot (time.monotonic())
+        # Deferrable requests of this process recheck the backlog one at a time, in turn.
+        self._deferring = asyncio.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -181,13 +228,33 @@ class RedisRateLimiter:
         return self.rate / (self._members or _UNKNOWN_FLEET)
 
     async def acquire(self) -> None:
-        """Wait until the fleet may send one more API request."""
+        """Wait until the fleet may send one more API request (in a
+        ``deferrable_requests()`` block, after the fleet's backlog of other requests)."""
         try:
-            wait = await self._reserve()
+            most = _deferrable.get()
+            if ORDERED and most > 0:
+                wait = await self._reserve_deferred(most)
+            else:
+                wait, _ = await self._reserve()
         except Unavailable:
             wait = self._reserve_locally()
         if wait > 0:
             await asyncio.sleep(wait)
+
+    async def _reserve_deferred(self, most: float) -> float:
+        # One deferrable request per process rechecks at a time (the others queue behind it,
+        # in order), so a binding ceiling costs Redis one script call per recheck, not one
+        # per waiting poll. Unbound, the lock is free and the first call books. The deferral
+        # counts from the call, queueing included: it is bounded for every request, not only
+        # for the one rechecking.
+        give_up = time.monotonic() + most
+        async with self._deferring:
+            while True:
+                left = give_up - time.monotonic()
+                wait, booked = await self._reserve(deferrable=left > 0)
+                if booked:
+                    return wait
+                await asyncio.sleep(min(max(wait, self._interval_us / 1e6), _RECHECK, left))
 
     def bind_session(self, *, client_id: str | None, base_url: str) -> None:
         """Key the default ceiling by the account of a session that uses this limiter
@@ -207,7 +274,9 @@ class RedisRateLimiter:
         self._account = account
         self.key = f"{DEFAULT_KEY}:{account}"
 
-    async def _reserve(self) -> float:
+    async def _reserve(self, *, deferrable: bool = False) -> tuple[float, bool]:
+        """Book the next slot: its wait in seconds and True; for a deferrable request while
+        a backlog is booked, nothing: the time until it drains and False."""
         if self._account is None and not self._explicit_key:
             client_id = os.environ.get("GURU_CLIENT_ID")
             if client_id:
@@ -219,13 +288,14 @@ class RedisRateLimiter:
             self._member,
             _MEMBER_WINDOW * 1e6,
             self.rate,
+            "1" if deferrable else "0",
         )
         keys = (self.key, self.key + ":members", self.key + COUNTS_SUFFIX)
-        wait_us, members = await self._link.run(
+        wait_us, members, booked = await self._link.run(
             lambda r: r.eval(_RESERVE, 3, *keys, *(_number(a) for a in args))
         )
         self._members = max(1, int(members))
-        return int(wait_us) / 1e6
+        return int(wait_us) / 1e6, bool(int(booked))
 
     def _reserve_locally(self) -> float:
         # The same reservation, on this process's clock, at its share of the rate, no burst.

@@ -94,7 +94,7 @@ from ._protocol import (
     results_key,
     upload_queue_name,
 )
-from ._rate import COUNTS_SUFFIX, RedisRateLimiter
+from ._rate import COUNTS_SUFFIX, RedisRateLimiter, deferrable_requests
 from ._redis import RedisUnavailableError, check_url, describe_url
 from ._saq_worker import QuietWorker
 from ._schedule import Durations, DurationSample, Observer, estimate, redis_time
@@ -653,9 +653,11 @@ async def _poll_job(
         else:
             began = time.monotonic()
             try:
-                awaited = await _await_analysis(
-                    fleet, video_id, deadline, uploaded_at, retention, size
-                )
+                # Under a binding ceiling, polls yield to creates (see deferrable_requests).
+                with deferrable_requests(total=client_of(fleet.session).transport.timeouts.total):
+                    awaited = await _await_analysis(
+                        fleet, video_id, deadline, uploaded_at, retention, size
+                    )
             except GuruError as exc:
                 _log_failure(shown, video_id, exc)
                 message = encode_result(result_key, video_id=video_id, error=exc)
