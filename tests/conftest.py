@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,18 @@ from guru_async import GuruSession, PollPolicy
 from guru_async.testing import GuruEmulator
 
 from .redis_server import RedisServer, free_port
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the children the tests send Ctrl-C to a SIGINT that works.
+
+    A run started as a background job of a non-interactive shell (``cmd &`` in a CI script)
+    inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored in every process it
+    starts: the Ctrl-C tests' children would never see theirs.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # Polls every 10-50 ms instead of 1-5 s, so tests wait on the emulator, not on the schedule.
 FAST_POLLS = PollPolicy(interval=0.01, max_interval=0.05)
