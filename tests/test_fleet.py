@@ -108,8 +108,9 @@ async def test_fleet_batch_survives_a_worker_killed_mid_upload(
     workers: Callable[..., Awaitable[list[WorkerProcess]]],
 ) -> None:
     """90 items on 3 workers, one SIGKILLed mid-upload: 90 complete results, 90 videos (the
-    cut-off uploads resumed on their recorded targets), each file stored once, one token for
-    the whole fleet."""
+    cut-off uploads resumed on their recorded targets) plus one per possible orphan the other
+    workers logged (a kill between Create Video's answer and its record), each file stored
+    once, one token for the whole fleet."""
     emu = fleet_emulator
     files = make_clips(tmp_path / "clips", 90)
     fleet_workers = await workers(redis_url, 3)
@@ -131,7 +132,14 @@ async def test_fleet_batch_survives_a_worker_killed_mid_upload(
     assert_all_complete(results, files)
     assert_stored_once(emu, files)
     assert cut_short, "the killed worker had no upload in flight"
-    assert len(emu.videos) == 90
+    orphans = [
+        line
+        for w in fleet_workers[1:]
+        for line in w.log.read_text().splitlines()
+        if "possible orphan" in line
+    ]
+    assert len(orphans) <= 4  # at most one per item the killed worker held (concurrency 4)
+    assert len(emu.videos) == 90 + len(orphans), orphans
     assert emu.token_requests <= 2
 
 
